@@ -1,0 +1,89 @@
+"""The FastAPI application: FHIR facade, operations, event intake, care endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fhircare import __version__
+from fhircare.api.http import FhirJSONResponse
+from fhircare.bootstrap import Container, build_container
+from fhircare.config import Settings
+from fhircare.fhir.errors import FhirError, outcome
+
+log = logging.getLogger("fhircare.api")
+
+
+def create_app(settings: Settings | None = None, container: Container | None = None) -> FastAPI:
+    """Build the app; the container (store, services, registries) is made if not given."""
+    settings = settings or Settings()
+    owned = container is None
+    container = container or build_container(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(t()) for t in container.background]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            if owned:
+                container.close()
+
+    app = FastAPI(
+        title="fhircare",
+        version=__version__,
+        description="Care management on FHIR R4",
+        lifespan=lifespan,
+    )
+    container.install(app)
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(_: Request, exc: FhirError) -> FhirJSONResponse:
+        return FhirJSONResponse(exc.outcome(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(_: Request, exc: RequestValidationError) -> FhirJSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return FhirJSONResponse(
+            outcome("error", "invalid", f"Invalid request {where}: {first.get('msg', '')}"),
+            status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> FhirJSONResponse:
+        code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        return FhirJSONResponse(outcome("error", code, str(exc.detail)),
+                                status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> FhirJSONResponse:
+        log.exception("unexpected error: %s", type(exc).__name__)
+        return FhirJSONResponse(
+            outcome("fatal", "exception", f"Internal error ({type(exc).__name__})"),
+            status_code=500,
+        )
+
+    @app.middleware("http")
+    async def timeout(request: Request, call_next: Any) -> Any:
+        try:
+            return await asyncio.wait_for(call_next(request), settings.request_timeout)
+        except TimeoutError:
+            return FhirJSONResponse(
+                outcome("error", "timeout",
+                        f"The request took longer than {settings.request_timeout:g} s; "
+                        "a write may still complete: retry it idempotently (If-Match, "
+                        "If-None-Exist or PUT with an id)"),
+                status_code=503,
+            )
+
+    return app

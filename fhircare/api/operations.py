@@ -1,0 +1,121 @@
+"""FHIR operations ($name) at system, type and instance level.
+
+Operations are registered in `bootstrap.py` as `Operation`s; each gets an `OpCall` with
+the request's parameters and body and returns a FHIR resource (and status).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from fhircare.api.access import Access
+from fhircare.api.http import FhirJSONResponse
+from fhircare.fhir.errors import BadRequest, NotFound
+
+
+@dataclass
+class OpCall:
+    """One invocation of an operation."""
+
+    name: str
+    resource_type: str | None
+    id: str | None
+    body: Any
+    query: list[tuple[str, str]]
+    access: Access
+    state: Any  # app.state: svc, settings, base_url, ...
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def param(self, name: str) -> Any:
+        """A parameter from the query string or a Parameters body (value[x] or resource)."""
+        for k, v in self.query:
+            if k == name:
+                return v
+        if isinstance(self.body, dict) and self.body.get("resourceType") == "Parameters":
+            for p in self.body.get("parameter") or []:
+                if p.get("name") == name:
+                    if "resource" in p:
+                        return p["resource"]
+                    for key, value in p.items():
+                        if key.startswith("value"):
+                            return value
+                    return p.get("part")
+        return None
+
+    def params(self, name: str) -> list[Any]:
+        out: list[Any] = [v for k, v in self.query if k == name]
+        if isinstance(self.body, dict) and self.body.get("resourceType") == "Parameters":
+            for p in self.body.get("parameter") or []:
+                if p.get("name") == name:
+                    out.extend(v for k, v in p.items() if k.startswith("value") or k == "resource")
+        return out
+
+
+Handler = Callable[[OpCall], tuple[dict[str, Any], int] | dict[str, Any]]
+
+
+@dataclass
+class Operation:
+    name: str
+    handler: Handler
+    level: str  # "system" | "type" | "instance"
+    types: tuple[str, ...] = ()  # empty: any type
+    affects_state: bool = True
+    description: str = ""
+
+
+class OperationRegistry:
+    def __init__(self) -> None:
+        self._ops: dict[tuple[str, str], list[Operation]] = {}
+
+    def add(self, op: Operation) -> None:
+        self._ops.setdefault((op.name, op.level), []).append(op)
+
+    def find(self, name: str, level: str, resource_type: str | None) -> Operation | None:
+        for op in self._ops.get((name, level), []):
+            if not op.types or resource_type in op.types:
+                return op
+        return None
+
+    def all(self) -> list[Operation]:
+        return [op for ops in self._ops.values() for op in ops]
+
+
+def run_operation(
+    request: Request,
+    access: Access,
+    name: str,
+    resource_type: str | None,
+    resource_id: str | None,
+    body: Any,
+) -> Response:
+    """Dispatch an operation call to its registered handler."""
+    st = request.app.state
+    level = "instance" if resource_id else ("type" if resource_type else "system")
+    op = st.operations.find(name, level, resource_type)
+    if op is None:
+        where = "/".join(p for p in (resource_type, resource_id) if p) or "the system level"
+        raise NotFound(f"Unknown operation ${name} at {where}", code="not-supported")
+    if request.method == "GET" and op.affects_state:
+        raise BadRequest(f"${name} changes data: invoke it with POST", status=405,
+                         code="not-supported")
+    if body is not None and not isinstance(body, dict):
+        raise BadRequest("An operation body must be a FHIR resource (usually Parameters)")
+    call = OpCall(
+        name=name,
+        resource_type=resource_type,
+        id=resource_id,
+        body=body,
+        query=[(k, v) for k, v in request.query_params.multi_items()],
+        access=access,
+        state=st,
+        headers=dict(request.headers),
+    )
+    result = op.handler(call)
+    resource, status = result if isinstance(result, tuple) else (result, 200)
+    return FhirJSONResponse(resource, status_code=status)

@@ -1,0 +1,88 @@
+"""Wiring: build the store, bus, services and registries once, from Settings."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+
+from fhircare.api.operations import OperationRegistry
+from fhircare.config import Settings
+from fhircare.services.bundles import BundleProcessor
+from fhircare.services.bus import MessageBus
+from fhircare.services.resources import ResourceService
+from fhircare.services.searching import Paging
+from fhircare.store.base import Store
+
+
+@dataclass
+class Container:
+    settings: Settings
+    store: Store
+    bus: MessageBus
+    svc: ResourceService
+    bundles: BundleProcessor
+    operations: OperationRegistry
+    paging: Paging
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return self.settings.public_base()
+
+    def install(self, app: FastAPI) -> None:
+        """Attach state and routers to a FastAPI app."""
+        from fhircare.api import wiring
+
+        st = app.state
+        st.settings = self.settings
+        st.container = self
+        st.svc = self.svc
+        st.store = self.store
+        st.bus = self.bus
+        st.bundles = self.bundles
+        st.operations = self.operations
+        st.paging = self.paging
+        st.base_url = self.base_url
+        wiring.install(app, self)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.store == "hapi":
+        from fhircare.remote.factory import remote_store
+
+        return remote_store(settings)
+    from fhircare.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(settings.data, fsync=settings.fsync)
+
+
+def build_container(settings: Settings, store: Store | None = None) -> Container:
+    store = store or open_store(settings)
+    bus = MessageBus()
+    svc = ResourceService(store, bus)
+    paging = Paging(settings.default_page_size, settings.max_page_size)
+    container = Container(
+        settings=settings,
+        store=store,
+        bus=bus,
+        svc=svc,
+        bundles=BundleProcessor(
+            svc,
+            base_url=settings.public_base(),
+            paging=paging,
+            max_entries=settings.max_bundle_entries,
+        ),
+        operations=OperationRegistry(),
+        paging=paging,
+    )
+    from fhircare import domain_wiring
+
+    domain_wiring.register(container)
+    return container

@@ -1,0 +1,61 @@
+"""Configuration from the environment (prefix FHIRCARE_) via pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FHIRCARE_", env_file=None, extra="ignore")
+
+    # serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data: Path = Path(".fhircare")
+    base_url: str | None = None  # public base of the FHIR API; default http://host:port/fhir
+    store: Literal["embedded", "hapi"] = "embedded"
+    fsync: bool = True
+
+    # limits
+    max_body_bytes: int = 10 * 1024 * 1024
+    default_page_size: int = 50
+    max_page_size: int = 1000
+    max_bundle_entries: int = 5000
+    request_timeout: float = 60.0
+
+    # HAPI / remote FHIR server
+    hapi_url: str | None = None
+    hapi_timeout: float = 30.0
+    sync_interval: float = 0.0  # seconds between background syncs in `serve`; 0 = off
+    sync_types: str = (
+        "Patient,Practitioner,Organization,Encounter,Condition,Observation,Goal,CarePlan,"
+        "CareTeam,Task,ServiceRequest,QuestionnaireResponse,MedicationRequest,"
+        "MedicationStatement,List,DetectedIssue,Communication,Provenance"
+    )
+    sync_batch_size: int = 500
+    sync_policy: Literal["flag", "remote-wins", "local-wins"] = "flag"
+    remote_client_id: str | None = None  # SMART backend services, when HAPI is protected
+    remote_token_url: str | None = None
+    remote_private_key: Path | None = None
+    remote_key_id: str | None = None
+
+    # security
+    auth: Literal["none", "smart"] = "none"
+    auth_jwks: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_token_url: str | None = None
+    auth_authorize_url: str | None = None
+    webhook_secret: str | None = None
+    hl7_secret: str | None = None
+    mllp_allowed: str | None = None  # comma-separated client addresses
+
+    # clinical defaults
+    default_tz: str = "UTC"  # for HL7 v2 timestamps without an offset
+    care_manager: str | None = None  # Practitioner/x who owns transitional-care Tasks
+
+    def public_base(self) -> str:
+        return (self.base_url or f"http://{self.host}:{self.port}/fhir").rstrip("/")

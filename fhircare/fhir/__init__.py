@@ -1,0 +1,1 @@
+"""FHIR plumbing: parsing, validation, OperationOutcome errors, search, references."""

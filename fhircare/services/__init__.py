@@ -1,0 +1,1 @@
+"""Application services: the generic FHIR resource service, Bundles, and the event bus."""

@@ -1,0 +1,231 @@
+"""The FHIR resource service: validated, conditional, versioned writes and searches.
+
+Edges (REST API, HL7 v2 intake, CLI) call this; it validates bodies, resolves conditional
+operations, checks references, commits through the Store in one atomic commit, then
+publishes the written resources on the bus.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhircare.fhir.errors import (
+    BadRequest,
+    FhirError,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
+from fhircare.fhir.references import iter_references, parse_local
+from fhircare.fhir.validation import check_id, check_type, validate_resource
+from fhircare.services.bus import MessageBus
+from fhircare.store.base import Store, WriteOp, WriteResult
+
+
+def parse_query_string(query: str) -> list[tuple[str, str]]:
+    """'a=1&b=x%7Cy' -> [('a', '1'), ('b', 'x|y')]."""
+    return urllib.parse.parse_qsl(query, keep_blank_values=True)
+
+
+def parse_etag(value: str | None) -> str | None:
+    """'W/"3"' or '3' -> '3'."""
+    if value is None:
+        return None
+    v = value.strip()
+    if v.startswith("W/"):
+        v = v[2:]
+    return v.strip('"') or None
+
+
+@dataclass
+class Outcome:
+    """What a write did: the resource, its HTTP status and headers."""
+
+    resource: dict[str, Any] | None
+    status: int
+    result: WriteResult | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ResourceService:
+    def __init__(
+        self,
+        store: Store,
+        bus: MessageBus | None = None,
+        *,
+        check_references: bool = True,
+    ) -> None:
+        self.store = store
+        self.bus = bus or MessageBus()
+        self.check_references = check_references
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def read(self, resource_type: str, id: str) -> dict[str, Any]:
+        check_type(resource_type)
+        check_id(id)
+        return self.store.read(resource_type, id)
+
+    def vread(self, resource_type: str, id: str, vid: str) -> dict[str, Any]:
+        check_type(resource_type)
+        check_id(id)
+        return self.store.vread(resource_type, id, vid)
+
+    def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        check_type(resource_type)
+        return self.store.search(resource_type, params)
+
+    def find_one(self, resource_type: str, query: str) -> dict[str, Any] | None:
+        """The single match of a conditional query; None for none; 412 for several."""
+        params = parse_query_string(query)
+        if not params:
+            raise BadRequest(f"Empty conditional query for {resource_type}")
+        found = self.search(resource_type, params)
+        if len(found) > 1:
+            raise PreconditionFailed(
+                f"Conditional query {resource_type}?{query} matched {len(found)} resources",
+                code="multiple-matches",
+            )
+        return found[0] if found else None
+
+    # ---- write preparation -----------------------------------------------------------------
+
+    def prepare(
+        self,
+        resource: Any,
+        *,
+        resource_type: str | None = None,
+        id: str | None = None,
+        pending: set[str] | None = None,
+    ) -> dict[str, Any]:
+        """Validate structure, ids and references, and run the domain checks."""
+        data = validate_resource(resource, resource_type)
+        rtype = data["resourceType"]
+        check_type(rtype)
+        if id is not None:
+            check_id(id)
+            if "id" in data and data["id"] != id:
+                raise BadRequest(
+                    f"The resource id '{data['id']}' does not match the URL id '{id}'"
+                )
+        if self.check_references:
+            self._check_references(data, pending or set())
+        old = None
+        if id is not None and self.store.exists(rtype, id):
+            old = self.store.read(rtype, id)
+        self.bus.run_checks(self.store, old, data)
+        return data
+
+    def _check_references(self, data: dict[str, Any], pending: set[str]) -> None:
+        contained = {f"#{c.get('id')}" for c in data.get("contained") or [] if isinstance(c, dict)}
+        for path, ref in iter_references(data):
+            target = ref["reference"]
+            if target.startswith("#"):
+                if target != "#" and target not in contained:
+                    raise Unprocessable(
+                        f"Contained reference {target} has no contained resource",
+                        expression=[f"{data['resourceType']}.{path}"],
+                    )
+                continue
+            if target.startswith("urn:"):
+                raise Unprocessable(
+                    f"Unresolved reference {target}: urn references only resolve in a transaction",
+                    expression=[f"{data['resourceType']}.{path}"],
+                )
+            local = parse_local(target)
+            if local is None:
+                continue  # absolute reference to another server, or a logical/canonical one
+            rtype, rid, _ = local
+            if f"{rtype}/{rid}" in pending:
+                continue
+            if not self.store.exists(rtype, rid):
+                raise Unprocessable(
+                    f"Reference {target} does not point to an existing resource",
+                    expression=[f"{data['resourceType']}.{path}.reference"],
+                    code="not-found",
+                )
+
+    # ---- writes -----------------------------------------------------------------------------
+
+    def _commit(self, ops: list[WriteOp]) -> list[WriteResult]:
+        results = self.store.commit(ops)
+        written = [r.resource for r in results if r.resource is not None]
+        if written:
+            self.bus.publish(self.store, written)
+        return results
+
+    def create(self, resource: Any, *, if_none_exist: str | None = None) -> Outcome:
+        data = validate_resource(resource)
+        rtype = data["resourceType"]
+        check_type(rtype)
+        if if_none_exist:
+            existing = self.find_one(rtype, if_none_exist.split("?", 1)[-1])
+            if existing is not None:
+                return Outcome(existing, 200)
+        data = self.prepare(data)
+        body = {k: v for k, v in data.items() if k != "id"}
+        (result,) = self._commit([WriteOp("create", rtype, resource=body)])
+        return Outcome(result.resource, 201, result)
+
+    def update(
+        self,
+        resource_type: str,
+        id: str,
+        resource: Any,
+        *,
+        if_match: str | None = None,
+    ) -> Outcome:
+        check_type(resource_type)
+        check_id(id)
+        data = self.prepare(resource, resource_type=resource_type, id=id)
+        (result,) = self._commit(
+            [WriteOp("update", resource_type, id=id, resource=data, if_match=if_match)]
+        )
+        return Outcome(result.resource, 201 if result.created else 200, result)
+
+    def conditional_update(
+        self, resource_type: str, query: str, resource: Any, *, if_match: str | None = None
+    ) -> Outcome:
+        check_type(resource_type)
+        existing = self.find_one(resource_type, query)
+        if existing is None:
+            data = validate_resource(resource, resource_type)
+            if data.get("id"):
+                return self.update(resource_type, data["id"], data, if_match=if_match)
+            return self.create(data)
+        return self.update(resource_type, existing["id"], resource, if_match=if_match)
+
+    def delete(self, resource_type: str, id: str, *, if_match: str | None = None) -> Outcome:
+        check_type(resource_type)
+        check_id(id)
+        (result,) = self._commit([WriteOp("delete", resource_type, id=id, if_match=if_match)])
+        return Outcome(None, 200 if result.version_id != "0" else 204, result)
+
+    def conditional_delete(self, resource_type: str, query: str) -> Outcome:
+        check_type(resource_type)
+        params = parse_query_string(query)
+        if not params:
+            raise BadRequest("A conditional delete needs search parameters")
+        found = self.search(resource_type, params)
+        if not found:
+            return Outcome(None, 204)
+        self._commit([WriteOp("delete", resource_type, id=r["id"]) for r in found])
+        return Outcome(None, 200)
+
+    def commit_prepared(self, ops: list[WriteOp]) -> list[WriteResult]:
+        """Commit already prepared ops (transactions, domain services) and publish."""
+        return self._commit(ops)
+
+
+def entry_error(index: int, exc: FhirError) -> FhirError:
+    """Prefix an error with the Bundle entry it came from."""
+    exc.diagnostics = f"Bundle.entry[{index}]: {exc.diagnostics}"
+    exc.expression = [
+        e.replace(e.split(".")[0], f"Bundle.entry[{index}].resource", 1) for e in exc.expression
+    ]
+    return exc
+
+
+__all__ = ["NotFound", "Outcome", "ResourceService", "entry_error", "parse_etag"]

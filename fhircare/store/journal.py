@@ -1,0 +1,159 @@
+"""Crash-safe persistence for the embedded store: a snapshot plus an append-only journal.
+
+* `snapshot.json` is a plain TinyDB JSON file (every table), replaced atomically
+  (write a temporary file, fsync, rename, fsync the folder).
+* `journal.log` holds one line per commit, `<crc32 hex> <json>\\n`, appended and fsynced
+  before the commit is acknowledged. A commit costs the size of its own changes, not the
+  size of the database.
+* On open the snapshot is loaded and the journal replayed; a torn last line (a crash in
+  the middle of an append, never acknowledged) is cut off. A bad line followed by good
+  ones is corruption and refuses to open.
+* A `LOCK` file held with `flock` makes one process the owner of the folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+from fhircare.fhir.errors import StoreLocked
+
+Tables = dict[str, dict[str, Any]]
+# A journal record: {"seq": last seq in the commit, "tables": {table: {doc_id: doc | None}}}
+Record = dict[str, Any]
+
+
+class CorruptJournal(Exception):
+    """The journal has a damaged record that is not the last one."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _encode(record: Record) -> bytes:
+    body = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return b"%08x " % zlib.crc32(body) + body + b"\n"
+
+
+def _decode(line: bytes) -> Record | None:
+    if not line.endswith(b"\n") or len(line) < 10 or line[8:9] != b" ":
+        return None
+    body = line[9:-1]
+    try:
+        if int(line[:8], 16) != zlib.crc32(body):
+            return None
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def apply_record(tables: Tables, record: Record) -> None:
+    """Apply one journal record to in-memory tables."""
+    for name, docs in record["tables"].items():
+        table = tables.setdefault(name, {})
+        for doc_id, doc in docs.items():
+            if doc is None:
+                table.pop(doc_id, None)
+            else:
+                table[doc_id] = doc
+
+
+class Journal:
+    """Owns a data folder: lock, snapshot and journal."""
+
+    def __init__(self, folder: Path, *, fsync: bool = True) -> None:
+        self.folder = folder
+        self.fsync = fsync
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(folder / "LOCK", "a+")  # noqa: SIM115 - held for the lifetime
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self._lock_file.close()
+            raise StoreLocked(
+                f"the data folder {folder} is in use by another fhircare process "
+                "(one process owns a store; stop the other one or use --data)"
+            ) from exc
+        self.snapshot_path = folder / "snapshot.json"
+        self.journal_path = folder / "journal.log"
+        self._fd: int | None = None
+        self.journal_bytes = 0
+
+    def load(self) -> tuple[Tables, int]:
+        """Snapshot plus replayed journal, and the last committed seq."""
+        tables: Tables = {}
+        if self.snapshot_path.exists():
+            with open(self.snapshot_path, "rb") as fh:
+                tables = json.load(fh)
+        meta = tables.get("_meta", {}).get("_store", {})
+        last_seq = int(meta.get("value", {}).get("seq", 0)) if meta else 0
+        good_end = 0
+        if self.journal_path.exists():
+            with open(self.journal_path, "rb") as fh:
+                lines = fh.readlines()
+            for i, line in enumerate(lines):
+                record = _decode(line)
+                if record is None:
+                    if i == len(lines) - 1:
+                        break  # torn tail: never acknowledged
+                    raise CorruptJournal(
+                        f"{self.journal_path}: record {i + 1} of {len(lines)} is damaged"
+                    )
+                good_end += len(line)
+                if record["seq"] <= last_seq:
+                    continue  # already in the snapshot
+                apply_record(tables, record)
+                last_seq = record["seq"]
+            if good_end != self.journal_path.stat().st_size:
+                with open(self.journal_path, "r+b") as fh:
+                    fh.truncate(good_end)
+                    os.fsync(fh.fileno())
+        self.journal_bytes = good_end
+        self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if good_end == 0:
+            _fsync_dir(self.folder)
+        return tables, last_seq
+
+    def append(self, record: Record) -> None:
+        """Append one commit and make it durable."""
+        assert self._fd is not None, "journal not loaded"
+        data = _encode(record)
+        written = 0
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
+        if self.fsync:
+            os.fdatasync(self._fd)
+        self.journal_bytes += len(data)
+
+    def write_snapshot(self, tables: Tables) -> None:
+        """Replace the snapshot atomically, then empty the journal."""
+        tmp = self.folder / "snapshot.json.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(json.dumps(tables, separators=(",", ":"), ensure_ascii=False).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.snapshot_path)
+        _fsync_dir(self.folder)
+        # Every journal record is now in the snapshot (their seq <= the snapshot's seq).
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.fsync(self._fd)
+        self.journal_bytes = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+        self._lock_file.close()
