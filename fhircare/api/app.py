@@ -62,8 +62,9 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> FhirJSONResponse:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-        return FhirJSONResponse(outcome("error", code, str(exc.detail)),
-                                status_code=exc.status_code)
+        return FhirJSONResponse(
+            outcome("error", code, str(exc.detail)), status_code=exc.status_code
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> FhirJSONResponse:
@@ -79,10 +80,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             return await asyncio.wait_for(call_next(request), settings.request_timeout)
         except TimeoutError:
             return FhirJSONResponse(
-                outcome("error", "timeout",
-                        f"The request took longer than {settings.request_timeout:g} s; "
-                        "a write may still complete: retry it idempotently (If-Match, "
-                        "If-None-Exist or PUT with an id)"),
+                outcome(
+                    "error",
+                    "timeout",
+                    f"The request took longer than {settings.request_timeout:g} s; "
+                    "a write may still complete: retry it idempotently (If-Match, "
+                    "If-None-Exist or PUT with an id)",
+                ),
                 status_code=503,
             )
 

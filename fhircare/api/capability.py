@@ -10,7 +10,13 @@ from fhircare.fhir.search import supported_params
 from fhircare.fhir.validation import SUPPORTED_TYPES
 
 INTERACTIONS = [
-    "read", "vread", "update", "delete", "history-instance", "history-type", "create",
+    "read",
+    "vread",
+    "update",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
     "search-type",
 ]
 
@@ -42,7 +48,10 @@ def capability_statement(
             ],
         }
         ops = [
-            {"name": op.name, "definition": f"http://fhircare.org/fhir/OperationDefinition/{op.name}"}
+            {
+                "name": op.name,
+                "definition": f"http://fhircare.org/fhir/OperationDefinition/{op.name}",
+            }
             for op in operations.all()
             if op.level in ("type", "instance") and (not op.types or rtype in op.types)
         ]
@@ -58,7 +67,10 @@ def capability_statement(
             {"name": "_offset", "type": "number"},
         ],
         "operation": [
-            {"name": op.name, "definition": f"http://fhircare.org/fhir/OperationDefinition/{op.name}"}
+            {
+                "name": op.name,
+                "definition": f"http://fhircare.org/fhir/OperationDefinition/{op.name}",
+            }
             for op in operations.all()
             if op.level == "system"
         ],

@@ -23,7 +23,9 @@ def _state(request: Request) -> Any:
 
 
 def _params(request: Request) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
+    return [
+        (k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")
+    ]
 
 
 @router.get("/metadata", summary="CapabilityStatement")
@@ -63,7 +65,11 @@ def search(resource_type: str, request: Request, access: Access = Depends(get_ac
     check_type(resource_type)
     access.require(resource_type, "search")
     bundle = search_bundle(
-        st.svc, resource_type, _params(request), base_url=st.base_url, paging=st.paging,
+        st.svc,
+        resource_type,
+        _params(request),
+        base_url=st.base_url,
+        paging=st.paging,
         restrict=access.search_restriction(resource_type),
     )
     access.filter_bundle(bundle)
@@ -71,11 +77,14 @@ def search(resource_type: str, request: Request, access: Access = Depends(get_ac
 
 
 @router.post("/{resource_type}", summary="Create (or a system operation)")
-async def create(resource_type: str, request: Request, access: Access = Depends(get_access)) -> Response:
+async def create(
+    resource_type: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     if resource_type.startswith("$"):
         body = await read_json_body(request) if await _has_body(request) else None
-        return await _run_sync(request, run_operation, request, access, resource_type[1:], None,
-                               None, body)
+        return await _run_sync(
+            request, run_operation, request, access, resource_type[1:], None, None, body
+        )
     check_type(resource_type)
     body = await read_json_body(request)
     return await _run_sync(request, _create, request, resource_type, body, access)
@@ -90,19 +99,23 @@ def _create(request: Request, resource_type: str, body: Any, access: Access) -> 
     access.require(resource_type, "create", body)
     outcome = st.svc.create(body, if_none_exist=request.headers.get("if-none-exist"))
     access.audit("C", outcome.resource)
-    return resource_response(outcome.resource, outcome.status, request=request,
-                             base_url=st.base_url, location=True)
+    return resource_response(
+        outcome.resource, outcome.status, request=request, base_url=st.base_url, location=True
+    )
 
 
 @router.put("/{resource_type}", summary="Conditional update")
-async def conditional_update(resource_type: str, request: Request,
-                             access: Access = Depends(get_access)) -> Response:
+async def conditional_update(
+    resource_type: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     check_type(resource_type)
     body = await read_json_body(request)
     return await _run_sync(request, _conditional_update, request, resource_type, body, access)
 
 
-def _conditional_update(request: Request, resource_type: str, body: Any, access: Access) -> Response:
+def _conditional_update(
+    request: Request, resource_type: str, body: Any, access: Access
+) -> Response:
     st = _state(request)
     query = request.url.query
     if not query:
@@ -112,13 +125,15 @@ def _conditional_update(request: Request, resource_type: str, body: Any, access:
         resource_type, query, body, if_match=parse_etag(request.headers.get("if-match"))
     )
     access.audit("U", outcome.resource)
-    return resource_response(outcome.resource, outcome.status, request=request,
-                             base_url=st.base_url, location=True)
+    return resource_response(
+        outcome.resource, outcome.status, request=request, base_url=st.base_url, location=True
+    )
 
 
 @router.delete("/{resource_type}", summary="Conditional delete")
-def conditional_delete(resource_type: str, request: Request,
-                       access: Access = Depends(get_access)) -> Response:
+def conditional_delete(
+    resource_type: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     st = _state(request)
     check_type(resource_type)
     access.require(resource_type, "delete")
@@ -132,35 +147,51 @@ def conditional_delete(resource_type: str, request: Request,
 
 
 @router.get("/{resource_type}/_history", summary="Type history")
-def type_history(resource_type: str, request: Request,
-                 access: Access = Depends(get_access)) -> Response:
+def type_history(
+    resource_type: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     st = _state(request)
     check_type(resource_type)
     access.require(resource_type, "history-type")
     params = _params(request)
     since = next((v for k, v in params if k == "_since"), None)
     entries = access.filter_history(st.svc.store.history(resource_type, None, since=since))
-    return FhirJSONResponse(history_bundle(entries, params, base_url=st.base_url,
-                                           path=f"{resource_type}/_history", paging=st.paging))
+    return FhirJSONResponse(
+        history_bundle(
+            entries,
+            params,
+            base_url=st.base_url,
+            path=f"{resource_type}/_history",
+            paging=st.paging,
+        )
+    )
 
 
 @router.post("/{resource_type}/_search", summary="Search by POST (form body)")
-async def search_post(resource_type: str, request: Request,
-                      access: Access = Depends(get_access)) -> Response:
+async def search_post(
+    resource_type: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     st = _state(request)
     check_type(resource_type)
     access.require(resource_type, "search")
     form = await request.form()
     params = _params(request) + [(k, str(v)) for k, v in form.multi_items()]
-    bundle = search_bundle(st.svc, resource_type, params, base_url=st.base_url, paging=st.paging,
-                           restrict=access.search_restriction(resource_type))
+    bundle = search_bundle(
+        st.svc,
+        resource_type,
+        params,
+        base_url=st.base_url,
+        paging=st.paging,
+        restrict=access.search_restriction(resource_type),
+    )
     access.filter_bundle(bundle)
     return FhirJSONResponse(bundle)
 
 
 @router.get("/{resource_type}/{resource_id}", summary="Read (or a type operation)")
-def read(resource_type: str, resource_id: str, request: Request,
-         access: Access = Depends(get_access)) -> Response:
+def read(
+    resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     st = _state(request)
     if resource_id.startswith("$"):
         check_type(resource_type)
@@ -175,34 +206,41 @@ def read(resource_type: str, resource_id: str, request: Request,
 
 
 @router.post("/{resource_type}/{resource_id}", summary="A type operation")
-async def type_operation(resource_type: str, resource_id: str, request: Request,
-                         access: Access = Depends(get_access)) -> Response:
+async def type_operation(
+    resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     check_type(resource_type)
     if not resource_id.startswith("$"):
         raise BadRequest(
             f"POST to {resource_type}/{resource_id} is not allowed: use PUT to update",
-            status=405, code="not-supported",
+            status=405,
+            code="not-supported",
         )
     body = await read_json_body(request) if await _has_body(request) else None
-    return await _run_sync(request, run_operation, request, access, resource_id[1:],
-                           resource_type, None, body)
+    return await _run_sync(
+        request, run_operation, request, access, resource_id[1:], resource_type, None, body
+    )
 
 
 @router.put("/{resource_type}/{resource_id}", summary="Update (create with a client id)")
-async def update(resource_type: str, resource_id: str, request: Request,
-                 access: Access = Depends(get_access)) -> Response:
+async def update(
+    resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     check_type(resource_type)
     check_id(resource_id)
     body = await read_json_body(request)
     return await _run_sync(request, _update, request, resource_type, resource_id, body, access)
 
 
-def _update(request: Request, resource_type: str, resource_id: str, body: Any,
-            access: Access) -> Response:
+def _update(
+    request: Request, resource_type: str, resource_id: str, body: Any, access: Access
+) -> Response:
     st = _state(request)
     if isinstance(body, dict) and "id" not in body:
-        raise BadRequest("An update body must carry the resource id (FHIR R4 http.html#update)",
-                         expression=[f"{resource_type}.id"])
+        raise BadRequest(
+            "An update body must carry the resource id (FHIR R4 http.html#update)",
+            expression=[f"{resource_type}.id"],
+        )
     access.require(resource_type, "update", body)
     if st.svc.store.exists(resource_type, resource_id):
         access.require(resource_type, "update", st.svc.store.read(resource_type, resource_id))
@@ -211,13 +249,19 @@ def _update(request: Request, resource_type: str, resource_id: str, body: Any,
         raise PreconditionFailed(f"Unreadable If-Match value {if_match!r}")
     outcome = st.svc.update(resource_type, resource_id, body, if_match=parse_etag(if_match))
     access.audit("U" if outcome.status == 200 else "C", outcome.resource)
-    return resource_response(outcome.resource, outcome.status, request=request,
-                             base_url=st.base_url, location=outcome.status == 201)
+    return resource_response(
+        outcome.resource,
+        outcome.status,
+        request=request,
+        base_url=st.base_url,
+        location=outcome.status == 201,
+    )
 
 
 @router.delete("/{resource_type}/{resource_id}", summary="Delete")
-def delete(resource_type: str, resource_id: str, request: Request,
-           access: Access = Depends(get_access)) -> Response:
+def delete(
+    resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     st = _state(request)
     check_type(resource_type)
     check_id(resource_id)
@@ -227,33 +271,51 @@ def delete(resource_type: str, resource_id: str, request: Request,
         access.audit("D", current)
     else:
         access.require(resource_type, "delete")
-    st.svc.delete(resource_type, resource_id,
-                  if_match=parse_etag(request.headers.get("if-match")))
+    st.svc.delete(resource_type, resource_id, if_match=parse_etag(request.headers.get("if-match")))
     return FhirJSONResponse(
-        {"resourceType": "OperationOutcome", "issue": [{
-            "severity": "information", "code": "informational",
-            "diagnostics": f"Deleted {resource_type}/{resource_id}"}]},
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"Deleted {resource_type}/{resource_id}",
+                }
+            ],
+        },
         status_code=200,
     )
 
 
 @router.get("/{resource_type}/{resource_id}/_history", summary="Instance history")
-def instance_history(resource_type: str, resource_id: str, request: Request,
-                     access: Access = Depends(get_access)) -> Response:
+def instance_history(
+    resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
     st = _state(request)
     check_type(resource_type)
     check_id(resource_id)
     entries = st.svc.store.history(resource_type, resource_id)
     latest = next((e["resource"] for e in entries if "resource" in e), None)
     access.require(resource_type, "history-instance", latest)
-    return FhirJSONResponse(history_bundle(entries, _params(request), base_url=st.base_url,
-                                           path=f"{resource_type}/{resource_id}/_history",
-                                           paging=st.paging))
+    return FhirJSONResponse(
+        history_bundle(
+            entries,
+            _params(request),
+            base_url=st.base_url,
+            path=f"{resource_type}/{resource_id}/_history",
+            paging=st.paging,
+        )
+    )
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version_id}", summary="Version read")
-def vread(resource_type: str, resource_id: str, version_id: str, request: Request,
-          access: Access = Depends(get_access)) -> Response:
+def vread(
+    resource_type: str,
+    resource_id: str,
+    version_id: str,
+    request: Request,
+    access: Access = Depends(get_access),
+) -> Response:
     st = _state(request)
     resource = st.svc.vread(resource_type, resource_id, version_id)
     access.require(resource_type, "vread", resource)
@@ -262,8 +324,13 @@ def vread(resource_type: str, resource_id: str, version_id: str, request: Reques
 
 
 @router.get("/{resource_type}/{resource_id}/{operation}", summary="Instance operation (GET)")
-def instance_operation_get(resource_type: str, resource_id: str, operation: str,
-                           request: Request, access: Access = Depends(get_access)) -> Response:
+def instance_operation_get(
+    resource_type: str,
+    resource_id: str,
+    operation: str,
+    request: Request,
+    access: Access = Depends(get_access),
+) -> Response:
     if not operation.startswith("$"):
         raise NotFound(f"Unknown path {resource_type}/{resource_id}/{operation}")
     check_type(resource_type)
@@ -272,15 +339,21 @@ def instance_operation_get(resource_type: str, resource_id: str, operation: str,
 
 
 @router.post("/{resource_type}/{resource_id}/{operation}", summary="Instance operation")
-async def instance_operation(resource_type: str, resource_id: str, operation: str,
-                             request: Request, access: Access = Depends(get_access)) -> Response:
+async def instance_operation(
+    resource_type: str,
+    resource_id: str,
+    operation: str,
+    request: Request,
+    access: Access = Depends(get_access),
+) -> Response:
     if not operation.startswith("$"):
         raise NotFound(f"Unknown path {resource_type}/{resource_id}/{operation}")
     check_type(resource_type)
     check_id(resource_id)
     body = await read_json_body(request) if await _has_body(request) else None
-    return await _run_sync(request, run_operation, request, access, operation[1:],
-                           resource_type, resource_id, body)
+    return await _run_sync(
+        request, run_operation, request, access, operation[1:], resource_type, resource_id, body
+    )
 
 
 async def _has_body(request: Request) -> bool:

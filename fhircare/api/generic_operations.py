@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhircare.api.operations import Operation, OperationRegistry, OpCall
+from fhircare.api.operations import OpCall, Operation, OperationRegistry
 from fhircare.fhir.errors import BadRequest, FhirError
 from fhircare.fhir.search import BY_TYPE
 from fhircare.fhir.validation import validate_resource
@@ -12,8 +12,11 @@ from fhircare.fhir.validation import validate_resource
 
 def validate(call: OpCall) -> dict[str, Any]:
     """$validate: structure, datatypes, cardinality and closed code bindings."""
-    resource = call.param("resource") if call.body and call.body.get(
-        "resourceType") == "Parameters" else call.body
+    resource = (
+        call.param("resource")
+        if call.body and call.body.get("resourceType") == "Parameters"
+        else call.body
+    )
     if resource is None and call.id:
         resource = call.state.svc.read(call.resource_type, call.id)
     if not isinstance(resource, dict):
@@ -23,8 +26,12 @@ def validate(call: OpCall) -> dict[str, Any]:
     except FhirError as exc:
         oo = exc.outcome()
         return oo, 200 if exc.status in (400, 422) else exc.status  # type: ignore[return-value]
-    return {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "information", "code": "informational", "diagnostics": "No issues found"}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "information", "code": "informational", "diagnostics": "No issues found"}
+        ],
+    }
 
 
 def everything(call: OpCall) -> dict[str, Any]:
@@ -33,23 +40,48 @@ def everything(call: OpCall) -> dict[str, Any]:
     patient = svc.read("Patient", call.id)
     call.access.require("Patient", "read", patient)
     ref = f"Patient/{call.id}"
-    entries = [{"fullUrl": f"{call.state.base_url}/{ref}", "resource": patient,
-                "search": {"mode": "match"}}]
+    entries = [
+        {
+            "fullUrl": f"{call.state.base_url}/{ref}",
+            "resource": patient,
+            "search": {"mode": "match"},
+        }
+    ]
     for rtype, params in BY_TYPE.items():
         if "patient" not in params or rtype == "Patient":
             continue
         for resource in svc.search(rtype, [("patient", ref)]):
-            entries.append({"fullUrl": f"{call.state.base_url}/{rtype}/{resource['id']}",
-                            "resource": resource, "search": {"mode": "match"}})
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(entries),
-              "entry": entries}
+            entries.append(
+                {
+                    "fullUrl": f"{call.state.base_url}/{rtype}/{resource['id']}",
+                    "resource": resource,
+                    "search": {"mode": "match"},
+                }
+            )
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(entries),
+        "entry": entries,
+    }
     call.access.filter_bundle(bundle)
     return bundle
 
 
 def register(ops: OperationRegistry) -> None:
-    ops.add(Operation("validate", validate, "type", affects_state=False,
-                      description="Validate a resource"))
+    ops.add(
+        Operation(
+            "validate", validate, "type", affects_state=False, description="Validate a resource"
+        )
+    )
     ops.add(Operation("validate", validate, "instance", affects_state=False))
-    ops.add(Operation("everything", everything, "instance", ("Patient",), affects_state=False,
-                      description="Everything about a patient"))
+    ops.add(
+        Operation(
+            "everything",
+            everything,
+            "instance",
+            ("Patient",),
+            affects_state=False,
+            description="Everything about a patient",
+        )
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from email.utils import format_datetime
 from datetime import datetime
+from email.utils import format_datetime
 from typing import Any
 
 from fastapi import Request
@@ -51,7 +51,9 @@ async def read_json_body(request: Request) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest("The body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
-        raise BadRequest(f"Malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise BadRequest(
+            f"Malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
     except RecursionError as exc:
         raise BadRequest("The JSON is nested too deeply") from exc
     if _depth(data) > MAX_DEPTH:
@@ -109,8 +111,17 @@ def resource_response(
             return Response(status_code=status, headers=headers)
         if mode == "OperationOutcome":
             return FhirJSONResponse(
-                {"resourceType": "OperationOutcome", "issue": [
-                    {"severity": "information", "code": "informational",
-                     "diagnostics": f"{request.method} succeeded with status {status}"}]},
-                status_code=status, headers=headers)
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "information",
+                            "code": "informational",
+                            "diagnostics": f"{request.method} succeeded with status {status}",
+                        }
+                    ],
+                },
+                status_code=status,
+                headers=headers,
+            )
     return FhirJSONResponse(resource, status_code=status, headers=headers)

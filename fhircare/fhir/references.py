@@ -8,7 +8,9 @@ from typing import Any
 
 from fhircare.fhir.validation import SUPPORTED
 
-LOCAL_REF = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/(?P<vid>[A-Za-z0-9\-.]{1,64}))?$")
+LOCAL_REF = re.compile(
+    r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/(?P<vid>[A-Za-z0-9\-.]{1,64}))?$"
+)
 
 
 def iter_references(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:

@@ -594,8 +594,10 @@ def parse_query(
         if mod == "missing":
             if raw_value not in ("true", "false"):
                 raise BadRequest(f"':missing' takes true or false, not {raw_value!r}")
-        elif mod and mod not in ("exact", "contains", "text", "not", "above", "below") and (
-            definition.kind != "reference"
+        elif (
+            mod
+            and mod not in ("exact", "contains", "text", "not", "above", "below")
+            and (definition.kind != "reference")
         ):
             raise BadRequest(f"Unsupported modifier ':{mod}' on '{name}'", code="not-supported")
         alternatives = tuple(_split_commas(raw_value))
@@ -665,9 +667,7 @@ def sort_resources(resources: list[dict[str, Any]], sort: list[str]) -> list[dic
                 vals = list(values_at(r, path))
             else:
                 definition = param_def(r.get("resourceType", ""), field)
-                vals = (
-                    [v for p in definition.paths for v in values_at(r, p)] if definition else []
-                )
+                vals = [v for p in definition.paths for v in values_at(r, p)] if definition else []
             first = vals[0] if vals else None
             if isinstance(first, dict):
                 first = first.get("start") or first.get("value") or first.get("reference")

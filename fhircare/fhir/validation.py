@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -57,7 +57,9 @@ ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 def check_type(resource_type: str) -> None:
     """Raise NotFound for a type this server does not serve."""
     if resource_type not in SUPPORTED:
-        raise NotFound(f"Unknown or unsupported resource type '{resource_type}'", code="not-supported")
+        raise NotFound(
+            f"Unknown or unsupported resource type '{resource_type}'", code="not-supported"
+        )
 
 
 def check_id(resource_id: str) -> None:
@@ -69,7 +71,7 @@ def check_id(resource_id: str) -> None:
         )
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_class(resource_type: str) -> type[BaseModel]:
     return get_fhir_model_class(resource_type)
 

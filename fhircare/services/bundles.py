@@ -142,18 +142,30 @@ class BundleProcessor:
                     rewrite_references(plan.resource, mapping)
                     plan.resource["id"] = plan.id
                     data = self.svc.prepare(
-                        plan.resource, resource_type=plan.resource_type, id=plan.id,
+                        plan.resource,
+                        resource_type=plan.resource_type,
+                        id=plan.id,
                         pending=pending,
                     )
                 except FhirError as exc:
                     raise entry_error(plan.index, exc) from exc
                 exists = self.svc.store.current_version(plan.resource_type, plan.id or "")
                 method = "create" if plan.method == "POST" else "update"
-                ops.append(WriteOp(method, plan.resource_type, id=plan.id, resource=data,
-                                   if_match=plan.if_match, keep_id=True))
+                ops.append(
+                    WriteOp(
+                        method,
+                        plan.resource_type,
+                        id=plan.id,
+                        resource=data,
+                        if_match=plan.if_match,
+                        keep_id=True,
+                    )
+                )
                 plan.status = 201 if (plan.method == "POST" or exists is None) else 200
             elif plan.method == "DELETE" and plan.id is not None:
-                ops.append(WriteOp("delete", plan.resource_type, id=plan.id, if_match=plan.if_match))
+                ops.append(
+                    WriteOp("delete", plan.resource_type, id=plan.id, if_match=plan.if_match)
+                )
         results = {(r.resource_type, r.id): r for r in self.svc.commit_prepared(ops)} if ops else {}
 
         out_entries: list[dict[str, Any]] = []
@@ -186,7 +198,8 @@ class BundleProcessor:
                     entry["resource"] = result.resource
             entry["fullUrl"] = (
                 f"{self.base_url}/{plan.resource_type}/{plan.id or (plan.existing or {}).get('id')}"
-                if plan.method != "DELETE" else None
+                if plan.method != "DELETE"
+                else None
             )
             if entry["fullUrl"] is None:
                 del entry["fullUrl"]
@@ -229,7 +242,9 @@ class BundleProcessor:
                 rid = parts[1]
             elif len(parts) == 1 and query:
                 existing = self.svc.find_one(rtype, query)
-                rid = existing["id"] if existing else (resource or {}).get("id") or str(uuid.uuid4())
+                rid = (
+                    existing["id"] if existing else (resource or {}).get("id") or str(uuid.uuid4())
+                )
             else:
                 raise BadRequest(f"PUT url must be Type/id or Type?query, not {request['url']!r}")
             if full_url:
@@ -253,9 +268,7 @@ class BundleProcessor:
                 out.append(self._batch_entry(entry, representation))
             except FhirError as exc:
                 exc = entry_error(i, exc)
-                out.append(
-                    {"response": {"status": f"{exc.status}", "outcome": exc.outcome()}}
-                )
+                out.append({"response": {"status": f"{exc.status}", "outcome": exc.outcome()}})
         return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
 
     def _batch_entry(self, entry: dict[str, Any], representation: bool) -> dict[str, Any]:
@@ -303,13 +316,19 @@ class BundleProcessor:
         try:
             if len(parts) == 1:
                 check_type(parts[0])
-                body = search_bundle(self.svc, parts[0], params, base_url=self.base_url,
-                                     paging=self.paging)
+                body = search_bundle(
+                    self.svc, parts[0], params, base_url=self.base_url, paging=self.paging
+                )
             elif len(parts) == 2:
                 body = self.svc.read(parts[0], parts[1])
             elif len(parts) == 3 and parts[2] == "_history":
-                body = history_bundle(self.svc.store.history(parts[0], parts[1]), params,
-                                      base_url=self.base_url, path=path, paging=self.paging)
+                body = history_bundle(
+                    self.svc.store.history(parts[0], parts[1]),
+                    params,
+                    base_url=self.base_url,
+                    path=path,
+                    paging=self.paging,
+                )
             elif len(parts) == 4 and parts[2] == "_history":
                 body = self.svc.vread(parts[0], parts[1], parts[3])
             else:
@@ -320,4 +339,3 @@ class BundleProcessor:
         if body.get("meta", {}).get("versionId"):
             response["etag"] = f'W/"{body["meta"]["versionId"]}"'
         return {"resource": body, "response": response}
-

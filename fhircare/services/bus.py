@@ -36,9 +36,7 @@ class MessageBus:
     def on(self, resource_type: str, fn: Handler) -> None:
         self._handlers[resource_type].append(fn)
 
-    def run_checks(
-        self, store: Store, old: dict[str, Any] | None, new: dict[str, Any]
-    ) -> None:
+    def run_checks(self, store: Store, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         for fn in self._checks.get(new.get("resourceType", ""), []):
             fn(store, old, new)
 

@@ -107,9 +107,7 @@ class ResourceService:
         if id is not None:
             check_id(id)
             if "id" in data and data["id"] != id:
-                raise BadRequest(
-                    f"The resource id '{data['id']}' does not match the URL id '{id}'"
-                )
+                raise BadRequest(f"The resource id '{data['id']}' does not match the URL id '{id}'")
         if self.check_references:
             self._check_references(data, pending or set())
         old = None

@@ -26,7 +26,9 @@ def _int_param(params: list[tuple[str, str]], name: str, default: int) -> int:
     try:
         value = int(values[-1])
     except ValueError as exc:
-        raise BadRequest(f"{name} must be a whole number, not {values[-1]!r}", code="value") from exc
+        raise BadRequest(
+            f"{name} must be a whole number, not {values[-1]!r}", code="value"
+        ) from exc
     if value < 0:
         raise BadRequest(f"{name} must not be negative", code="value")
     return value
@@ -88,8 +90,11 @@ def search_bundle(
         for r in page
     ]
     entries += [
-        {"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r,
-         "search": {"mode": "include"}}
+        {
+            "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
+            "resource": r,
+            "search": {"mode": "include"},
+        }
         for r in _includes(svc, resource_type, page, params)
     ]
     bundle["entry"] = entries
@@ -125,7 +130,9 @@ def _includes(
             for resource in page:
                 for path in definition.paths:
                     for ref in values_at(resource, path):
-                        local = parse_local(ref.get("reference", "")) if isinstance(ref, dict) else None
+                        local = (
+                            parse_local(ref.get("reference", "")) if isinstance(ref, dict) else None
+                        )
                         if not local or (target_type and local[0] != target_type):
                             continue
                         if svc.store.exists(local[0], local[1]):
@@ -144,8 +151,14 @@ def _includes(
     return out
 
 
-def history_bundle(entries: list[dict[str, Any]], params: list[tuple[str, str]],
-                   *, base_url: str, path: str, paging: Paging = Paging()) -> dict[str, Any]:
+def history_bundle(
+    entries: list[dict[str, Any]],
+    params: list[tuple[str, str]],
+    *,
+    base_url: str,
+    path: str,
+    paging: Paging = Paging(),
+) -> dict[str, Any]:
     """A history Bundle (newest first) for one page."""
     count = min(_int_param(params, "_count", paging.default_count), paging.max_count)
     offset = _int_param(params, "_offset", 0)
@@ -161,12 +174,16 @@ def history_bundle(entries: list[dict[str, Any]], params: list[tuple[str, str]],
     }
     if offset + count < len(entries):
         bundle["link"].append(
-            {"relation": "next",
-             "url": _link(base_url, path, params, _count=count, _offset=offset + count)}
+            {
+                "relation": "next",
+                "url": _link(base_url, path, params, _count=count, _offset=offset + count),
+            }
         )
     if offset > 0:
         bundle["link"].append(
-            {"relation": "previous",
-             "url": _link(base_url, path, params, _count=count, _offset=max(0, offset - count))}
+            {
+                "relation": "previous",
+                "url": _link(base_url, path, params, _count=count, _offset=max(0, offset - count)),
+            }
         )
     return bundle

@@ -75,9 +75,7 @@ class Store(Protocol):
     def commit(self, ops: list[WriteOp]) -> list[WriteResult]:
         """Apply every op or none; durable on return."""
 
-    def search(
-        self, resource_type: str, params: list[tuple[str, str]]
-    ) -> list[dict[str, Any]]:
+    def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Every live resource of the type matching the FHIR search parameters."""
 
     def history(

@@ -8,7 +8,10 @@ Tables (TinyDB, string document ids):
 
 Every commit is prepared in full (checks included), appended to the journal and fsynced,
 and only then applied to the TinyDB tables: a failed commit changes nothing, and an
-acknowledged one survives a kill -9 (see `journal.py`).
+acknowledged one survives a kill -9 (see `journal.py`). Commits are applied to the tables'
+documents directly, by the same code that replays the journal, instead of through TinyDB's
+write path, which rebuilds a whole table per operation. The snapshot is a plain TinyDB JSON
+database. A reference index ("Patient/x" -> ids, per type) narrows reference searches.
 """
 
 from __future__ import annotations
@@ -16,19 +19,20 @@ from __future__ import annotations
 import copy
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tinydb import TinyDB
 from tinydb.storages import MemoryStorage
-from tinydb.table import Document, Table
+from tinydb.table import Table
 
 from fhircare.fhir.errors import Conflict, Gone, NotFound, PreconditionFailed
-from fhircare.fhir.search import matches, parse_query, sort_resources
+from fhircare.fhir.references import iter_references, parse_local
+from fhircare.fhir.search import Criterion, matches, parse_query, sort_resources
 from fhircare.store.base import Change, WriteOp, WriteResult
-from fhircare.store.journal import Journal
+from fhircare.store.journal import Journal, apply_record
 
 META = "_meta"
 HISTORY = "._history"
@@ -64,7 +68,15 @@ class EmbeddedStore:
         tables, self._seq = self._journal.load()
         self._db = KeyedTinyDB(storage=MemoryStorage)
         self._db.storage.memory = tables  # type: ignore[attr-defined]
+        self._mem = tables
         self._lock = threading.RLock()
+        # type -> "Type/id" referenced -> ids of live resources holding that reference
+        self._refs: dict[str, dict[str, set[str]]] = {}
+        for name in list(tables):
+            if not name.endswith(HISTORY) and name != META:
+                for rid, cur in tables[name].items():
+                    if not cur["deleted"]:
+                        self._index(name, rid, self._body(name, cur))
         self._compact_bytes = compact_bytes
         self._last_instant = datetime.now(UTC) - timedelta(days=1)
         self._closed = False
@@ -126,17 +138,55 @@ class EmbeddedStore:
 
     def resource_types(self) -> list[str]:
         with self._lock:
-            return sorted(
-                n for n in self._db.tables() if not n.endswith(HISTORY) and n != META
-            )
+            return sorted(n for n in self._db.tables() if not n.endswith(HISTORY) and n != META)
 
-    def _live(self, resource_type: str) -> Iterator[dict[str, Any]]:
-        history = self._table(resource_type + HISTORY)
-        for cur in self._table(resource_type):
+    def _body(self, resource_type: str, cur: dict[str, Any]) -> dict[str, Any]:
+        return self._mem[resource_type + HISTORY][f"{cur['id']}/{cur['vid']}"]["resource"]
+
+    def _index(
+        self, resource_type: str, rid: str, resource: dict[str, Any] | None, remove: bool = False
+    ) -> None:
+        if resource is None:
+            return
+        index = self._refs.setdefault(resource_type, {})
+        for _, ref in iter_references(resource):
+            local = parse_local(ref["reference"])
+            if local is None:
+                continue
+            key = f"{local[0]}/{local[1]}"
+            if remove:
+                index.get(key, set()).discard(rid)
+            else:
+                index.setdefault(key, set()).add(rid)
+
+    def _live(
+        self, resource_type: str, ids: Iterable[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Live resources of a type (raw, not copied), optionally only the given ids."""
+        current = self._mem.get(resource_type, {})
+        curs = current.values() if ids is None else (current[i] for i in ids if i in current)
+        for cur in curs:
             if not cur["deleted"]:
-                doc = history.get(doc_id=f"{cur['id']}/{cur['vid']}")
-                assert doc is not None
-                yield doc["resource"]
+                yield self._body(resource_type, cur)
+
+    def _candidates(self, resource_type: str, criteria: list[Criterion]) -> set[str] | None:
+        """Ids that can match, from the reference index; None when no criterion narrows."""
+        best: set[str] | None = None
+        for crit in criteria:
+            if crit.definition.kind != "reference" or crit.modifier:
+                continue
+            if not all("/" in alt for alt in crit.alternatives):
+                continue
+            index = self._refs.get(resource_type, {})
+            found: set[str] = set()
+            for alt in crit.alternatives:
+                local = parse_local(alt)
+                if local is None:
+                    break
+                found |= index.get(f"{local[0]}/{local[1]}", set())
+            else:
+                best = found if best is None else best & found
+        return best
 
     def iter_resources(self, resource_type: str) -> Iterator[dict[str, Any]]:
         with self._lock:
@@ -145,14 +195,15 @@ class EmbeddedStore:
 
     def count(self, resource_type: str) -> int:
         with self._lock:
-            return sum(1 for cur in self._table(resource_type) if not cur["deleted"])
+            return sum(1 for cur in self._mem.get(resource_type, {}).values() if not cur["deleted"])
 
-    def search(
-        self, resource_type: str, params: list[tuple[str, str]]
-    ) -> list[dict[str, Any]]:
+    def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
         criteria, sort = parse_query(resource_type, params)
         with self._lock:
-            found = [copy.deepcopy(r) for r in self._live(resource_type) if matches(r, criteria)]
+            ids = self._candidates(resource_type, criteria)
+            found = [
+                copy.deepcopy(r) for r in self._live(resource_type, ids) if matches(r, criteria)
+            ]
         return sort_resources(found, sort) if sort else found
 
     def history(
@@ -338,16 +389,23 @@ class EmbeddedStore:
         """Journal (durable), then apply to TinyDB; compact when the journal is large."""
         meta = tables.setdefault(META, {})
         meta["_store"] = {"id": "_store", "value": {"seq": seq}}
-        self._journal.append({"seq": seq, "tables": tables})
+        record = {"seq": seq, "tables": tables}
+        self._journal.append(record)
         for name, docs in tables.items():
-            table = self._table(name)
-            existing = [k for k in docs if table.contains(doc_id=k)]
-            known = set(existing)
-            new = [Document(doc, doc_id=k) for k, doc in docs.items() if k not in known]
-            if existing:
-                table.update(_replace_with(docs), doc_ids=existing)
-            if new:
-                table.insert_multiple(new)
+            if name.endswith(HISTORY) or name == META:
+                continue
+            for rid in docs:  # drop the old version from the reference index
+                old = self._mem.get(name, {}).get(rid)
+                if old is not None and not old["deleted"]:
+                    self._index(name, rid, self._body(name, old), remove=True)
+        apply_record(self._mem, record)
+        for name, docs in tables.items():
+            self._table(name).clear_cache()
+            if name.endswith(HISTORY) or name == META:
+                continue
+            for rid, cur in docs.items():
+                if not cur["deleted"]:
+                    self._index(name, rid, self._body(name, cur))
         self._seq = seq
         if self._journal.journal_bytes > self._compact_bytes:
             self.compact()
@@ -365,14 +423,3 @@ class EmbeddedStore:
                 self.compact()
             self._journal.close()
             self._closed = True
-
-
-def _replace_with(docs: dict[str, Any]):  # noqa: ANN202 - TinyDB update callable
-    """A TinyDB update callable that replaces a document by its new version."""
-
-    def replace(doc: dict[str, Any]) -> None:
-        new = docs[doc["id"]]
-        doc.clear()
-        doc.update(new)
-
-    return replace

@@ -1,0 +1,3 @@
+from fhircare.cli import main
+
+main()

@@ -1,0 +1,146 @@
+"""Shared fixtures: embedded stores, the ASGI app, a real `fhircare serve` process and
+the real HAPI FHIR JPA server (started once per session for tests marked `hapi`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from fhircare.api.app import create_app
+from fhircare.config import Settings
+from fhircare.store.embedded import EmbeddedStore
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EmbeddedStore]:
+    s = EmbeddedStore(tmp_path / "store")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data=tmp_path / "data", base_url="http://testserver/fhir")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s ({last})")
+
+
+class ServerProcess:
+    """`fhircare serve` in a subprocess on a free port."""
+
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.data = data
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fhircare",
+                "serve",
+                "--port",
+                str(self.port),
+                "--data",
+                str(self.data),
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_http(f"{self.base}/metadata", 60, self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "srv-data").start()
+    yield srv
+    srv.stop()
+
+
+# ---- the real HAPI FHIR JPA server ---------------------------------------------------------
+
+HAPI_PORT = int(os.environ.get("FHIRCARE_TEST_HAPI_PORT", "8090"))
+
+
+@pytest.fixture(scope="session")
+def hapi_base_url() -> Iterator[str]:
+    """Start HAPI (built with Maven on first use) for the session; fail loudly if impossible."""
+    external = os.environ.get("FHIRCARE_TEST_HAPI_URL")
+    if external:
+        wait_http(f"{external.rstrip('/')}/metadata", 30)
+        yield external.rstrip("/")
+        return
+    for tool in ("java", "mvn"):
+        if shutil.which(tool) is None:
+            pytest.fail(
+                f"'{tool}' is not installed: the HAPI tests need Java 17+ and Maven "
+                "(or set FHIRCARE_TEST_HAPI_URL to a running HAPI FHIR server)"
+            )
+    script = ROOT / "scripts" / "hapi"
+    run = subprocess.run(
+        [str(script), "start", str(HAPI_PORT)], capture_output=True, text=True, timeout=1800
+    )
+    if run.returncode != 0:
+        pytest.fail(
+            f"scripts/hapi start failed ({run.returncode}):\n{run.stdout[-3000:]}\n"
+            f"{run.stderr[-3000:]}"
+        )
+    try:
+        yield f"http://127.0.0.1:{HAPI_PORT}/fhir"
+    finally:
+        subprocess.run([str(script), "stop", str(HAPI_PORT)], capture_output=True, timeout=120)
