@@ -1,0 +1,39 @@
+"""SMART on FHIR for the resource server: tokens, scopes, patient compartment, audit.
+
+Nothing here imports FastAPI; only `backend_auth` imports httpx and only
+``fhircare.remote`` may import that module (it is not re-exported here).
+"""
+
+from fhircare.security.compartment import (
+    compartment_search_alternatives,
+    compartment_search_params,
+    in_compartment,
+)
+from fhircare.security.context import (
+    AuthContext,
+    SearchGuard,
+    allowed,
+    authorize,
+    search_guard,
+)
+from fhircare.security.scopes import Scope, ScopeSet, check, parse_scope, required
+from fhircare.security.tokens import JwksCache, TokenValidator, bearer_token
+
+__all__ = [
+    "AuthContext",
+    "JwksCache",
+    "Scope",
+    "ScopeSet",
+    "SearchGuard",
+    "TokenValidator",
+    "allowed",
+    "authorize",
+    "bearer_token",
+    "check",
+    "compartment_search_alternatives",
+    "compartment_search_params",
+    "in_compartment",
+    "parse_scope",
+    "required",
+    "search_guard",
+]

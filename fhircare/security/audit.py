@@ -1,0 +1,195 @@
+"""AuditEvent records of API access, and log redaction so logs carry no patient data.
+
+`audit_event` builds a FHIR R4 AuditEvent (type ``rest`` from
+http://terminology.hl7.org/CodeSystem/audit-event-type, subtype from
+http://hl7.org/fhir/restful-interaction). Patient data belongs in AuditEvents kept in the
+store, never in process logs: `RedactingFilter` scrubs bearer tokens/JWTs, query strings,
+patient references and SSN-like numbers from every log record it sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from fhircare.security.context import AuthContext
+
+Action = Literal["C", "R", "U", "D", "E"]
+
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+SECURITY_ROLE = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+CLIENT_ID_SYSTEM = "http://fhircare.org/fhir/sid/oauth-client-id"
+
+_DEFAULT_SUBTYPE = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "operation"}
+_OUTCOMES = {"0", "4", "8", "12"}
+_INTERACTIONS = {
+    "read", "vread", "update", "patch", "delete", "history", "history-instance",
+    "history-type", "history-system", "create", "search", "search-type", "search-system",
+    "capabilities", "transaction", "batch", "operation",
+}  # fmt: skip
+
+
+def _agents(ctx: AuthContext) -> list[dict[str, Any]]:
+    client: dict[str, Any] | None = None
+    if ctx.client_id:
+        client = {
+            "type": {"coding": [{"system": DICOM, "code": "110150", "display": "Application"}]},
+            "who": {"identifier": {"system": CLIENT_ID_SYSTEM, "value": ctx.client_id}},
+            "requestor": False,
+        }
+    if ctx.fhir_user:
+        user: dict[str, Any] = {
+            "type": {
+                "coding": [{"system": SECURITY_ROLE, "code": "humanuser", "display": "human user"}]
+            },
+            "who": {"reference": ctx.fhir_user},
+            "requestor": True,
+        }
+        if ctx.subject:
+            user["altId"] = ctx.subject
+        return [user, client] if client else [user]
+    if client:
+        client["requestor"] = True
+        if ctx.subject and ctx.subject != ctx.client_id:
+            client["altId"] = ctx.subject
+        return [client]
+    return [{"who": {"display": ctx.subject or "anonymous"}, "requestor": True}]
+
+
+def audit_event(
+    ctx: AuthContext,
+    action: Action,
+    resource_type: str | None,
+    id: str | None,
+    outcome_code: str,
+    *,
+    patient_ref: str | None = None,
+    query: str | None = None,
+    now: datetime,
+    interaction: str | None = None,
+    outcome_desc: str | None = None,
+    observer: str = "fhircare",
+) -> dict[str, Any]:
+    """A FHIR R4 AuditEvent for one REST interaction.
+
+    `action` C/R/U/D/E; `outcome_code` "0" success, "4" minor failure (e.g. 4xx),
+    "8" serious failure (5xx). `interaction` overrides the subtype derived from the action
+    (``vread``, ``search-type``, ``history-instance``, ``transaction``...); a read with a
+    `query` defaults to ``search-type``. `query` (the search string) is stored base64
+    encoded in a Query entity. `now` must be timezone-aware.
+    """
+    if action not in _DEFAULT_SUBTYPE:
+        raise ValueError(f"action must be one of C, R, U, D, E, not {action!r}")
+    if outcome_code not in _OUTCOMES:
+        raise ValueError(f"outcome_code must be one of {sorted(_OUTCOMES)}")
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    default = "search-type" if action == "R" and query else _DEFAULT_SUBTYPE[action]
+    subtype = interaction or default
+    if subtype not in _INTERACTIONS:
+        raise ValueError(f"unknown restful interaction {subtype!r}")
+    entities: list[dict[str, Any]] = []
+    if resource_type and id:
+        entities.append(
+            {
+                "what": {"reference": f"{resource_type}/{id}"},
+                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            }
+        )
+    if patient_ref:
+        entities.append(
+            {
+                "what": {"reference": patient_ref},
+                "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+                "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
+            }
+        )
+    if query is not None:
+        entity: dict[str, Any] = {
+            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+            "query": base64.b64encode(query.encode("utf-8")).decode("ascii"),
+        }
+        if resource_type:
+            entity["description"] = f"search on {resource_type}"
+        entities.append(entity)
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": RESTFUL_INTERACTION, "code": subtype, "display": subtype}],
+        "action": action,
+        "recorded": now.isoformat(timespec="milliseconds"),
+        "outcome": outcome_code,
+        "agent": _agents(ctx),
+        "source": {
+            "observer": {"display": observer},
+            "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}],
+        },
+    }
+    if outcome_desc and outcome_code != "0":
+        event["outcomeDesc"] = outcome_desc
+    if entities:
+        event["entity"] = entities
+    return event
+
+
+_REDACTIONS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*"), "Bearer [redacted]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[jwt]"),
+    (re.compile(r"\?[^\s\"']+"), "?[query]"),
+    (re.compile(r"\bPatient/[A-Za-z0-9\-.]{1,64}"), "Patient/[id]"),
+    (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "[ssn]"),
+]
+
+
+def redact(text: str) -> str:
+    """`text` with tokens, query strings, patient references and SSN-like numbers masked."""
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_arg(value: Any) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    return redact(str(value))
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts each record's message, arguments and traceback.
+
+    Install on handlers (``handler.addFilter(RedactingFilter())``) so records from every
+    logger, uvicorn's access log included, pass through it. Argument tuples keep their
+    shape (uvicorn's access formatter unpacks them); numbers pass unchanged, every other
+    argument is rendered to text and redacted. Tracebacks are rendered and redacted too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        original = str(record.msg)
+        record.msg = redact(original)
+        if record.args and record.msg.count("%") != original.count("%"):
+            # redaction swallowed a placeholder: render first, then redact the text
+            try:
+                rendered = original % record.args
+            except (TypeError, ValueError, KeyError):
+                rendered = original
+            record.msg = redact(rendered)
+            record.args = None
+        elif isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(a) for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: _redact_arg(v) for k, v in record.args.items()}
+        if record.exc_info:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.msg = f"{record.msg}\n{redact(formatted)}"
+            record.exc_info = None
+            record.exc_text = None
+        return True

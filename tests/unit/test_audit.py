@@ -1,0 +1,147 @@
+"""AuditEvent builder and log redaction."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from datetime import UTC, datetime
+
+import pytest
+from fhir.resources.R4B.auditevent import AuditEvent
+
+from fhircare.security.audit import RedactingFilter, audit_event, redact
+from fhircare.security.context import AuthContext
+from fhircare.security.scopes import ScopeSet
+
+NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def user_ctx() -> AuthContext:
+    return AuthContext(
+        subject="kc-user-42",
+        client_id="care-app",
+        scopes=ScopeSet.parse("user/*.rs"),
+        fhir_user="Practitioner/dr-1",
+    )
+
+
+def backend_ctx() -> AuthContext:
+    return AuthContext(
+        subject="sync-svc", client_id="sync-svc", scopes=ScopeSet.parse("system/*.rs")
+    )
+
+
+def test_read_event_is_valid_r4_auditevent():
+    event = audit_event(user_ctx(), "R", "CarePlan", "cp-1", "0", patient_ref="Patient/p1", now=NOW)
+    AuditEvent.model_validate(event)
+    assert event["type"] == {
+        "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+        "code": "rest",
+        "display": "RESTful Operation",
+    }
+    assert event["subtype"][0]["system"] == "http://hl7.org/fhir/restful-interaction"
+    assert event["subtype"][0]["code"] == "read"
+    assert event["action"] == "R"
+    assert event["outcome"] == "0"
+    assert event["recorded"] == "2024-05-06T07:08:09.000+00:00"
+    what = [e["what"]["reference"] for e in event["entity"]]
+    assert what == ["CarePlan/cp-1", "Patient/p1"]
+    assert event["entity"][1]["role"]["code"] == "1"  # object-role Patient
+
+
+def test_user_is_requestor_and_app_is_listed():
+    event = audit_event(user_ctx(), "U", "Goal", "g1", "0", now=NOW)
+    user, app = event["agent"]
+    assert user["who"] == {"reference": "Practitioner/dr-1"}
+    assert user["requestor"] is True
+    assert user["altId"] == "kc-user-42"
+    assert app["who"]["identifier"]["value"] == "care-app"
+    assert app["requestor"] is False
+    assert event["subtype"][0]["code"] == "update"
+
+
+def test_backend_client_is_requestor():
+    event = audit_event(backend_ctx(), "C", "Task", "t1", "0", now=NOW)
+    AuditEvent.model_validate(event)
+    (agent,) = event["agent"]
+    assert agent["requestor"] is True
+    assert agent["who"]["identifier"]["value"] == "sync-svc"
+    assert event["subtype"][0]["code"] == "create"
+
+
+def test_search_event_carries_query_base64():
+    q = "patient=Patient/p1&category=laboratory"
+    event = audit_event(user_ctx(), "R", "Observation", None, "0", query=q, now=NOW)
+    AuditEvent.model_validate(event)
+    assert event["subtype"][0]["code"] == "search-type"
+    (entity,) = event["entity"]
+    assert base64.b64decode(entity["query"]).decode() == q
+    assert "name" not in entity  # sev-1: name or query, not both
+
+
+def test_failure_outcome_and_explicit_interaction():
+    event = audit_event(
+        user_ctx(),
+        "R",
+        "CarePlan",
+        "cp-1",
+        "4",
+        now=NOW,
+        interaction="vread",
+        outcome_desc="forbidden",
+    )
+    AuditEvent.model_validate(event)
+    assert (event["outcome"], event["outcomeDesc"]) == ("4", "forbidden")
+    assert event["subtype"][0]["code"] == "vread"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"action": "X"},
+        {"outcome_code": "1"},
+        {"now": datetime(2024, 1, 1)},  # naive
+        {"interaction": "fetch"},
+    ],
+)
+def test_bad_arguments(kwargs):
+    args = {"action": "R", "outcome_code": "0", "now": NOW} | kwargs
+    with pytest.raises(ValueError):
+        audit_event(user_ctx(), args.pop("action"), "Goal", "g", args.pop("outcome_code"), **args)
+
+
+def test_redact():
+    text = (
+        "GET /fhir/Observation?patient=Patient/p1&name=Smith "
+        "Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln ssn 123-45-6789 "
+        "read Patient/p1 token eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
+    )
+    out = redact(text)
+    for secret in ("Smith", "p1", "eyJ", "123-45-6789"):
+        assert secret not in out
+    assert "GET /fhir/Observation?[query]" in out
+    assert redact("Is it valid? yes") == "Is it valid? yes"
+
+
+def test_filter_redacts_args_and_keeps_tuple_shape(caplog):
+    logger = logging.getLogger("fhircare.test.audit")
+    handler = logging.Handler()
+    records: list[logging.LogRecord] = []
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(RedactingFilter())
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning('%s - "%s %s" %d', "127.0.0.1", "GET", "/fhir/Patient/p1?name=Smith", 200)
+        logger.warning("loaded %s", {"resourceType": "Observation", "subject": "Patient/p1"})
+        try:
+            raise ValueError("bad Patient/p1")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    access, loaded, failed = records
+    assert isinstance(access.args, tuple) and access.args[3] == 200
+    assert "p1" not in access.getMessage() and "Smith" not in access.getMessage()
+    assert "p1" not in loaded.getMessage()
+    assert "p1" not in failed.getMessage() and failed.exc_info is None
