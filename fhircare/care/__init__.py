@@ -1,0 +1,2 @@
+"""Care management: assessment and scoring, SDOH derivation, care plans, coordination,
+follow-up, goals, eligibility and the worklist."""
