@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import FastAPI
 
@@ -27,7 +26,7 @@ class Container:
     operations: OperationRegistry
     paging: Paging
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def base_url(self) -> str:
@@ -50,6 +49,8 @@ class Container:
         wiring.install(app, self)
 
     def close(self) -> None:
+        for closer in reversed(self.closers):
+            closer()
         self.store.close()
 
 
@@ -85,4 +86,28 @@ def build_container(settings: Settings, store: Store | None = None) -> Container
     from fhircare import domain_wiring
 
     domain_wiring.register(container)
+    if settings.seed_definitions:
+        seed_definitions(container)
     return container
+
+
+def seed_definitions(container: Container) -> int:
+    """Load the project's conformance resources (profiles/) into the store: each is created
+    when absent and updated when its content changed, all in one commit."""
+    from fhircare.care.definitions import load_profiles_dir
+    from fhircare.store.base import WriteOp
+
+    store = container.store
+    ops = []
+    for resource in load_profiles_dir():
+        rtype, rid = resource["resourceType"], resource["id"]
+        if store.exists(rtype, rid):
+            current = store.read(rtype, rid)
+            current.pop("meta", None)
+            body = {k: v for k, v in resource.items() if k != "meta"}
+            if current == body:
+                continue
+        ops.append(WriteOp("update", rtype, id=rid, resource=resource))
+    if ops:
+        store.commit(ops)
+    return len(ops)

@@ -69,6 +69,94 @@ def serve(
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
 
 
+@app.command()
+def demo(data: DataOpt = None) -> None:
+    """Run the whole care-management cycle on a sample patient and print what it did."""
+    from fhircare.bootstrap import build_container
+    from fhircare.care.demo import run_demo
+    from fhircare.fhir.errors import StoreLocked
+
+    settings = _settings(data=data)
+    try:
+        container = build_container(settings)
+    except StoreLocked as exc:
+        _fail(str(exc))
+    try:
+        counts = run_demo(container.store, console)
+    finally:
+        container.close()
+    console.print(
+        f"[green]demo done[/]: {sum(counts.values())} resources written in {settings.data}"
+    )
+
+
+@app.command()
+def reconcile(
+    bundle: Annotated[Path, typer.Argument(help="Bundle with Patient, Encounter, medications")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Reconcile a discharge's medication lists from a FHIR Bundle file."""
+    from fhircare.fhir.errors import FhirError
+    from fhircare.transitions.reconcile_cli import render_table, run_reconcile
+
+    data = load_json_file(bundle)
+    try:
+        result = run_reconcile(data)
+    except FhirError as exc:
+        _fail(f"{bundle}: {exc.diagnostics}")
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+    else:
+        console.print(render_table(result))
+
+
+@app.command()
+def mllp(
+    port: Annotated[int, typer.Option(help="MLLP port")] = 2575,
+    host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
+    data: DataOpt = None,
+) -> None:
+    """Listen for HL7 v2 ADT messages over MLLP; reply with ACKs (AA, AE, AR)."""
+    import asyncio
+
+    from fhircare.bootstrap import build_container
+    from fhircare.fhir.errors import StoreLocked
+    from fhircare.services.intake import Hl7Intake
+    from fhircare.transitions.hl7v2_ack import build_ack
+    from fhircare.transitions.mllp import serve_mllp
+
+    settings = _settings(data=data)
+    try:
+        container = build_container(settings)
+    except StoreLocked as exc:
+        _fail(str(exc))
+    intake = Hl7Intake(container.bundles, default_tz=settings.default_tz)
+    allowed = (
+        {a.strip() for a in settings.mllp_allowed.split(",") if a.strip()}
+        if settings.mllp_allowed
+        else None
+    )
+
+    async def handler(raw: bytes) -> bytes:
+        return await asyncio.to_thread(intake.handle, raw)
+
+    def on_error(raw: bytes, exc: Exception) -> bytes:
+        return build_ack(raw, "AR", f"Message refused: {type(exc).__name__}").encode()
+
+    async def main() -> None:
+        server = await serve_mllp(host, port, handler, allowed_clients=allowed, on_error=on_error)
+        err.print(f"fhircare MLLP listening on {host}:{port} (data: {settings.data})")
+        async with server:
+            await server.serve_forever()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        container.close()
+
+
 def load_json_file(path: Path) -> Any:
     """Read a JSON file or exit 2 with a clear message."""
     try:

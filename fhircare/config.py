@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     base_url: str | None = None  # public base of the FHIR API; default http://host:port/fhir
     store: Literal["embedded", "hapi"] = "embedded"
     fsync: bool = True
+    seed_definitions: bool = True  # load profiles/ (Questionnaires, PlanDefinitions...) at start
+    audit: bool = True  # AuditEvents for reads and writes of patient data
 
     # limits
     max_body_bytes: int = 10 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Register the domain modules' bus handlers, checks and FHIR operations (called once)."""
+"""Register the domain modules' bus checks and handlers and the FHIR operations (once)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ if TYPE_CHECKING:
 
 
 def register(container: Container) -> None:
-    from fhircare.api import generic_operations
+    from fhircare.api import care_operations, generic_operations
+    from fhircare.care import assessment, goals, tasks
+
+    bus = container.bus
+    assessment.register(bus)  # QuestionnaireResponse: validate; completed -> $extract
+    tasks.register(bus)  # Task: refuse illegal transitions; side effects
+    goals.register(bus)  # Observation: goal progress
+    # DISCHARGE_PENDING discharge.register(bus, care_manager=container.settings.care_manager)
 
     generic_operations.register(container.operations)
+    care_operations.register(container.operations)

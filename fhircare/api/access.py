@@ -1,8 +1,9 @@
-"""Per-request access control for the API edge.
+"""Per-request access control and audit for the API edge.
 
-`get_access` gives each request an `Access`: with `FHIRCARE_AUTH=none` it allows
-everything (local use only); with `FHIRCARE_AUTH=smart` it holds the validated token's
-context and enforces SMART scopes and the patient compartment (see fhircare.security).
+`get_access` gives each request an `Access`. With `FHIRCARE_AUTH=none` (local use only)
+it allows everything; with `FHIRCARE_AUTH=smart` it holds the verified bearer token's
+context and enforces SMART scopes and the patient compartment (fhircare.security).
+Either way, reads and writes of patient data are recorded as AuditEvents.
 """
 
 from __future__ import annotations
@@ -11,14 +12,29 @@ from typing import Any
 
 from fastapi import Request
 
+from fhircare.fhir.errors import Forbidden
+from fhircare.security.context import AuthContext, SearchGuard, allowed, authorize, search_guard
+
+INTERACTION = {"search": "search-type"}
+METHOD_INTERACTION = {"POST": "create", "PUT": "update", "DELETE": "delete"}
+
 
 class Access:
-    """Allow-all access (FHIRCARE_AUTH=none); the SMART variant overrides each check."""
+    """Allow-all access (FHIRCARE_AUTH=none); `SmartAccess` enforces scopes."""
 
-    patient: str | None = None
+    def __init__(self, ctx: AuthContext | None = None, recorder: Any = None) -> None:
+        self.ctx = ctx or AuthContext.unrestricted()
+        self.recorder = recorder
+
+    @property
+    def patient(self) -> str | None:
+        return self.ctx.patient
 
     def require(self, resource_type: str, interaction: str, resource: Any = None) -> None:
         """Raise Forbidden unless the interaction is allowed on the type (and resource)."""
+
+    def require_system(self, what: str) -> None:
+        """Raise Forbidden unless the caller may act across patients (user/ or system/)."""
 
     def search_restriction(self, resource_type: str) -> list[tuple[str, str]]:
         """Extra search parameters that confine a search to what the caller may see."""
@@ -35,15 +51,82 @@ class Access:
 
     def audit(self, action: str, resource: dict[str, Any] | None, outcome: str = "0") -> None:
         """Record an AuditEvent for a read or write of patient data."""
-        recorder = getattr(self, "recorder", None)
-        if recorder is not None and resource is not None:
-            recorder.record(self, action, resource, outcome)
+        if self.recorder is not None and resource is not None:
+            self.recorder.record(self.ctx, action, resource, outcome)
 
 
-ALLOW_ALL = Access()
+class SmartAccess(Access):
+    """SMART on FHIR scopes and the patient compartment, for one verified token."""
+
+    def __init__(self, ctx: AuthContext, recorder: Any = None, store: Any = None) -> None:
+        super().__init__(ctx, recorder)
+        self._guard: SearchGuard | None = None
+        self._store = store
+
+    def require(self, resource_type: str, interaction: str, resource: Any = None) -> None:
+        authorize(
+            self.ctx,
+            resource_type,
+            INTERACTION.get(interaction, interaction),
+            resource=resource if isinstance(resource, dict) else None,
+        )
+
+    def require_system(self, what: str) -> None:
+        if not any(s.level in ("user", "system") for s in self.ctx.scopes.resource):
+            raise Forbidden(f"{what} needs a user/ or system/ scope")
+
+    def search_restriction(self, resource_type: str) -> list[tuple[str, str]]:
+        self._guard = search_guard(self.ctx, resource_type)
+        return list(self._guard.params)
+
+    def filter_bundle(self, bundle: dict[str, Any]) -> None:
+        guard = self._guard
+        entries = bundle.get("entry") or []
+        kept = [
+            e
+            for e in entries
+            if (guard.allows(e["resource"]) if guard else allowed(self.ctx, e["resource"]))
+        ]
+        if len(kept) != len(entries):
+            bundle["entry"] = kept
+
+    def filter_history(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.ctx.patient is None and any(s.level != "patient" for s in self.ctx.scopes.resource):
+            return entries
+        return [e for e in entries if "resource" in e and allowed(self.ctx, e["resource"])]
+
+    def check_bundle(self, bundle: Any) -> None:
+        if not isinstance(bundle, dict):
+            return
+        for i, entry in enumerate(bundle.get("entry") or []):
+            request = entry.get("request") or {} if isinstance(entry, dict) else {}
+            method = request.get("method")
+            url = str(request.get("url", ""))
+            rtype = url.split("?")[0].split("/")[0]
+            try:
+                if method in ("GET", "HEAD"):
+                    if self.ctx.patient is not None:
+                        raise Forbidden("reads inside a Bundle need a user/ or system/ scope")
+                    self.require(rtype, "search" if "/" not in url.split("?")[0] else "read")
+                    continue
+                interaction = METHOD_INTERACTION.get(method or "")
+                if interaction is None:
+                    continue
+                body = entry.get("resource")
+                self.require(rtype, interaction, body if method != "DELETE" else None)
+                parts = url.split("?")[0].split("/")
+                if self._store is not None and len(parts) == 2 and self._store.exists(*parts):
+                    self.require(rtype, interaction, self._store.read(*parts))
+                if method in ("PUT", "DELETE") and "?" in url and self.ctx.patient is not None:
+                    raise Forbidden("conditional writes need a user/ or system/ scope")
+            except Forbidden as exc:
+                exc.diagnostics = f"Bundle.entry[{i}]: {exc.diagnostics}"
+                raise
 
 
 def get_access(request: Request) -> Access:
     """The Access for this request (FastAPI dependency)."""
     factory = getattr(request.app.state, "access_factory", None)
-    return factory(request) if factory else ALLOW_ALL
+    if factory is None:
+        return Access(recorder=getattr(request.app.state, "audit", None))
+    return factory(request)

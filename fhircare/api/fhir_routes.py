@@ -94,7 +94,8 @@ def _create(request: Request, resource_type: str, body: Any, access: Access) -> 
     st = _state(request)
     if isinstance(body, dict) and body.get("resourceType") != resource_type:
         raise BadRequest(
-            f"resourceType {body.get('resourceType')!r} does not match the URL type {resource_type!r}"
+            f"resourceType {body.get('resourceType')!r} does not match "
+            f"the URL type {resource_type!r}"
         )
     access.require(resource_type, "create", body)
     outcome = st.svc.create(body, if_none_exist=request.headers.get("if-none-exist"))

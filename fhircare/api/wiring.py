@@ -1,4 +1,4 @@
-"""Attach routers, the CapabilityStatement and access control to the app."""
+"""Attach routers, the CapabilityStatement, access control, audit and intake to the app."""
 
 from __future__ import annotations
 
@@ -6,15 +6,30 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from fhircare.api import fhir_routes
+from fhircare.api import auth, care_routes, event_routes, fhir_routes
 from fhircare.api.capability import capability_statement
+from fhircare.services.audit import AuditRecorder
+from fhircare.services.intake import Hl7Intake
 
 if TYPE_CHECKING:
     from fhircare.bootstrap import Container
 
 
 def install(app: FastAPI, container: Container) -> None:
+    settings = container.settings
+    recorder = AuditRecorder(container.store) if settings.audit else None
+    if recorder is not None:
+        container.closers.append(recorder.close)
+    app.state.audit = recorder
+    if settings.auth == "smart":
+        app.state.access_factory = auth.access_factory(settings, recorder, container.store)
     app.state.capability = capability_statement(
-        base_url=container.base_url, operations=container.operations
+        base_url=container.base_url,
+        operations=container.operations,
+        security=auth.security_section(settings),
     )
+    app.state.hl7 = Hl7Intake(container.bundles, default_tz=settings.default_tz)
+    app.include_router(auth.router)
+    app.include_router(event_routes.router)
+    app.include_router(care_routes.router)
     app.include_router(fhir_routes.router)

@@ -1,0 +1,149 @@
+"""FHIR operations of the care-management cycle and of transitions of care.
+
+Each handler checks access, calls one domain service (which commits atomically), publishes
+what was written on the bus (so e.g. a new Observation moves goal progress) and answers
+with a Bundle of the written resources.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fhircare.api.operations import OpCall, Operation, OperationRegistry
+from fhircare.care import assessment, plans
+from fhircare.fhir.errors import BadRequest
+
+
+def written_bundle(call: OpCall, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """A collection Bundle of the resources an operation wrote (or found)."""
+    base = call.state.base_url
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources
+        ],
+    }
+
+
+def publish(call: OpCall, written: list[dict[str, Any]]) -> None:
+    if written:
+        call.state.bus.publish(call.state.store, written)
+
+
+def _datetime(value: Any, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadRequest(f"Parameter {name} is not a dateTime: {value!r}") from exc
+
+
+def extract(call: OpCall) -> dict[str, Any]:
+    """QuestionnaireResponse/{id}/$extract: scores, SDOH Conditions, Goals, referrals, Tasks."""
+    store = call.state.store
+    qr = store.read("QuestionnaireResponse", call.id)
+    call.access.require("QuestionnaireResponse", "read", qr)
+    for rtype in ("Observation", "Condition", "Goal", "ServiceRequest"):
+        call.access.require(rtype, "create")
+    written = assessment.extract(store, call.id)
+    publish(call, written)
+    return written_bundle(call, written)
+
+
+def apply(call: OpCall) -> dict[str, Any]:
+    """PlanDefinition/{id}/$apply?subject=Patient/x: an active CarePlan with Goals and Tasks."""
+    subject = call.param("subject")
+    if not isinstance(subject, str) or not subject.startswith("Patient/"):
+        raise BadRequest("$apply needs subject=Patient/{id}", expression=["subject"])
+    store = call.state.store
+    patient = store.read("Patient", subject.split("/", 1)[1])
+    call.access.require("Patient", "read", patient)
+    for rtype in ("CarePlan", "Goal", "Task", "CareTeam"):
+        call.access.require(rtype, "create")
+    preferences: dict[str, Any] = {}
+    goals = call.params("goal")
+    declined = call.params("declinedActivity")
+    if goals:
+        preferences["goals"] = [str(g) for g in goals]
+    if declined:
+        preferences["declined_activities"] = [str(a) for a in declined]
+    program = call.param("programKind") or "long-term"
+    written = plans.apply_plan_definition(
+        store,
+        call.id,
+        subject,
+        preferences=preferences or None,
+        practitioner_ref=call.param("practitioner") or call.state.settings.care_manager,
+        encounter_ref=call.param("encounter"),
+        program_kind=program,
+        episode_end=_datetime(call.param("episodeEnd"), "episodeEnd"),
+    )
+    publish(call, written)
+    return written_bundle(call, written), 201  # type: ignore[return-value]
+
+
+def reconcile_medications(call: OpCall) -> dict[str, Any]:
+    """Encounter/{id}/$reconcile-medications: List, DetectedIssues and Tasks."""
+    from fhircare.transitions import discharge
+
+    store = call.state.store
+    encounter = store.read("Encounter", call.id)
+    call.access.require("Encounter", "read", encounter)
+    for rtype in ("List", "DetectedIssue", "Task", "MedicationStatement"):
+        call.access.require(rtype, "create")
+    result = discharge.reconcile_encounter(store, call.id)
+    if isinstance(result, dict) and result.get("resourceType") == "Bundle":
+        return result
+    return written_bundle(call, list(result))
+
+
+def process_message(call: OpCall) -> dict[str, Any]:
+    """$process-message: Da Vinci Unsolicited Notifications (admit, transfer, discharge)."""
+    from fhircare.transitions import notifications
+
+    call.access.require_system("$process-message")
+    if not isinstance(call.body, dict):
+        raise BadRequest("$process-message needs a message Bundle")
+    svc = call.state.svc
+    return notifications.process_message(call.state.store, call.body, commit_fn=svc.commit_prepared)
+
+
+def register(ops: OperationRegistry) -> None:
+    ops.add(
+        Operation(
+            "extract",
+            extract,
+            "instance",
+            ("QuestionnaireResponse",),
+            description="Derive scores, SDOH conditions, goals and referrals",
+        )
+    )
+    ops.add(
+        Operation(
+            "apply",
+            apply,
+            "instance",
+            ("PlanDefinition",),
+            description="Create a patient's active CarePlan from a template",
+        )
+    )
+    ops.add(
+        Operation(
+            "reconcile-medications",
+            reconcile_medications,
+            "instance",
+            ("Encounter",),
+            description="Reconcile medications around a discharge",
+        )
+    )
+    ops.add(
+        Operation(
+            "process-message",
+            process_message,
+            "system",
+            description="Process a FHIR message (Da Vinci notifications)",
+        )
+    )

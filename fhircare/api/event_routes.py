@@ -1,0 +1,106 @@
+"""Event intake over HTTP: HL7 v2 (`POST /hl7v2`) and the HAPI Subscription webhook."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from fhircare.api.access import get_access
+from fhircare.api.http import FhirJSONResponse, read_json_body
+from fhircare.fhir.errors import BadRequest, PayloadTooLarge, Unauthorized
+from fhircare.services.intake import receive_remote
+
+router = APIRouter(tags=["Events"])
+
+HL7_TYPES = (
+    "x-application/hl7-v2+er7",
+    "application/hl7-v2",
+    "text/plain",
+    "application/edi-hl7",
+    "application/octet-stream",
+    "",
+)
+
+
+def _check_secret(request: Request, secret: str | None, header: str) -> None:
+    if not secret:
+        return
+    given = request.headers.get(header, "")
+    if given.lower().startswith("bearer "):
+        given = given[7:]
+    if not hmac.compare_digest(given.encode(), secret.encode()):
+        raise Unauthorized(f"A valid {header} header is required")
+
+
+@router.post(
+    "/hl7v2",
+    summary="HL7 v2 ADT message (ER7 body); answers with an HL7 ACK",
+    response_class=Response,
+)
+async def hl7v2(request: Request) -> Response:
+    st = request.app.state
+    settings = st.settings
+    if settings.hl7_secret:
+        _check_secret(request, settings.hl7_secret, "X-Fhircare-Secret")
+    elif settings.auth == "smart":
+        get_access(request).require_system("HL7 v2 intake")
+    limit = settings.max_body_bytes
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"The message exceeds the limit of {limit} bytes")
+    ack = await run_in_threadpool(st.hl7.handle, raw)
+    return Response(ack, media_type="x-application/hl7-v2+er7; charset=utf-8")
+
+
+@router.put(
+    "/events/hapi/{resource_type}/{resource_id}",
+    summary="Subscription rest-hook delivery (payload = the resource)",
+)
+async def rest_hook(resource_type: str, resource_id: str, request: Request) -> FhirJSONResponse:
+    st = request.app.state
+    _check_secret(request, st.settings.webhook_secret, "Authorization")
+    body = await read_json_body(request)
+    if not isinstance(body, dict) or (body.get("resourceType"), body.get("id")) != (
+        resource_type,
+        resource_id,
+    ):
+        raise BadRequest(f"The body is not {resource_type}/{resource_id}")
+    written = await run_in_threadpool(receive_remote, st.svc, body)
+    return FhirJSONResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": f"Received {resource_type}/{resource_id}; {len(written)} written",
+                }
+            ],
+        }
+    )
+
+
+@router.post("/events/hapi", summary="Subscription rest-hook ping (no payload)")
+async def rest_hook_ping(request: Request) -> FhirJSONResponse:
+    st = request.app.state
+    _check_secret(request, st.settings.webhook_secret, "Authorization")
+    trigger = getattr(st, "sync_trigger", None)
+    if trigger is not None:
+        trigger.set()
+    return FhirJSONResponse(
+        {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "information",
+                    "code": "informational",
+                    "diagnostics": "Notification received; a pull will fetch the changes",
+                }
+            ],
+        }
+    )

@@ -1,0 +1,77 @@
+"""AuditEvents for reads and writes of patient data, committed in batches.
+
+Recording must not add an fsync to every read, so events are queued and committed
+together by a background thread (every `interval` seconds, or at `batch` events, and at
+close). A kill -9 can lose at most the last interval's audit records, never clinical data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from fhircare.fhir.references import subject_reference
+from fhircare.security.audit import audit_event
+from fhircare.security.context import AuthContext
+from fhircare.store.base import Store, WriteOp
+
+log = logging.getLogger("fhircare.audit")
+
+
+class AuditRecorder:
+    def __init__(self, store: Store, *, interval: float = 1.0, batch: int = 500) -> None:
+        self.store = store
+        self.interval = interval
+        self.batch = batch
+        self._queue: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="fhircare-audit", daemon=True)
+        self._thread.start()
+
+    def record(self, ctx: AuthContext, action: str, resource: dict[str, Any], outcome: str) -> None:
+        """Queue an AuditEvent when the resource is patient data."""
+        patient = subject_reference(resource)
+        if patient is None or resource.get("resourceType") == "AuditEvent":
+            return
+        event = audit_event(
+            ctx,
+            action,
+            resource.get("resourceType"),
+            resource.get("id"),
+            outcome,
+            patient_ref=patient,
+            now=datetime.now(UTC),
+        )
+        with self._lock:
+            self._queue.append(event)
+            if len(self._queue) >= self.batch:
+                self._wake.set()
+
+    def flush(self) -> int:
+        with self._lock:
+            events, self._queue = self._queue, []
+        if events:
+            try:
+                self.store.commit([WriteOp("create", "AuditEvent", resource=e) for e in events])
+            except Exception:  # audit must never break serving; report without patient data
+                log.exception("could not commit %d audit events", len(events))
+                with self._lock:
+                    self._queue = events + self._queue
+                return 0
+        return len(events)
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            self.flush()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(5)
+        self.flush()

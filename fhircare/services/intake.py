@@ -1,0 +1,75 @@
+"""Event intake: HL7 v2 ADT messages and resources pushed by a FHIR server's Subscription.
+
+Each ADT message becomes one FHIR transaction (Patient, Encounter, Conditions upserted on
+their identifiers: all or nothing); the bus then runs discharge processing for a finished
+inpatient Encounter. The ACK is sent only after everything is stored. A message re-sent
+with the same control id is answered with the same ACK and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from fhircare.fhir.errors import FhirError
+from fhircare.services.bundles import BundleProcessor
+from fhircare.services.resources import ResourceService
+from fhircare.store.base import WriteOp
+from fhircare.transitions.hl7v2 import parse_adt
+from fhircare.transitions.hl7v2_ack import ack_for_error, build_ack, encode_ack
+from fhircare.transitions.hl7v2_er7 import Hl7Error
+
+log = logging.getLogger("fhircare.intake")
+
+
+class Hl7Intake:
+    def __init__(self, bundles: BundleProcessor, *, default_tz: str = "UTC") -> None:
+        self.bundles = bundles
+        self.store = bundles.svc.store
+        self.default_tz = default_tz
+
+    def handle(self, raw: bytes) -> bytes:
+        """Process one ER7 message; returns the encoded ACK (AA, AE or AR)."""
+        try:
+            adt = parse_adt(raw, default_tz=self.default_tz)
+        except Hl7Error as exc:
+            log.info("HL7 v2 message refused: %s", exc.code)
+            return encode_ack(ack_for_error(raw, exc), raw)
+        key = (
+            "hl7.ack."
+            + hashlib.sha256(
+                f"{adt.sending_application}|{adt.sending_facility}|{adt.control_id}".encode()
+            ).hexdigest()[:32]
+        )
+        digest = hashlib.sha256(adt.raw.encode()).hexdigest()
+        seen = self.store.get_meta(key)
+        if seen and seen.get("digest") == digest:
+            return encode_ack(seen["ack"], raw)
+        try:
+            from fhircare.transitions.hl7v2 import adt_to_transaction
+
+            self.bundles.process(adt_to_transaction(adt))
+        except FhirError as exc:
+            log.info("HL7 v2 message not stored: %s", type(exc).__name__)
+            ack = build_ack(adt, "AE", f"Not stored: {exc.diagnostics}"[:200], error_code="207")
+            return encode_ack(ack, raw)
+        ack = build_ack(adt, "AA")
+        self.store.set_meta(key, {"digest": digest, "ack": ack})
+        return encode_ack(ack, raw)
+
+
+def receive_remote(svc: ResourceService, resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """Store a resource delivered by the remote server's Subscription (as a remote change)
+    and publish it, so a finished Encounter runs discharge processing."""
+    from fhircare.fhir.validation import validate_resource
+
+    validate_resource(resource)
+    rtype, rid = resource["resourceType"], resource.get("id")
+    if not rid:
+        raise FhirError("A Subscription notification resource needs an id", status=400)
+    results = svc.store.commit(
+        [WriteOp("update", rtype, id=rid, resource=resource, origin="remote")]
+    )
+    written = [r.resource for r in results if r.resource is not None]
+    return written + svc.bus.publish(svc.store, written)
