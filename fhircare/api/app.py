@@ -16,7 +16,8 @@ from fhircare import __version__
 from fhircare.api.http import FhirJSONResponse
 from fhircare.bootstrap import Container, build_container
 from fhircare.config import Settings
-from fhircare.fhir.errors import FhirError, outcome
+from fhircare.fhir.errors import FhirError, Unauthorized, outcome
+from fhircare.security.tokens import www_authenticate
 
 log = logging.getLogger("fhircare.api")
 
@@ -48,7 +49,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     @app.exception_handler(FhirError)
     async def fhir_error(_: Request, exc: FhirError) -> FhirJSONResponse:
-        return FhirJSONResponse(exc.outcome(), status_code=exc.status)
+        headers = {}
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = www_authenticate(exc)
+        return FhirJSONResponse(exc.outcome(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def request_error(_: Request, exc: RequestValidationError) -> FhirJSONResponse:
