@@ -1,7 +1,7 @@
 """Knowledge artifacts shipped with fhircare: FHIR JSON in `profiles/`, YAML in `mappings/`.
 
-Both folders sit at the project root (next to the `fhircare` package). Loaded once and
-cached; callers get deep copies so a caller's edits never leak into the cache.
+Both folders are found by `fhircare.paths` (environment, source tree, or the installed
+share folder). Loaded once and cached; callers get deep copies so a caller's edits never leak into the cache.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-PROFILES_DIR = ROOT / "profiles"
-MAPPINGS_DIR = ROOT / "mappings"
+from fhircare.paths import mappings_dir, profiles_dir
+
+PROFILES_DIR = profiles_dir()
+MAPPINGS_DIR = mappings_dir()
 
 
 @cache

@@ -19,9 +19,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import hl7
 import yaml
 
+from fhircare.paths import mappings_dir
+
 AckCode = Literal["AA", "AE", "AR"]
 
-MAPPINGS_FILE = Path(__file__).resolve().parents[2] / "mappings" / "hl7v2.yaml"
+MAPPINGS_FILE = mappings_dir() / "hl7v2.yaml"
 
 
 class Hl7Error(Exception):
