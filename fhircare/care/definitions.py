@@ -1,7 +1,8 @@
 """Knowledge artifacts shipped with fhircare: FHIR JSON in `profiles/`, YAML in `mappings/`.
 
 Both folders are found by `fhircare.paths` (environment, source tree, or the installed
-share folder). Loaded once and cached; callers get deep copies so a caller's edits never leak into the cache.
+share folder). Loaded once and cached; callers get deep copies so a caller's edits never
+leak into the cache.
 """
 
 from __future__ import annotations
