@@ -51,7 +51,8 @@ def serve(
     from fhircare.fhir.errors import StoreLocked
 
     settings = _settings(host=host, port=port, data=data)
-    if settings.auth == "none" and settings.host not in ("127.0.0.1", "localhost", "::1"):
+    loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+    if settings.auth == "none" and not loopback and not settings.allow_unauthenticated_remote:
         err.print(
             f"[yellow]FHIRCARE_AUTH=none: refusing to bind {settings.host}; "
             "binding 127.0.0.1 (set FHIRCARE_AUTH=smart to serve other hosts)[/]"

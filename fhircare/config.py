@@ -46,6 +46,9 @@ class Settings(BaseSettings):
 
     # security
     auth: Literal["none", "smart"] = "none"
+    # FHIRCARE_AUTH=none binds loopback only, unless this is set (e.g. inside a container
+    # whose port the host publishes on its own loopback)
+    allow_unauthenticated_remote: bool = False
     auth_jwks: str | None = None
     auth_issuer: str | None = None
     auth_audience: str | None = None
