@@ -144,3 +144,24 @@ def hapi_base_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{HAPI_PORT}/fhir"
     finally:
         subprocess.run([str(script), "stop", str(HAPI_PORT)], capture_output=True, timeout=120)
+
+
+# ---- what the suite writes, for the conformance check --------------------------------------
+
+PRODUCED: list[dict] = []
+_original_commit = EmbeddedStore.commit
+
+
+def _recording_commit(self, ops, meta=None):  # noqa: ANN001, ANN202 - mirrors EmbeddedStore.commit
+    results = _original_commit(self, ops, meta)
+    PRODUCED.extend(r.resource for r in results if r.resource is not None)
+    return results
+
+
+EmbeddedStore.commit = _recording_commit  # type: ignore[method-assign]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The conformance check validates what the rest of the suite wrote: run it last."""
+    last = [i for i in items if i.get_closest_marker("conformance")]
+    items[:] = [i for i in items if not i.get_closest_marker("conformance")] + last
