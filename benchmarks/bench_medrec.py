@@ -1,15 +1,21 @@
 """Medication reconciliation throughput: 20 pre-admission vs 20 discharge medications.
 
 Prints `name=value` lines. Single core. Each figure is measured for at least --seconds.
-- medrec_per_s: fhircare reconcile() with warm name caches (drug names recur across patients);
-- medrec_cold_per_s: the same with every name/identity cache cleared before each run;
+- medrec_per_s (the goal figure): reconcile() on FRESH input resources every call (a pool of
+  deep copies, each with its own resource ids and meta.versionId, built before timing), with
+  the term caches warm (drug names, concepts, sig texts and dose quantities recur across
+  patients). Nothing is reused from an earlier call except those term caches.
+- medrec_warm_per_s: the same resource objects every call (every cache as warm as it gets).
+- medrec_cold_per_s: fresh resources and every term cache cleared before each call.
 - naive_per_s: a string-equality reconciliation (same text on both sides = continued) over the
-  same inputs, measured in the same run; ratio = medrec / naive.
+  same inputs, measured in the same run; ratios = medrec / naive.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -116,10 +122,20 @@ def naive(resources: list[dict[str, Any]], encounter: dict[str, Any]) -> dict[st
     return {"encounter": f"Encounter/{encounter['id']}", "items": items, "issues": []}
 
 
-def _clear_caches() -> None:
-    medications.parse_name.cache_clear()
-    medications._identify_key.cache_clear()
-    medications.parse_form.cache_clear()
+def fresh_pool(
+    resources: list[dict[str, Any]], encounter: dict[str, Any], size: int = 64
+) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """`size` deep copies of the inputs, each with its own resource ids and versionIds."""
+    pool = []
+    for k in range(size):
+        rs = copy.deepcopy(resources)
+        for r in rs:
+            r["id"] = f"{r['id']}-{k}"
+            r["meta"] = {"versionId": str(k + 1)}
+        enc = copy.deepcopy(encounter)
+        enc["id"] = f"{enc['id']}-{k}"
+        pool.append((rs, enc))
+    return pool
 
 
 def measure(fn: Callable[[], object], seconds: float) -> float:
@@ -143,11 +159,16 @@ def main() -> None:
     resources, encounter = make_inputs()
     medications.load_tables()
     result = reconcile(resources, encounter)
+    pool = itertools.cycle(fresh_pool(resources, encounter))
+
+    def fresh() -> None:
+        reconcile(*next(pool))
 
     def cold() -> None:
-        _clear_caches()
-        reconcile(resources, encounter)
+        medications.clear_caches()
+        reconcile(*next(pool))
 
+    fresh_rate = measure(fresh, args.seconds)
     warm_rate = measure(lambda: reconcile(resources, encounter), args.seconds)
     cold_rate = measure(cold, args.seconds)
     naive_rate = measure(lambda: naive(resources, encounter), args.seconds)
@@ -155,11 +176,13 @@ def main() -> None:
     print("meds_discharge=20")
     print(f"items={len(result.items)}")
     print(f"issues={len(result.issues)}")
-    print(f"medrec_per_s={warm_rate:.0f}")
+    print(f"medrec_per_s={fresh_rate:.0f}")
+    print(f"medrec_warm_per_s={warm_rate:.0f}")
     print(f"medrec_cold_per_s={cold_rate:.0f}")
     print(f"naive_per_s={naive_rate:.0f}")
-    print(f"ratio_medrec_to_naive={warm_rate / naive_rate:.4f}")
-    print(f"goal_per_s=5000 goal_met={'yes' if warm_rate >= 5000 else 'no'}")
+    print(f"ratio_medrec_to_naive={fresh_rate / naive_rate:.4f}")
+    print(f"ratio_medrec_cold_to_naive={cold_rate / naive_rate:.4f}")
+    print(f"goal_per_s=5000 goal_met={'yes' if fresh_rate >= 5000 else 'no'}")
 
 
 if __name__ == "__main__":

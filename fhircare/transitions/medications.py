@@ -257,8 +257,11 @@ def parse_name(text: str) -> Identity:
 def _coding_key(concept: Resource | None) -> tuple[Any, ...]:
     if not concept:
         return ()
-    codings = tuple(
-        (c.get("system"), c.get("code"), c.get("display")) for c in concept.get("coding") or ()
+    coding = concept.get("coding")
+    codings = (
+        tuple([(c.get("system"), c.get("code"), c.get("display")) for c in coding])
+        if coding
+        else ()
     )
     return (codings, concept.get("text"))
 
@@ -390,6 +393,42 @@ class Sig:
     text: str | None = None
 
 
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    return tuple(getattr(cls, n).__set__ for n in names)
+
+
+_new_object = object.__new__
+_DOSE_SET = _slot_setters(Dose, ("value", "unit"))
+_SIG_SET = _slot_setters(Sig, ("dose", "per_day", "prn", "route", "text"))
+
+
+def _new_dose(value: float, unit: str) -> Dose:
+    """Dose(value, unit) without the frozen-dataclass per-field setattr (hot path)."""
+    d = _new_object(Dose)
+    _DOSE_SET[0](d, value)
+    _DOSE_SET[1](d, unit)
+    return d
+
+
+def _new_sig(
+    dose: Dose | None, per_day: float | None, prn: bool, route: str | None, text: str | None
+) -> Sig:
+    """Sig(...) without the frozen-dataclass per-field setattr (hot path)."""
+    s = _new_object(Sig)
+    set_dose, set_per_day, set_prn, set_route, set_text = _SIG_SET
+    set_dose(s, dose)
+    set_per_day(s, per_day)
+    set_prn(s, prn)
+    set_route(s, route)
+    set_text(s, text)
+    return s
+
+
+_MEMO_MAX = 4096  # bound of the small string memo tables below
+_UNIT_NORM: dict[str, tuple[str, tuple[str, float] | None]] = {}
+_DOSE_MEMO: dict[tuple[float, str], Dose] = {}
+
+
 _DOSE_UNITS = {
     "mg": ("mg", 1.0),
     "g": ("mg", 1000.0),
@@ -479,22 +518,47 @@ def _text_per_day(text: str) -> float | None:
 
 
 def _quantity_dose(q: Resource | None) -> Dose | None:
-    if not q or q.get("value") is None:
+    if not q:
         return None
-    unit = str(q.get("code") or q.get("unit") or "1").strip().lower()
-    base = _DOSE_UNITS.get(unit)
+    value = q.get("value")
+    if value is None:
+        return None
+    raw = q.get("code") or q.get("unit") or "1"
+    tv = type(value)
+    if (tv is float or tv is int) and value and type(raw) is str:
+        # memo on the exact scalars (non-zero: 0.0 == -0.0 would merge two outputs)
+        key = (value, raw)
+        dose = _DOSE_MEMO.get(key)
+        if dose is None:
+            dose = _make_dose(value, raw)
+            if len(_DOSE_MEMO) < _MEMO_MAX:
+                _DOSE_MEMO[key] = dose
+        return dose
+    return _make_dose(value, raw)
+
+
+def _make_dose(value: Any, raw: Any) -> Dose:
+    norm = _UNIT_NORM.get(raw) if type(raw) is str else None
+    if norm is None:
+        unit = str(raw).strip().lower()
+        norm = (unit, _DOSE_UNITS.get(unit))
+        if type(raw) is str and len(_UNIT_NORM) < _MEMO_MAX:
+            _UNIT_NORM[raw] = norm
+    unit, base = norm
     if base is None:
-        return Dose(float(q["value"]), unit)
-    return Dose(round(float(q["value"]) * base[1], 6), base[0])
+        return _new_dose(float(value), unit)
+    return _new_dose(round(float(value) * base[1], 6), base[0])
 
 
 def _route(cc: Resource | None, t: Tables) -> str | None:
     if not cc:
         return None
-    for c in cc.get("coding") or ():
-        if c.get("system") == SNOMED and c.get("code") in t.routes_snomed:
-            return t.routes_snomed[c["code"]]
-    for x in [c.get("display") for c in cc.get("coding") or ()] + [cc.get("text")]:
+    codings = cc.get("coding") or ()
+    snomed = t.routes_snomed
+    for c in codings:
+        if c.get("system") == SNOMED and c.get("code") in snomed:
+            return snomed[c["code"]]
+    for x in [c.get("display") for c in codings] + [cc.get("text")]:
         if x:
             r = t.route_words.get(_words(x))
             if r:
@@ -525,25 +589,30 @@ def parse_sig_text(text: str) -> Sig:
 
 
 _EMPTY_SIG_TEXT = Sig()
+_EMPTY_SIG = Sig()  # shared: Sig is immutable
 
 
-def parse_dosage(dosages: Iterable[Resource] | None) -> Sig:
-    """Parse the first Dosage: structured fields first, its free text fills the gaps."""
+def parse_dosage(dosages: Iterable[Resource] | None, tables: Tables | None = None) -> Sig:
+    """Parse the first Dosage: structured fields first, its free text fills the gaps.
+
+    `tables` (default: `load_tables()`) lets a caller parsing many dosages pass them once.
+    """
     first = next(iter(dosages or ()), None)
     if not first:
-        return Sig()
-    t = load_tables()
-    text = first.get("text")
+        return _EMPTY_SIG
+    t = tables or load_tables()
+    get = first.get
+    text = get("text")
     from_text = parse_sig_text(text) if text else _EMPTY_SIG_TEXT
     dose = None
-    for dr in first.get("doseAndRate") or ():
+    for dr in get("doseAndRate") or ():
         dose = _quantity_dose(dr.get("doseQuantity")) or _quantity_dose(
             (dr.get("doseRange") or {}).get("high")
         )
         if dose:
             break
     per_day = None
-    timing = first.get("timing")
+    timing = get("timing")
     if timing:
         rep = timing.get("repeat") or {}
         if rep.get("period") or rep.get("frequency"):
@@ -556,19 +625,31 @@ def parse_dosage(dosages: Iterable[Resource] | None) -> Sig:
             per_day = float(len(rep.get("when") or rep.get("timeOfDay")))
         code = timing.get("code")
         if per_day is None and code:
+            codes = t.timing_codes
             for c in code.get("coding") or ():
-                per_day = t.timing_codes.get(str(c.get("code", "")).upper())
+                raw = c.get("code", "")
+                per_day = codes.get(raw.upper() if type(raw) is str else str(raw).upper())
                 if per_day is not None:
                     break
             if per_day is None and code.get("text"):
                 per_day = parse_sig_text(code["text"]).per_day
-    prn = bool(first.get("asNeededBoolean")) or "asNeededCodeableConcept" in first
-    return Sig(
-        dose=dose or from_text.dose,
-        per_day=per_day if per_day is not None else from_text.per_day,
-        prn=prn or from_text.prn,
-        route=_route(first.get("route"), t) or from_text.route,
-        text=text,
+    prn = bool(get("asNeededBoolean")) or "asNeededCodeableConcept" in first
+    route = None
+    route_cc = get("route")
+    if route_cc:
+        coding = route_cc.get("coding")
+        if type(coding) is list and len(coding) == 1:  # the usual single coding, else _route
+            c = coding[0]
+            if c.get("system") == SNOMED:
+                route = t.routes_snomed.get(c.get("code"))
+        if route is None:
+            route = _route(route_cc, t)
+    return _new_sig(
+        dose or from_text.dose,
+        per_day if per_day is not None else from_text.per_day,
+        prn or from_text.prn,
+        route or from_text.route,
+        text,
     )
 
 
@@ -623,7 +704,7 @@ def medication_of(
     """(identity, CodeableConcept for output, resolved?) of a MedicationRequest/Statement."""
     cc = resource.get("medicationCodeableConcept")
     if cc:
-        return identify_concept(cc), cc, True
+        return _identify_key(_coding_key(cc)), cc, True
     ref = (resource.get("medicationReference") or {}).get("reference")
     if not ref:
         return UNIDENTIFIED, None, False
@@ -660,3 +741,11 @@ def label_of(identity: Identity, fallback: str | None) -> str:
 def ingredient_info(name: str) -> Ingredient | None:
     """The table entry of an ingredient name."""
     return load_tables().ingredients.get(name)
+
+
+def clear_caches() -> None:
+    """Forget every memoised name, concept, sig and dose (the tables stay loaded)."""
+    for fn in (parse_name, _identify_key, parse_form, parse_sig_text):
+        fn.cache_clear()
+    _UNIT_NORM.clear()
+    _DOSE_MEMO.clear()

@@ -26,13 +26,15 @@ Issue severities (why):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 from fhircare.transitions.medications import (
+    Dose,
+    Identity,
     MedInfo,
     Resolver,
     Resource,
@@ -168,12 +170,10 @@ def _end_time(r: Resource) -> datetime | None:
 class _Index:
     """Local reference resolution over the input resources, then the caller's resolver."""
 
-    def __init__(self, entries: list[tuple[Resource, str]], resolve: Resolver | None) -> None:
-        self.by_ref: dict[str, Resource] = {}
-        for r, ref in entries:
-            self.by_ref[ref] = r
-            if r.get("id"):
-                self.by_ref[f"{r['resourceType']}/{r['id']}"] = r
+    __slots__ = ("by_ref", "resolve")
+
+    def __init__(self, by_ref: dict[str, Resource], resolve: Resolver | None) -> None:
+        self.by_ref = by_ref
         self.resolve = resolve
 
     def add(self, key: str, r: Resource) -> None:
@@ -196,21 +196,29 @@ class _Index:
 def _info(r: Resource, ref: str, status: str, index: Resolver) -> MedInfo:
     ident, concept, resolved = medication_of(r, index)
     dosage = r.get("dosageInstruction") or r.get("dosage") or []
-    fallback = concept_text(concept) or (r.get("medicationReference") or {}).get("display")
+    if ident.ingredients:
+        label = " / ".join(ident.ingredients)  # label_of, which needs no fallback here
+    else:
+        fallback = concept_text(concept) or (r.get("medicationReference") or {}).get("display")
+        label = fallback or "unknown medication"
     info = MedInfo(
-        ref=ref,
-        resource_type=r.get("resourceType", ""),
-        status=status,
-        identity=ident,
-        sig=parse_dosage(dosage) if dosage else Sig(),
-        label=label_of(ident, fallback),
-        concept=concept,
-        dosage=dosage,
-        resolved=resolved,
+        ref,
+        r.get("resourceType", ""),
+        status,
+        ident,
+        parse_dosage(dosage) if dosage else _NO_SIG,
+        label,
+        concept,
+        dosage,
+        None,
+        resolved,
     )
     if status == "stopped":
         info.stop_reason = stop_reason_of(r)
     return info
+
+
+_NO_SIG = Sig()  # shared: Sig is immutable
 
 
 def _medication_only(med: Resource, ref: str) -> MedInfo:
@@ -274,8 +282,13 @@ def _collect(
         )
 
     listed: set[str] = set()
-    for r, _ in entries:  # Lists first: their members are not classified again
-        if r.get("resourceType") != "List" or r.get("status") == "entered-in-error":
+    meds: list[tuple[Resource, str, str]] = []
+    for r, ref in entries:  # Lists first: their members are not classified again
+        rt = r.get("resourceType")
+        if rt == "MedicationRequest" or rt == "MedicationStatement":
+            meds.append((r, ref, rt))
+            continue
+        if rt != "List" or r.get("status") == "entered-in-error":
             continue
         codes = _codes([r.get("code") or {}])
         if PRE_LIST_CODE in codes:
@@ -302,9 +315,8 @@ def _collect(
             target.append(info)
 
     timeline: list[tuple[Resource, str]] = []
-    for r, ref in entries:
-        rt = r.get("resourceType")
-        if ref in listed or rt not in ("MedicationRequest", "MedicationStatement"):
+    for r, ref, rt in meds:
+        if ref in listed:
             continue
         status = r.get("status")
         if status in ("entered-in-error", "not-taken") or status is None:
@@ -411,24 +423,36 @@ def _member(
 
 
 def _release(info: MedInfo) -> str | None:
-    ident = info.identity
+    return _release_of(info.identity)
+
+
+_IR_FORMS = ("tablet", "capsule")
+
+
+def _release_of(ident: Identity) -> str | None:
     if ident.release:
         return ident.release
-    if ident.form in ("tablet", "capsule") and ident.source != "medication":
+    if ident.form in _IR_FORMS and ident.source != "medication":
         return "immediate"  # RxNorm names omit "immediate release"
     return None
 
 
 def _dose_amount(info: MedInfo) -> tuple[str, float] | None:
-    d = info.sig.dose
+    return _amount(info.sig.dose, info.identity.strength)
+
+
+def _amount(
+    d: Dose | None, strength: tuple[tuple[str, float, str], ...]
+) -> tuple[str, float] | None:
     if d is None:
         return None
-    strength = info.identity.strength
-    if d.unit == "count" and len(strength) == 1 and "/" not in strength[0][2]:
-        return strength[0][2], round(d.value * strength[0][1], 6)
-    if d.unit == "ml" and len(strength) == 1 and strength[0][2].endswith("/ml"):
-        return strength[0][2][:-3], round(d.value * strength[0][1], 6)
-    return d.unit, d.value
+    unit = d.unit
+    if len(strength) == 1:
+        if unit == "count" and "/" not in strength[0][2]:
+            return strength[0][2], round(d.value * strength[0][1], 6)
+        if unit == "ml" and strength[0][2].endswith("/ml"):
+            return strength[0][2][:-3], round(d.value * strength[0][1], 6)
+    return unit, d.value
 
 
 def _fmt(x: float) -> str:
@@ -441,30 +465,37 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
     notes: list[str] = []
     missing: list[str] = []
     ib, ia = b.identity, a.identity
+    sgb, sga = b.sig, a.sig
+    sb, sa = ib.strength, ia.strength
     strength_units_differ = False
-    if ib.strength and ia.strength and ib.strength != ia.strength:
-        if [u for _, _, u in ib.strength] != [u for _, _, u in ia.strength]:
+    if sb and sa and sb != sa:
+        if [u for _, _, u in sb] != [u for _, _, u in sa]:
             strength_units_differ = True  # e.g. 40 mg tablet vs 10 mg/ml solution
         else:
             changes.append("strength")
-        notes.append(f"strength {_strength_text(ib.strength)} -> {_strength_text(ia.strength)}")
-    da, db = _dose_amount(a), _dose_amount(b)
-    if da is None or db is None or da[0] != db[0]:
+        notes.append(f"strength {_strength_text(sb)} -> {_strength_text(sa)}")
+    dose_b, dose_a = sgb.dose, sga.dose
+    if dose_a is None or dose_b is None:
         missing.append("dose")
-    elif abs(da[1] - db[1]) > 1e-6 * max(abs(da[1]), abs(db[1]), 1.0):
-        changes.append("dose")
-        notes.append(f"dose {_fmt(db[1])} {db[0]} -> {_fmt(da[1])} {da[0]}")
-    fb, fa = b.sig.per_day, a.sig.per_day
-    if b.sig.prn != a.sig.prn:
+    else:
+        ua, va = _amount(dose_a, sa)  # type: ignore[misc]
+        ub, vb = _amount(dose_b, sb)  # type: ignore[misc]
+        if ua != ub:
+            missing.append("dose")
+        elif abs(va - vb) > 1e-6 * max(abs(va), abs(vb), 1.0):
+            changes.append("dose")
+            notes.append(f"dose {vb:g} {ub} -> {va:g} {ua}")
+    fb, fa = sgb.per_day, sga.per_day
+    if sgb.prn != sga.prn:
         changes.append("frequency")
-        notes.append("as needed -> scheduled" if b.sig.prn else "scheduled -> as needed")
+        notes.append("as needed -> scheduled" if sgb.prn else "scheduled -> as needed")
     elif fb is None or fa is None:
-        if not (b.sig.prn and a.sig.prn and fb is None and fa is None):
+        if not (sgb.prn and sga.prn and fb is None and fa is None):
             missing.append("frequency")
     elif abs(fb - fa) > 0.01 * max(fb, fa):
         changes.append("frequency")
-        notes.append(f"frequency {_fmt(fb)}/day -> {_fmt(fa)}/day")
-    rb, ra = b.route, a.route
+        notes.append(f"frequency {fb:g}/day -> {fa:g}/day")
+    rb, ra = sgb.route or ib.route, sga.route or ia.route  # MedInfo.route
     if rb is None or ra is None:
         missing.append("route")
     elif rb != ra:
@@ -477,16 +508,22 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
         changes.append("form")
         notes.append("different product (strength units differ)")
     else:
-        relb, rela = _release(b), _release(a)
+        relb = ib.release or (
+            "immediate" if ib.form in _IR_FORMS and ib.source != "medication" else None
+        )  # _release_of
+        rela = ia.release or (
+            "immediate" if ia.form in _IR_FORMS and ia.source != "medication" else None
+        )
         if relb and rela and relb != rela:
             changes.append("form")
             notes.append(f"release {relb} -> {rela}")
     if ib.salt and ia.salt and ib.salt != ia.salt:
         changes.append("salt")
         notes.append(f"salt {ib.salt} -> {ia.salt}")
-    if a.status == "held" and b.status != "held":
-        changes.append("held")
-        notes.append("on hold at discharge")
+    if a.status == "held":
+        if b.status != "held":
+            changes.append("held")
+            notes.append("on hold at discharge")
     elif b.status == "held" and a.status == "active":
         changes.append("resumed")
         notes.append("on hold before admission, active at discharge")
@@ -524,25 +561,45 @@ def _text_key(info: MedInfo) -> str:
     return " ".join(info.label.lower().split())
 
 
-def _pair(pre: list[MedInfo], post: list[MedInfo], key: Callable[[MedInfo], Any]) -> dict[int, int]:
-    """Pair pre and post medications with the same key, fewest differences first."""
+_Compared = dict[tuple[int, int], tuple[list[str], list[str], list[str]]]
+
+
+def _pair(
+    pre: list[MedInfo],
+    post: list[MedInfo],
+    pre_keys: dict[int, Any],
+    post_keys: dict[int, Any],
+    compared: _Compared,
+) -> dict[int, int]:
+    """Pair pre and post medications with the same key, fewest differences first.
+
+    `pre_keys`/`post_keys` map list positions to keys (in list order); comparisons made to
+    rank candidates are kept in `compared` for reuse.
+    """
     post_by_key: dict[Any, list[int]] = {}
-    for j, a in enumerate(post):
-        post_by_key.setdefault(key(a), []).append(j)
+    for j, k in post_keys.items():
+        js = post_by_key.get(k)
+        if js is None:
+            post_by_key[k] = [j]
+        else:
+            js.append(j)
     pairs: dict[int, int] = {}
-    taken: set[int] = set()
     candidates: list[tuple[int, int, int]] = []
-    for i, b in enumerate(pre):
-        js = post_by_key.get(key(b))
+    for i, k in pre_keys.items():
+        js = post_by_key.get(k)
         if not js:
             continue
         if len(js) == 1:
             candidates.append((0, i, js[0]))
         else:
+            b = pre[i]
             for j in js:
-                changes, _, missing = compare(b, post[j])
-                candidates.append((len(changes) * 2 + len(missing), i, j))
+                compared[i, j] = result = compare(b, post[j])
+                candidates.append((len(result[0]) * 2 + len(result[2]), i, j))
+    if not candidates:
+        return pairs
     candidates.sort()
+    taken: set[int] = set()
     for _, i, j in candidates:
         if i not in pairs and j not in taken:
             pairs[i] = j
@@ -571,97 +628,137 @@ def reconcile(
     period = enc.get("period") or {}
     start, end = _dt(period.get("start")), _dt(period.get("end"))
     entries: list[tuple[Resource, str]] = []
+    by_ref: dict[str, Resource] = {}
+    by_full: list[tuple[str, Resource]] = []
     for n, x in enumerate(resources):
-        r, full = _unwrap(x)
-        if isinstance(r, dict) and r.get("resourceType"):
-            ref = _ref_of(r, full, n)
+        if "resourceType" not in x and isinstance(x.get("resource"), dict):  # _unwrap
+            r, full = x["resource"], x.get("fullUrl")
+        else:
+            r, full = x, None
+        if not isinstance(r, dict):
+            continue
+        rt = r.get("resourceType")
+        if rt:
+            rid = r.get("id")  # _ref_of
+            ref = f"{rt}/{rid}" if rid else full or f"urn:fhircare:input:{n}"
             entries.append((r, ref))
-    index = _Index(entries, resolve)
-    for x in resources:
-        r, full = _unwrap(x)
-        if full and isinstance(r, dict):
-            index.add(full, r)
+            by_ref[ref] = r
+        if full:
+            by_full.append((full, r))
+    for full, r in by_full:  # full URLs win over resource references
+        by_ref[full] = r
+    index = _Index(by_ref, resolve)
     sides = _collect(entries, start, end, aliases, index)
     return _reconcile_sides(enc_ref, sides)
 
 
+_Facts = tuple[list[str] | None, frozenset[str], bool, bool]
+_NO_FACTS: _Facts = (None, frozenset(), False, False)
+
+
 def _reconcile_sides(enc_ref: str, sides: _Sides) -> ReconciliationResult:
     pre, post = sides.pre, sides.post
-    ident_pre = [i for i, m in enumerate(pre) if m.identified]
-    ident_post = [j for j, m in enumerate(post) if m.identified]
-    pairs_local = _pair(
-        [pre[i] for i in ident_pre], [post[j] for j in ident_post], lambda m: m.identity.key
-    )
-    pairs = {ident_pre[i]: ident_post[j] for i, j in pairs_local.items()}
-    un_pre = [i for i, m in enumerate(pre) if not m.identified]
-    un_post = [j for j, m in enumerate(post) if not m.identified]
-    text_pairs = _pair([pre[i] for i in un_pre], [post[j] for j in un_post], _text_key)
-    pairs.update({un_pre[i]: un_post[j] for i, j in text_pairs.items()})
+    # Per medication, once: ingredient-set key (identified) or text key, and table facts.
+    pre_keys: dict[int, Any] = {}
+    pre_text: dict[int, Any] = {}
+    pre_facts: list[_Facts] = []
+    for i, m in enumerate(pre):
+        ings = m.identity.ingredients
+        if ings:
+            pre_keys[i] = frozenset(ings)
+        else:
+            pre_text[i] = _text_key(m)
+        pre_facts.append(_facts(ings))
+    post_keys: dict[int, Any] = {}
+    post_text: dict[int, Any] = {}
+    post_facts: list[_Facts] = []
+    for j, m in enumerate(post):
+        ings = m.identity.ingredients
+        if ings:
+            post_keys[j] = frozenset(ings)
+        else:
+            post_text[j] = _text_key(m)
+        post_facts.append(_facts(ings))
+    compared: _Compared = {}
+    pairs = _pair(pre, post, pre_keys, post_keys, compared)
+    pairs.update(_pair(pre, post, pre_text, post_text, compared))
 
     stops: dict[frozenset[str], MedInfo] = {}
     for s in sides.stops:
-        if s.identified:
+        if s.identity.ingredients:
             stops.setdefault(s.identity.key, s)
 
     items: list[RecItem] = []
+    facts: list[_Facts] = []  # of each item's after_info or before_info
+    chronic: list[bool] = []  # before_info is chronic
     issues: list[RecIssue] = []
     unverifiable: list[tuple[int, list[str]]] = []
-    paired_post: set[int] = set(pairs.values())
     for i, b in enumerate(pre):
+        fb = pre_facts[i]
         j = pairs.get(i)
         if j is not None:
             a = post[j]
-            changes, notes, missing = compare(b, a)
-            item = RecItem(
-                status=CHANGED if changes else CONTINUED,
-                ingredient=a.label if a.identified else b.label,
-                rxnorm=_rxnorm(a) or _rxnorm(b),
-                before=b.ref,
-                after=a.ref,
-                changes=changes,
-                notes=notes,
-                before_info=b,
-                after_info=a,
-            )
-            if missing and a.identified:
+            fa = post_facts[j]
+            changes, notes, missing = compared.get((i, j)) or compare(b, a)
+            a_identified = j in post_keys
+            codes = fa[0] or fb[0]
+            if missing and a_identified:
                 unverifiable.append((len(items), missing))
-            items.append(item)
+            items.append(
+                RecItem(
+                    CHANGED if changes else CONTINUED,
+                    a.label if a_identified else b.label,
+                    list(codes) if codes else None,
+                    b.ref,
+                    a.ref,
+                    changes,
+                    notes,
+                    b,
+                    a,
+                )
+            )
+            facts.append(fa)
+            chronic.append(fb[3])
             continue
+        codes = fb[0]
         item = RecItem(
-            status=DISCONTINUED,
-            ingredient=b.label,
-            rxnorm=_rxnorm(b),
-            before=b.ref,
-            after=None,
-            before_info=b,
+            DISCONTINUED, b.label, list(codes) if codes else None, b.ref, None, [], [], b
         )
         if b.status == "stopped":
             item.stop_recorded, item.stop_reason = True, b.stop_reason
-        elif b.identified and b.identity.key in stops:
-            stop = stops[b.identity.key]
+        elif i in pre_keys and pre_keys[i] in stops:
+            stop = stops[pre_keys[i]]
             item.stop_recorded, item.stop_reason = True, stop.stop_reason
             item.notes.append(f"stopped by {stop.ref}")
         items.append(item)
+        facts.append(fb)
+        chronic.append(fb[3])
+    paired_post = set(pairs.values())
     for j, a in enumerate(post):
         if j in paired_post:
             continue
+        codes = post_facts[j][0]
         items.append(
             RecItem(
-                status=NEW,
-                ingredient=a.label,
-                rxnorm=_rxnorm(a),
-                before=None,
-                after=a.ref,
-                changes=["held"] if a.status == "held" else [],
-                after_info=a,
+                NEW,
+                a.label,
+                list(codes) if codes else None,
+                None,
+                a.ref,
+                ["held"] if a.status == "held" else [],
+                [],
+                None,
+                a,
             )
         )
-    issues.extend(_duplicates(items))
-    issues.extend(_omissions(items))
-    issues.extend(_high_risk(items))
+        facts.append(post_facts[j])
+        chronic.append(False)
+    issues.extend(_duplicates(items, facts))
+    issues.extend(_omissions(items, facts, chronic))
+    issues.extend(_high_risk(items, facts))
     for idx, missing in unverifiable:
         item = items[idx]
-        high = _is_high_alert(item)
+        high = facts[idx][2]
         issues.append(
             RecIssue(
                 "unverifiable",
@@ -674,7 +771,7 @@ def _reconcile_sides(enc_ref: str, sides: _Sides) -> ReconciliationResult:
         )
     for idx, item in enumerate(items):
         info = item.after_info or item.before_info
-        if info is not None and not info.identified:
+        if info is not None and not info.identity.ingredients:
             why = "reference could not be resolved" if not info.resolved else "not identified"
             issues.append(
                 RecIssue(
@@ -685,8 +782,12 @@ def _reconcile_sides(enc_ref: str, sides: _Sides) -> ReconciliationResult:
                     [idx],
                 )
             )
-    issues.sort(key=lambda x: (SEVERITY_RANK[x.severity], x.items, x.type))
+    issues.sort(key=_issue_order)
     return ReconciliationResult(encounter=enc_ref, items=items, issues=issues)
+
+
+def _issue_order(x: RecIssue) -> tuple[int, list[int], str]:
+    return SEVERITY_RANK[x.severity], x.items, x.type
 
 
 # --------------------------------------------------------------------------- issues
@@ -707,19 +808,24 @@ def _is_chronic(item: RecItem) -> bool:
     return _facts(info.identity.ingredients)[3] if info else False
 
 
-def _duplicates(items: list[RecItem]) -> list[RecIssue]:
+def _duplicates(items: list[RecItem], facts: list[_Facts]) -> list[RecIssue]:
+    """Duplicate therapy among the discharge medications; `facts` aligned with `items`."""
     t = load_tables()
-    after = [
-        i
-        for i, it in enumerate(items)
-        if it.status != DISCONTINUED and it.after_info is not None and it.after_info.identified
-    ]
+    after: list[int] = []
+    by_ing: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        a = it.after_info
+        if it.status == DISCONTINUED or a is None or not a.identity.ingredients:
+            continue
+        after.append(i)
+        for n in a.identity.ingredients:
+            idxs = by_ing.get(n)
+            if idxs is None:
+                by_ing[n] = [i]
+            else:
+                idxs.append(i)
     out: list[RecIssue] = []
     seen_sets: set[tuple[int, ...]] = set()
-    by_ing: dict[str, list[int]] = {}
-    for i in after:
-        for n in items[i].after_info.identity.ingredients:  # type: ignore[union-attr]
-            by_ing.setdefault(n, []).append(i)
     same_ing_pairs: set[frozenset[int]] = set()
     for n, idxs in by_ing.items():
         if len(idxs) < 2 or tuple(idxs) in seen_sets:
@@ -736,16 +842,22 @@ def _duplicates(items: list[RecItem]) -> list[RecIssue]:
                 "same-ingredient",
             )
         )
-    classes = {i: _ingredient_classes(items[i]) for i in after}
+    classes = {i: facts[i][1] for i in after}
 
     def new_dups(idxs: list[int]) -> bool:
+        if not same_ing_pairs:  # idxs are distinct, so any two make a new pair
+            return len(idxs) > 1
         pairs = {frozenset((a, b)) for a in idxs for b in idxs if a != b}
         return bool(pairs - same_ing_pairs)
 
     by_class: dict[str, list[int]] = {}
     for i in after:
         for c in classes[i]:
-            by_class.setdefault(c, []).append(i)
+            idxs = by_class.get(c)
+            if idxs is None:
+                by_class[c] = [i]
+            else:
+                idxs.append(i)
     for c, idxs in by_class.items():
         if len(idxs) < 2 or tuple(idxs) in seen_sets or not new_dups(idxs):
             continue
@@ -763,9 +875,11 @@ def _duplicates(items: list[RecItem]) -> list[RecIssue]:
         )
     for group in t.duplicate_groups:
         members = set(group["classes"])
-        idxs = [i for i in after if classes[i] & members]
-        spanned = set().union(*(classes[i] & members for i in idxs)) if idxs else set()
-        if len(idxs) < 2 or len(spanned) < 2 or tuple(idxs) in seen_sets:
+        idxs = [i for i in after if not classes[i].isdisjoint(members)]
+        if len(idxs) < 2:
+            continue
+        spanned = set().union(*(classes[i] & members for i in idxs))
+        if len(spanned) < 2 or tuple(idxs) in seen_sets:
             continue
         seen_sets.add(tuple(idxs))
         names = "; ".join(items[i].ingredient for i in idxs)
@@ -781,10 +895,11 @@ def _duplicates(items: list[RecItem]) -> list[RecIssue]:
     return out
 
 
-def _omissions(items: list[RecItem]) -> list[RecIssue]:
+def _omissions(items: list[RecItem], facts: list[_Facts], chronic: list[bool]) -> list[RecIssue]:
     out: list[RecIssue] = []
     for i, it in enumerate(items):
-        if it.status != DISCONTINUED or it.before_info is None or not it.before_info.identified:
+        b = it.before_info
+        if it.status != DISCONTINUED or b is None or not b.identity.ingredients:
             continue
         if it.stop_recorded:
             if not it.stop_reason:
@@ -797,9 +912,9 @@ def _omissions(items: list[RecItem]) -> list[RecIssue]:
                     )
                 )
             continue
-        if not _is_chronic(it):
+        if not chronic[i]:
             continue
-        high = _is_high_alert(it)
+        high = facts[i][2]
         out.append(
             RecIssue(
                 "omission",
@@ -812,10 +927,10 @@ def _omissions(items: list[RecItem]) -> list[RecIssue]:
     return out
 
 
-def _high_risk(items: list[RecItem]) -> list[RecIssue]:
+def _high_risk(items: list[RecItem], facts: list[_Facts]) -> list[RecIssue]:
     out: list[RecIssue] = []
     for i, it in enumerate(items):
-        if it.status not in (NEW, CHANGED) or not _is_high_alert(it):
+        if it.status not in (NEW, CHANGED) or not facts[i][2]:
             continue
         if it.status == NEW:
             sev, what = "high", "started"
