@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     remote_token_url: str | None = None
     remote_private_key: Path | None = None
     remote_key_id: str | None = None
+    remote_alg: Literal["RS384", "ES384"] = "RS384"
+    remote_scope: str = "system/*.cruds"
 
     # security
     auth: Literal["none", "smart"] = "none"

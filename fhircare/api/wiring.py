@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import asyncio
+
 from fastapi import FastAPI
 
 from fhircare.api import auth, care_routes, event_routes, fhir_routes
 from fhircare.api.capability import capability_statement
 from fhircare.services.audit import AuditRecorder
+from fhircare.services.background import sync_loop
 from fhircare.services.intake import Hl7Intake
 
 if TYPE_CHECKING:
@@ -29,6 +32,10 @@ def install(app: FastAPI, container: Container) -> None:
         security=auth.security_section(settings),
     )
     app.state.hl7 = Hl7Intake(container.bundles, default_tz=settings.default_tz)
+    if settings.hapi_url and settings.sync_interval > 0 and settings.store == "embedded":
+        wake = asyncio.Event()
+        app.state.sync_trigger = wake
+        container.background.append(sync_loop(container, wake))
     app.include_router(auth.router)
     app.include_router(event_routes.router)
     app.include_router(care_routes.router)

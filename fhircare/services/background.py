@@ -1,0 +1,63 @@
+"""The background sync loop of `serve` (when FHIRCARE_HAPI_URL and FHIRCARE_SYNC_INTERVAL
+are set): pull, push, then process any finished discharge that no notification announced.
+A Subscription ping (`POST /events/hapi`) wakes the loop early."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fhircare.bootstrap import Container
+
+log = logging.getLogger("fhircare.sync")
+
+
+def sync_cycle(container: Container) -> dict[str, int]:
+    """One pull + push + missed-discharge sweep; returns counts (no patient data)."""
+    from fhircare.remote.factory import remote_client
+    from fhircare.remote.sync import sync_once
+    from fhircare.transitions import discharge
+
+    settings = container.settings
+    types = [t.strip() for t in settings.sync_types.split(",") if t.strip()]
+    client = remote_client(settings)
+    try:
+        pulled, pushed = sync_once(
+            container.store,
+            client,
+            types=types,
+            policy=settings.sync_policy,
+            batch_size=settings.sync_batch_size,
+        )
+    finally:
+        client.close()
+    processed = 0
+    for encounter in discharge.find_unprocessed(container.store):
+        written = discharge.process_discharge(
+            container.store, encounter, care_manager=settings.care_manager
+        )
+        container.bus.publish(container.store, written)
+        processed += 1
+    return {"pulled": pulled.fetched, "pushed": pushed.pushed, "discharges": processed}
+
+
+def sync_loop(container: Container, wake: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    interval = container.settings.sync_interval
+
+    async def loop() -> None:
+        while True:
+            try:
+                counts = await asyncio.to_thread(sync_cycle, container)
+                log.info("sync: %s", counts)
+            except Exception as exc:  # keep looping: the outbox keeps what was not pushed
+                log.warning("sync failed (%s); retrying in %.0f s", type(exc).__name__, interval)
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), interval)
+            except TimeoutError:
+                pass
+
+    return loop
