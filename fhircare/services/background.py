@@ -5,6 +5,7 @@ A Subscription ping (`POST /events/hapi`) wakes the loop early."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -55,9 +56,7 @@ def sync_loop(container: Container, wake: asyncio.Event) -> Callable[[], Awaitab
             except Exception as exc:  # keep looping: the outbox keeps what was not pushed
                 log.warning("sync failed (%s); retrying in %.0f s", type(exc).__name__, interval)
             wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval)
-            except TimeoutError:
-                pass
 
     return loop
