@@ -1,8 +1,9 @@
 """The Store protocol backed by a remote FHIR server (HAPI) through `FhirClient`.
 
 * `commit(ops)` is one transaction Bundle: all or nothing on the server. Creates with
-  `keep_id` are PUTs with the client's id, other creates POSTs; `if_match` becomes
-  `request.ifMatch: W/"n"`.
+  `keep_id` are PUTs with the client's id (so, unlike the embedded store, they do not fail
+  when the id exists), other creates POSTs; `if_match` becomes `request.ifMatch: W/"n"`
+  and a version conflict is raised as PreconditionFailed.
 * Durable meta values (`get_meta`/`set_meta`) live in one Basic resource with the fixed
   id `fhircare-meta` (code `meta-store` in our own CodeSystem), one extension per key
   holding the JSON-encoded value; writes use If-Match and retry on a concurrent update.
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from fhircare.fhir.errors import FhirError, Gone, NotFound, PreconditionFailed
+from fhircare.fhir.errors import Conflict, FhirError, Gone, NotFound, PreconditionFailed
 from fhircare.remote.client import FhirClient, parse_etag, version_from_location
 from fhircare.store.base import Change, WriteOp, WriteResult
 
@@ -83,7 +84,14 @@ class RemoteStore:
             return []
         entries = [self._entry(op) for op in ops]
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        response = self.client.transaction(bundle, prefer="return=representation")
+        try:
+            response = self.client.transaction(bundle, prefer="return=representation")
+        except Conflict as exc:
+            # HAPI answers a failed ifMatch inside a transaction with 409 (HAPI-0989); the
+            # Store contract calls that a failed precondition.
+            if any(op.if_match is not None for op in ops):
+                raise PreconditionFailed(exc.diagnostics) from exc
+            raise
         return [
             self._result(op, entry, answer)
             for op, entry, answer in zip(ops, entries, response["entry"], strict=True)
