@@ -166,6 +166,8 @@ def _sync_setup(data: Path | None, hapi_url: str | None):  # noqa: ANN202
     settings = _settings(data=data, hapi_url=hapi_url)
     if not settings.hapi_url:
         _fail("no HAPI server: set FHIRCARE_HAPI_URL or pass --hapi-url")
+    if settings.store == "hapi":
+        _fail("FHIRCARE_STORE=hapi: HAPI is the store itself, there is nothing to sync")
     try:
         container = build_container(settings)
     except StoreLocked as exc:
@@ -277,6 +279,31 @@ def sync_status(data: DataOpt = None) -> None:
         sys.stdout.write(json.dumps(status(container.store), indent=2) + "\n")
     finally:
         container.close()
+
+
+@sync_app.command("resolve")
+def sync_resolve(
+    reference: Annotated[str, typer.Argument(help="Type/id of a flagged conflict")],
+    keep: Annotated[str, typer.Option(help="local or remote")] = "local",
+    data: DataOpt = None,
+    hapi_url: HapiOpt = None,
+) -> None:
+    """Close a flagged sync conflict, keeping the local or the remote version."""
+    from fhircare.fhir.errors import FhirError
+    from fhircare.remote.sync import resolve
+
+    if keep not in ("local", "remote") or reference.count("/") != 1:
+        _fail("usage: fhircare sync resolve Type/id --keep local|remote")
+    _, container, client = _sync_setup(data, hapi_url)
+    rtype, rid = reference.split("/")
+    try:
+        resolve(container.store, client, rtype, rid, keep)  # type: ignore[arg-type]
+    except FhirError as exc:
+        _fail(exc.diagnostics)
+    finally:
+        client.close()
+        container.close()
+    console.print(f"{reference}: kept the {keep} version")
 
 
 @sync_app.command("subscribe")
