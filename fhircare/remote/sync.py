@@ -609,7 +609,7 @@ def resolve(
     open_conflicts = conflicts(store)
     if ref not in open_conflicts:
         raise NotFound(f"no open sync conflict for {ref}")
-    record = open_conflicts.pop(ref)
+    open_conflicts.pop(ref)
     if keep == "remote":
         remote = client.read(resource_type, id)
         op = WriteOp("update", resource_type, id=id, resource=remote, origin="remote")
@@ -623,13 +623,27 @@ def resolve(
             },
         )
         return
-    # keep local: a fresh local version (the held change is behind the push watermark) that
-    # the next push sends; a local deletion is sent now.
+    # keep local: the held local version (behind the push watermark) or deletion is sent
+    # now, and both versions are recorded as in sync.
     meta: dict[str, Any] = {CONFLICTS: open_conflicts}
     if store.exists(resource_type, id):
         local = store.read(resource_type, id)
-        store.commit([WriteOp("update", resource_type, id=id, resource=local)])
-        meta[remote_key(resource_type, id)] = record.get("remote_version")
+        change = Change(
+            0,
+            resource_type,
+            id,
+            local["meta"]["versionId"],
+            False,
+            "local",
+            local["meta"]["lastUpdated"],
+            local,
+        )
+        answer = client.transaction(push_bundle([change], client.base_url))
+        response = (answer.get("entry") or [{}])[0].get("response") or {}
+        meta[remote_key(resource_type, id)] = parse_etag(
+            response.get("etag")
+        ) or version_from_location(response.get("location"))
+        meta[local_key(resource_type, id)] = local["meta"]["versionId"]
     else:
         meta[remote_key(resource_type, id)] = client.delete(resource_type, id)
         meta[local_key(resource_type, id)] = store.current_version(resource_type, id)

@@ -164,7 +164,9 @@ def history_bundle(
     offset = _int_param(params, "_offset", 0)
     page = entries[offset : offset + count]
     for entry in page:
-        entry["fullUrl"] = f"{base_url}/{entry['fullUrl']}"
+        full = entry.get("fullUrl") or ""
+        if not full.startswith(("http://", "https://")):
+            entry["fullUrl"] = f"{base_url}/{full}"
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "history",

@@ -302,7 +302,7 @@ class EmbeddedStore:
             results: list[WriteResult] = []
             for op in ops:
                 result, cur_doc, version_doc = self._prepare(op, pending, now, seq + 1)
-                if version_doc is None:  # a delete of something absent or deleted: no-op
+                if version_doc is None:  # no-op: delete of an absent resource, unchanged update
                     results.append(result)
                     continue
                 seq += 1
@@ -348,6 +348,14 @@ class EmbeddedStore:
                     f"If-Match version {op.if_match} does not match the current version "
                     f"{cur['vid']} of {rtype}/{rid}"
                 )
+        if op.method == "update" and cur and not cur["deleted"] and op.resource is not None:
+            current = self._body(rtype, cur) if (rtype, rid) not in pending else None
+            if current is not None and _same_content(current, op.resource):
+                # A no-op update keeps the version, as HAPI does (nothing to sync either).
+                result = WriteResult(
+                    rtype, rid, cur["vid"], cur["lu"], resource=copy.deepcopy(current)
+                )
+                return result, cur, None
         vid = str(int(cur["vid"]) + 1) if cur else "1"
         deleted = op.method == "delete"
         if deleted and (cur is None or cur["deleted"]):
@@ -423,3 +431,20 @@ class EmbeddedStore:
                 self.compact()
             self._journal.close()
             self._closed = True
+
+
+def _same_content(current: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when `new` equals the stored version but for server-kept meta elements."""
+
+    def strip(resource: dict[str, Any]) -> dict[str, Any]:
+        body = {k: v for k, v in resource.items() if k not in ("meta", "id", "resourceType")}
+        meta = {
+            k: v
+            for k, v in (resource.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")
+        }
+        if meta:
+            body["meta"] = meta
+        return body
+
+    return strip(current) == strip(new)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fhircare.fhir.errors import Conflict, FhirError, Gone, NotFound, PreconditionFailed
+from fhircare.fhir.search import CONTROL_PARAMS
 from fhircare.remote.client import FhirClient, parse_etag, version_from_location
 from fhircare.store.base import Change, WriteOp, WriteResult
 
@@ -61,9 +62,11 @@ class RemoteStore:
             return None
 
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        if not any(k == "_count" for k, _ in params):
-            params = [*params, ("_count", str(PAGE_SIZE))]
-        return list(self.client.search(resource_type, params))
+        """Every match (all pages): paging, includes and summaries are the caller's job, as
+        with the embedded store, so those parameters are not sent."""
+        criteria = [(k, v) for k, v in params if k == "_sort" or k not in CONTROL_PARAMS]
+        criteria.append(("_count", str(PAGE_SIZE)))
+        return list(self.client.search(resource_type, criteria))
 
     def iter_resources(self, resource_type: str) -> Iterable[dict[str, Any]]:
         return self.client.search(resource_type, [("_count", str(PAGE_SIZE))])

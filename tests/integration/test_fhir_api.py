@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -83,42 +84,49 @@ def test_create_read_update_vread_delete_history(client: TestClient, pid: str) -
 
 
 def test_update_with_client_id_creates_and_if_match_guards(client: TestClient, pid: str) -> None:
-    body = careplan(pid, id="cp-1")
-    r = client.put("/fhir/CarePlan/cp-1", json=body)
+    cid = f"cp-{uuid.uuid4().hex[:8]}"
+    body = careplan(pid, id=cid)
+    r = client.put(f"/fhir/CarePlan/{cid}", json=body)
     assert r.status_code == 201
-    r = client.put("/fhir/CarePlan/cp-1", json=body, headers={"If-Match": 'W/"1"'})
+    body["status"] = "on-hold"
+    r = client.put(f"/fhir/CarePlan/{cid}", json=body, headers={"If-Match": 'W/"1"'})
     assert r.status_code == 200
-    stale = client.put("/fhir/CarePlan/cp-1", json=body, headers={"If-Match": 'W/"1"'})
+    body["status"] = "active"
+    stale = client.put(f"/fhir/CarePlan/{cid}", json=body, headers={"If-Match": 'W/"1"'})
     assert stale.status_code == 412
-    assert "does not match" in stale.json()["issue"][0]["diagnostics"]
-    assert client.get("/fhir/CarePlan/cp-1").json()["meta"]["versionId"] == "2"
-    mismatch = client.put("/fhir/CarePlan/cp-1", json=careplan(pid, id="other"))
+    assert stale.json()["resourceType"] == "OperationOutcome"
+    assert client.get(f"/fhir/CarePlan/{cid}").json()["meta"]["versionId"] == "2"
+    mismatch = client.put(f"/fhir/CarePlan/{cid}", json=careplan(pid, id="other"))
     assert mismatch.status_code == 400
+    same = client.put(f"/fhir/CarePlan/{cid}", json=client.get(f"/fhir/CarePlan/{cid}").json())
+    assert same.status_code == 200 and same.json()["meta"]["versionId"] == "2"  # no-op update
 
 
 def test_conditional_create_returns_existing(client: TestClient) -> None:
-    body = patient(identifier=[{"system": "urn:oid:1.2.3", "value": "MRN7"}])
-    hdr = {"If-None-Exist": "identifier=urn:oid:1.2.3|MRN7"}
+    mrn = uuid.uuid4().hex
+    body = patient(identifier=[{"system": "urn:oid:1.2.3", "value": mrn}])
+    hdr = {"If-None-Exist": f"identifier=urn:oid:1.2.3|{mrn}"}
     first = client.post("/fhir/Patient", json=body, headers=hdr)
     second = client.post("/fhir/Patient", json=body, headers=hdr)
     assert first.status_code == 201 and second.status_code == 200
     assert first.json()["id"] == second.json()["id"]
     assert (
-        client.get("/fhir/Patient", params={"identifier": "urn:oid:1.2.3|MRN7"}).json()["total"]
+        client.get("/fhir/Patient", params={"identifier": f"urn:oid:1.2.3|{mrn}"}).json()["total"]
         == 1
     )
 
 
 def test_conditional_update_and_delete(client: TestClient) -> None:
-    body = patient(identifier=[{"system": "http://h.example/mrn", "value": "9"}])
-    r = client.put("/fhir/Patient?identifier=http://h.example/mrn|9", json=body)
+    mrn = uuid.uuid4().hex
+    body = patient(identifier=[{"system": "http://h.example/mrn", "value": mrn}])
+    r = client.put(f"/fhir/Patient?identifier=http://h.example/mrn|{mrn}", json=body)
     assert r.status_code == 201
     r2 = client.put(
-        "/fhir/Patient?identifier=http://h.example/mrn|9", json={**body, "gender": "female"}
+        f"/fhir/Patient?identifier=http://h.example/mrn|{mrn}", json={**body, "gender": "female"}
     )
     assert r2.status_code == 200 and r2.json()["id"] == r.json()["id"]
     assert r2.json()["meta"]["versionId"] == "2"
-    assert client.delete("/fhir/Patient?identifier=http://h.example/mrn|9").status_code == 200
+    assert client.delete(f"/fhir/Patient?identifier=http://h.example/mrn|{mrn}").status_code == 200
     assert client.get(f"/fhir/Patient/{r.json()['id']}").status_code == 410
 
 
@@ -146,7 +154,7 @@ def test_search_params_paging_sort_and_include(client: TestClient, pid: str) -> 
                     ]
                 }
             ],
-            identifier=[{"system": "http://fhircare.org/test", "value": f"cp{i}"}],
+            identifier=[{"system": "http://fhircare.org/test", "value": f"{pid}-cp{i}"}],
         )
         ids.append(client.post("/fhir/CarePlan", json=body).json()["id"])
     client.post("/fhir/CarePlan", json=careplan(other))
@@ -175,16 +183,17 @@ def test_search_params_paging_sort_and_include(client: TestClient, pid: str) -> 
         == 7
     )
     assert (
-        client.get("/fhir/CarePlan", params={"identifier": "http://fhircare.org/test|cp3"}).json()[
-            "total"
-        ]
+        client.get(
+            "/fhir/CarePlan", params={"identifier": f"http://fhircare.org/test|{pid}-cp3"}
+        ).json()["total"]
         == 1
     )
     assert (
         client.get(
             "/fhir/CarePlan",
             params={
-                "category": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category|assess-plan"
+                "patient": pid,
+                "category": "http://hl7.org/fhir/us/core/CodeSystem/careplan-category|assess-plan",
             },
         ).json()["total"]
         == 7
@@ -292,16 +301,17 @@ def test_transaction_is_atomic_and_rewrites_urn_references(client: TestClient) -
 
 
 def test_batch_runs_each_entry_on_its_own(client: TestClient) -> None:
+    family = f"B{uuid.uuid4().hex[:12]}"
     batch = {
         "resourceType": "Bundle",
         "type": "batch",
         "entry": [
-            {"resource": patient("B1"), "request": {"method": "POST", "url": "Patient"}},
+            {"resource": patient(family), "request": {"method": "POST", "url": "Patient"}},
             {
                 "resource": {"resourceType": "Patient", "gender": "bogus"},
                 "request": {"method": "POST", "url": "Patient"},
             },
-            {"request": {"method": "GET", "url": "Patient?family=B1"}},
+            {"request": {"method": "GET", "url": f"Patient?family={family}"}},
             {"request": {"method": "GET", "url": "Patient/missing"}},
         ],
     }
