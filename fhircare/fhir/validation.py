@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+from datetime import date, time
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ValidationError
 
 from fhircare.fhir.errors import BadRequest, FhirError, NotFound, Unprocessable
@@ -76,6 +80,15 @@ def model_class(resource_type: str) -> type[BaseModel]:
     return get_fhir_model_class(resource_type)
 
 
+@cache
+def is_resource_type(name: str) -> bool:
+    """True for the name of a FHIR R4 resource type (served here or not)."""
+    try:
+        return issubclass(model_class(name), Resource)
+    except ValueError:
+        return False
+
+
 def _expression(resource_type: str, loc: tuple[Any, ...]) -> str:
     out = resource_type
     for part in loc:
@@ -107,13 +120,20 @@ def validate_resource(data: Any, expected_type: str | None = None) -> dict[str, 
         raise Unprocessable(
             "Invalid resource id: ids are 1-64 of [A-Za-z0-9-.]", expression=[f"{rtype}.id"]
         )
+    empty = _first_empty(data, rtype)
+    if empty:
+        raise Unprocessable(
+            f"{empty}: FHIR elements must not be empty (no [], {{}}, \"\" or null)",
+            expression=[empty],
+        )
     try:
         model = model_class(rtype).model_validate(data)
     except ValidationError as exc:
         raise _unprocessable(rtype, exc) from exc
     except (ValueError, TypeError) as exc:  # raised by some root validators
         raise Unprocessable(f"Invalid {rtype}: {exc}", expression=[rtype]) from exc
-    problems = list(_binding_problems(model, rtype))
+    problems = list(_json_type_problems(model, data, rtype))
+    problems += list(_binding_problems(model, rtype))
     if problems:
         first_path, first_msg = problems[0]
         raise Unprocessable(
@@ -125,6 +145,30 @@ def validate_resource(data: Any, expected_type: str | None = None) -> dict[str, 
             ],
         )
     return data
+
+
+def _first_empty(node: Any, path: str) -> str | None:
+    """The path of the first empty array, object or string, or null property, if any.
+
+    (JSON nulls inside arrays are allowed: they align primitive extensions, `_given`.)"""
+    if isinstance(node, dict):
+        if not node:
+            return path
+        for key, value in node.items():
+            if value is None or value == "" or value == [] or value == {}:
+                return f"{path}.{key}"
+            found = _first_empty(value, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            if item == "" or item == [] or item == {}:
+                return f"{path}[{i}]"
+            if item is not None:
+                found = _first_empty(item, f"{path}[{i}]")
+                if found:
+                    return found
+    return None
 
 
 def _unprocessable(rtype: str, exc: ValidationError) -> FhirError:
@@ -147,6 +191,48 @@ def _unprocessable(rtype: str, exc: ValidationError) -> FhirError:
             for p, m in issues[1:]
         ],
     )
+
+
+def _json_kind_ok(value: Any, raw: Any) -> bool:
+    """Does the JSON value have the JSON type of the (coerced) primitive value?"""
+    if isinstance(value, bool):
+        return isinstance(raw, bool)
+    if isinstance(value, int):
+        return isinstance(raw, int) and not isinstance(raw, bool)
+    if isinstance(value, Decimal | float):
+        return isinstance(raw, int | float) and not isinstance(raw, bool)
+    if isinstance(value, str | bytes | date | time):  # datetime is a date
+        return isinstance(raw, str)
+    return True
+
+
+def _json_type_problems(model: BaseModel, raw: Any, path: str):  # noqa: ANN202 - generator
+    """FHIR JSON type errors the (lax) model validation coerced away: "true" or 1 for a
+    boolean, "3" for an integer, "12" for a decimal, 5 for a string, and nulls."""
+    if not isinstance(raw, dict):
+        return
+    for key, value in raw.items():
+        if value is None:
+            yield f"{path}.{key}", f"{path}.{key}: null is not allowed in FHIR JSON"
+        elif isinstance(value, list) and f"_{key}" not in raw and any(v is None for v in value):
+            yield f"{path}.{key}", f"{path}.{key}: null is not allowed in FHIR JSON arrays"
+    for name, field in type(model).model_fields.items():
+        alias = field.alias or name
+        value = getattr(model, name, None)
+        if value is None or alias not in raw:
+            continue
+        rv = raw[alias]
+        pairs = (
+            list(enumerate(zip(value, rv, strict=True)))
+            if isinstance(value, list) and isinstance(rv, list) and len(value) == len(rv)
+            else [(None, (value, rv))]
+        )
+        for i, (item, ritem) in pairs:
+            sub = f"{path}.{alias}" + ("" if i is None else f"[{i}]")
+            if isinstance(item, BaseModel):
+                yield from _json_type_problems(item, ritem, sub)
+            elif not isinstance(item, list) and not _json_kind_ok(item, ritem):
+                yield sub, f"{sub}: {json.dumps(ritem)[:40]} has the wrong JSON type"
 
 
 def _binding_problems(model: BaseModel, path: str):  # noqa: ANN202 - generator

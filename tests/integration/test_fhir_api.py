@@ -383,3 +383,18 @@ def test_data_survives_restart(tmp_path: Any) -> None:
         pid = c.post("/fhir/Patient", json=patient("Persist")).json()["id"]
     with TestClient(create_app(settings)) as c:
         assert c.get(f"/fhir/Patient/{pid}").json()["name"][0]["family"] == "Persist"
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"resourceType": "Patient", "name": []}, "Patient.name"),
+        ({"resourceType": "Patient", "name": [{"given": [""]}]}, "Patient.name[0].given[0]"),
+        ({"resourceType": "Patient", "gender": None}, "Patient.gender"),
+        ({"resourceType": "Patient", "name": [{}]}, "Patient.name[0]"),
+    ],
+)
+def test_empty_elements_are_refused(client: TestClient, body: dict, where: str) -> None:
+    r = client.post("/fhir/Patient", json=body)
+    assert r.status_code == 422
+    assert r.json()["issue"][0]["expression"] == [where]

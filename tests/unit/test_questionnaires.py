@@ -411,7 +411,7 @@ def test_resolve_questionnaire_from_store_and_profiles(tmp_path) -> None:
             resolve_questionnaire(store, "http://fhircare.org/fhir/Questionnaire/phq-2|9.9")
         with pytest.raises(NotFound):
             resolve_questionnaire(store, "http://example.org/unknown")
-        q = {"resourceType": "Questionnaire", "status": "active", "item": []}
+        q = {"resourceType": "Questionnaire", "status": "active"}
         store.commit([WriteOp("update", "Questionnaire", id="local", resource=q)])
         assert resolve_questionnaire(store, "Questionnaire/local")["id"] == "local"
     finally:
