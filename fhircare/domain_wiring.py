@@ -11,12 +11,13 @@ if TYPE_CHECKING:
 def register(container: Container) -> None:
     from fhircare.api import care_operations, generic_operations
     from fhircare.care import assessment, goals, tasks
+    from fhircare.transitions import discharge
 
     bus = container.bus
     assessment.register(bus)  # QuestionnaireResponse: validate; completed -> $extract
     tasks.register(bus)  # Task: refuse illegal transitions; side effects
     goals.register(bus)  # Observation: goal progress
-    # DISCHARGE_PENDING discharge.register(bus, care_manager=container.settings.care_manager)
+    discharge.register(bus, care_manager=container.settings.care_manager)  # finished Encounter
 
     generic_operations.register(container.operations)
     care_operations.register(container.operations)

@@ -13,6 +13,7 @@ from typing import Any
 from fhircare.api.operations import OpCall, Operation, OperationRegistry
 from fhircare.care import assessment, plans
 from fhircare.fhir.errors import BadRequest
+from fhircare.fhir.validation import check_id
 
 
 def written_bundle(call: OpCall, resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -59,6 +60,7 @@ def apply(call: OpCall) -> dict[str, Any]:
     if not isinstance(subject, str) or not subject.startswith("Patient/"):
         raise BadRequest("$apply needs subject=Patient/{id}", expression=["subject"])
     store = call.state.store
+    check_id(subject.split("/", 1)[1])
     patient = store.read("Patient", subject.split("/", 1)[1])
     call.access.require("Patient", "read", patient)
     for rtype in ("CarePlan", "Goal", "Task", "CareTeam"):
@@ -94,10 +96,11 @@ def reconcile_medications(call: OpCall) -> dict[str, Any]:
     call.access.require("Encounter", "read", encounter)
     for rtype in ("List", "DetectedIssue", "Task", "MedicationStatement"):
         call.access.require(rtype, "create")
-    result = discharge.reconcile_encounter(store, call.id)
-    if isinstance(result, dict) and result.get("resourceType") == "Bundle":
-        return result
-    return written_bundle(call, list(result))
+    bundle = discharge.reconcile_encounter(
+        store, call.id, base_url=call.state.base_url, care_manager=call.state.settings.care_manager
+    )
+    publish(call, [e["resource"] for e in bundle.get("entry") or []])
+    return bundle
 
 
 def process_message(call: OpCall) -> dict[str, Any]:
@@ -108,7 +111,12 @@ def process_message(call: OpCall) -> dict[str, Any]:
     if not isinstance(call.body, dict):
         raise BadRequest("$process-message needs a message Bundle")
     svc = call.state.svc
-    return notifications.process_message(call.state.store, call.body, commit_fn=svc.commit_prepared)
+    return notifications.process_message(
+        call.state.store,
+        call.body,
+        commit_fn=svc.commit_prepared,
+        care_manager=call.state.settings.care_manager,
+    )
 
 
 def register(ops: OperationRegistry) -> None:

@@ -55,7 +55,7 @@ from fhircare.care.education import education_detail
 from fhircare.care.eligibility import matching_condition_keys
 from fhircare.care.referrals import build_referral, find_performer
 from fhircare.fhir.errors import NotFound, Unprocessable
-from fhircare.store.base import Store, WriteOp
+from fhircare.store.base import Store
 
 ProgramKind = Literal["long-term", "episode"]
 
@@ -110,6 +110,34 @@ def apply_plan_definition(
     Raises NotFound (unknown PlanDefinition, ActivityDefinition or subject) and Unprocessable
     (bad reference, unknown preference ids, unknown program kind, no care manager).
     """
+    resources = plan_definition_resources(
+        store,
+        plan_definition_id,
+        subject_ref,
+        preferences=preferences,
+        practitioner_ref=practitioner_ref,
+        encounter_ref=encounter_ref,
+        program_kind=program_kind,
+        episode_end=episode_end,
+        now=now,
+    )
+    return commit(store, [create_op(r) for r in resources])
+
+
+def plan_definition_resources(
+    store: Store,
+    plan_definition_id: str,
+    subject_ref: str,
+    *,
+    preferences: dict[str, Any] | None = None,
+    practitioner_ref: str | None = None,
+    encounter_ref: str | None = None,
+    program_kind: ProgramKind = "long-term",
+    episode_end: datetime | None = None,
+    now: datetime | None = None,
+) -> list[Resource]:
+    """What `apply_plan_definition` writes (CarePlan first, ids assigned), without writing it,
+    so a caller can commit it together with other writes."""
     at = utcnow(now)
     pd = load_plan_definition(store, plan_definition_id)
     _, patient_id = split_ref(subject_ref, "Patient")
@@ -243,8 +271,7 @@ def apply_plan_definition(
         del careplan["goal"]
     careplan["text"] = narrative(careplan, {r: g for r, g in _by_ref(to_create).items()})
     with_profile(careplan, "fhircare-careplan")
-    ops: list[WriteOp] = [create_op(careplan)] + [create_op(r) for r in to_create]
-    return commit(store, ops)
+    return [careplan, *to_create]
 
 
 def _by_ref(resources: list[Resource]) -> dict[str, Resource]:

@@ -24,7 +24,7 @@ from fhircare.care.common import (
 )
 from fhircare.fhir.errors import PreconditionFailed, Unprocessable
 from fhircare.fhir.validation import validate_resource
-from fhircare.store.base import Store
+from fhircare.store.base import Store, WriteOp
 
 REVISABLE = frozenset(
     {
@@ -63,6 +63,24 @@ def revise_careplan(
     revised or an invalid result, PreconditionFailed when `if_match` is not the current
     version (a lost-update guard: pass the version the user edited).
     """
+    ops = revision_ops(
+        store, careplan_id, changes, author=author, if_match=if_match, now=now, reason=reason
+    )
+    return commit(store, ops)
+
+
+def revision_ops(
+    store: Store,
+    careplan_id: str,
+    changes: dict[str, Any],
+    *,
+    author: str,
+    if_match: str | None,
+    now: datetime | None = None,
+    reason: str | None = None,
+) -> list[WriteOp]:
+    """The writes of `revise_careplan` (CarePlan update guarded by its current version, then
+    the Provenance), not committed, so a caller can commit them with other writes."""
     at = utcnow(now)
     plan = store.read("CarePlan", careplan_id)
     current = plan["meta"]["versionId"]
@@ -113,4 +131,4 @@ def revise_careplan(
     if reason:
         provenance["reason"] = [{"text": reason}]
     with_profile(provenance, "fhircare-provenance")
-    return commit(store, [update_op(new, if_match=current), create_op(provenance)])
+    return [update_op(new, if_match=current), create_op(provenance)]

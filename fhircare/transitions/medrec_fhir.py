@@ -149,7 +149,9 @@ def build_outputs(
     out: list[tuple[str, Resource]] = []
     entries = []
     for item in result.items:
-        entry: Resource = {"flag": _flag(item), "date": now}
+        entry: Resource = {
+            "flag": _flag(item)
+        }  # no entry.date: lst-3 allows it in "working" lists only
         entry["item"] = {"reference": _item_ref(item), "display": item.ingredient}
         if item.status == DISCONTINUED:
             entry["deleted"] = True
