@@ -9,14 +9,14 @@ import httpx
 from fastapi import APIRouter, Request
 
 from fhircare.api.access import Access, SmartAccess
-from fhircare.api.http import FhirJSONResponse
+from fhircare.api.http import ERROR_RESPONSES, FhirJSONResponse
 from fhircare.config import Settings
 from fhircare.fhir.errors import NotFound
 from fhircare.security.context import AuthContext
 from fhircare.security.smart_config import capability_security, smart_configuration
 from fhircare.security.tokens import JwksCache, TokenValidator, bearer_token
 
-router = APIRouter(tags=["SMART"])
+router = APIRouter(tags=["SMART"], responses=ERROR_RESPONSES)
 
 
 def _fetch_jwks(url: str) -> dict[str, Any]:

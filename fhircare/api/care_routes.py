@@ -8,16 +8,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from fhircare.api.access import Access, get_access
-from fhircare.api.http import FhirJSONResponse
+from fhircare.api.http import ERROR_RESPONSES, RESOURCE_SCHEMA, FhirJSONResponse
 from fhircare.care import education, eligibility, followup, revisions, tasks, worklist
 from fhircare.fhir.errors import BadRequest
 from fhircare.fhir.validation import check_id
 from fhircare.services.resources import parse_etag
 
-router = APIRouter(prefix="/care", tags=["Care management"])
+CARE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {
+        "description": "Created: a Bundle of what was written",
+        "content": {"application/fhir+json": {"schema": RESOURCE_SCHEMA}},
+    },
+}
+router = APIRouter(
+    prefix="/care",
+    tags=["Care management"],
+    default_response_class=FhirJSONResponse,
+    responses={**ERROR_RESPONSES, **CARE_RESPONSES},
+)
 
 
 def _publish(request: Request, written: list[dict[str, Any]]) -> None:
@@ -31,7 +43,11 @@ def _patient_ref(value: str) -> str:
     return ref
 
 
-@router.get("/worklist", summary="A care manager's open Tasks, most pressing first")
+@router.get(
+    "/worklist",
+    summary="A care manager's open Tasks, most pressing first",
+    response_class=JSONResponse,
+)
 def get_worklist(
     request: Request,
     practitioner: str = Query(..., min_length=1, max_length=200),
@@ -47,7 +63,11 @@ def get_worklist(
     )
 
 
-@router.get("/eligibility", summary="Chronic care management eligibility and risk flag")
+@router.get(
+    "/eligibility",
+    summary="Chronic care management eligibility and risk flag",
+    response_class=JSONResponse,
+)
 def get_eligibility(
     request: Request,
     patient: str = Query(..., min_length=1, max_length=200),

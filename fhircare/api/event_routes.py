@@ -9,7 +9,13 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from fhircare.api.access import get_access
-from fhircare.api.http import FhirJSONResponse, read_json_body
+from fhircare.api.http import (
+    ERROR_RESPONSES,
+    FHIR_BODY,
+    FHIR_RESPONSES,
+    FhirJSONResponse,
+    read_json_body,
+)
 from fhircare.fhir.errors import BadRequest, PayloadTooLarge, Unauthorized
 from fhircare.services.intake import receive_remote
 
@@ -23,6 +29,16 @@ HL7_TYPES = (
     "application/octet-stream",
     "",
 )
+
+HL7_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "x-application/hl7-v2+er7": {"schema": {"type": "string"}},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    }
+}
 
 
 def _check_secret(request: Request, secret: str | None, header: str) -> None:
@@ -39,6 +55,14 @@ def _check_secret(request: Request, secret: str | None, header: str) -> None:
     "/hl7v2",
     summary="HL7 v2 ADT message (ER7 body); answers with an HL7 ACK",
     response_class=Response,
+    responses={
+        200: {
+            "description": "The HL7 ACK (MSA-1 AA, AE or AR)",
+            "content": {"x-application/hl7-v2+er7": {"schema": {"type": "string"}}},
+        },
+        **ERROR_RESPONSES,
+    },
+    openapi_extra=HL7_BODY,
 )
 async def hl7v2(request: Request) -> Response:
     st = request.app.state
@@ -60,6 +84,9 @@ async def hl7v2(request: Request) -> Response:
 @router.put(
     "/events/hapi/{resource_type}/{resource_id}",
     summary="Subscription rest-hook delivery (payload = the resource)",
+    response_class=FhirJSONResponse,
+    responses=FHIR_RESPONSES,
+    openapi_extra=FHIR_BODY,
 )
 async def rest_hook(resource_type: str, resource_id: str, request: Request) -> FhirJSONResponse:
     st = request.app.state
@@ -78,14 +105,20 @@ async def rest_hook(resource_type: str, resource_id: str, request: Request) -> F
                 {
                     "severity": "information",
                     "code": "informational",
-                    "diagnostics": f"Received {resource_type}/{resource_id}; {len(written)} written",
+                    "diagnostics": f"Received {resource_type}/{resource_id}; "
+                    f"{len(written)} written",
                 }
             ],
         }
     )
 
 
-@router.post("/events/hapi", summary="Subscription rest-hook ping (no payload)")
+@router.post(
+    "/events/hapi",
+    summary="Subscription rest-hook ping (no payload)",
+    response_class=FhirJSONResponse,
+    responses=FHIR_RESPONSES,
+)
 async def rest_hook_ping(request: Request) -> FhirJSONResponse:
     st = request.app.state
     _check_secret(request, st.settings.webhook_secret, "Authorization")

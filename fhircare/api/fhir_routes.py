@@ -8,14 +8,28 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from fhircare.api.access import Access, get_access
-from fhircare.api.http import FhirJSONResponse, read_json_body, resource_response
+from fhircare.api.http import (
+    FHIR_BODY,
+    FHIR_RESPONSES,
+    FORM_BODY,
+    OPTIONAL_FHIR_BODY,
+    FhirJSONResponse,
+    read_form,
+    read_json_body,
+    resource_response,
+)
 from fhircare.api.operations import run_operation
 from fhircare.fhir.errors import BadRequest, NotFound, PreconditionFailed
 from fhircare.fhir.validation import check_id, check_type
 from fhircare.services.resources import parse_etag
-from fhircare.services.searching import history_bundle, search_bundle
+from fhircare.services.searching import history_bundle, search_bundle, since_param
 
-router = APIRouter(prefix="/fhir", tags=["FHIR"])
+router = APIRouter(
+    prefix="/fhir",
+    tags=["FHIR"],
+    default_response_class=FhirJSONResponse,
+    responses=FHIR_RESPONSES,
+)
 
 
 def _state(request: Request) -> Any:
@@ -37,14 +51,14 @@ def metadata(request: Request) -> Response:
 def system_history(request: Request, access: Access = Depends(get_access)) -> Response:
     st = _state(request)
     params = _params(request)
-    since = next((v for k, v in params if k == "_since"), None)
+    since = since_param(params)
     entries = access.filter_history(st.svc.store.history(None, None, since=since))
     return FhirJSONResponse(
         history_bundle(entries, params, base_url=st.base_url, path="_history", paging=st.paging)
     )
 
 
-@router.post("", summary="Transaction or batch Bundle")
+@router.post("", summary="Transaction or batch Bundle", openapi_extra=FHIR_BODY)
 async def post_bundle(request: Request, access: Access = Depends(get_access)) -> Response:
     body = await read_json_body(request)
     return await _run_sync(request, _bundle, request, body, access)
@@ -76,7 +90,7 @@ def search(resource_type: str, request: Request, access: Access = Depends(get_ac
     return FhirJSONResponse(bundle)
 
 
-@router.post("/{resource_type}", summary="Create (or a system operation)")
+@router.post("/{resource_type}", summary="Create (or a system operation)", openapi_extra=FHIR_BODY)
 async def create(
     resource_type: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
@@ -105,7 +119,7 @@ def _create(request: Request, resource_type: str, body: Any, access: Access) -> 
     )
 
 
-@router.put("/{resource_type}", summary="Conditional update")
+@router.put("/{resource_type}", summary="Conditional update", openapi_extra=FHIR_BODY)
 async def conditional_update(
     resource_type: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
@@ -155,7 +169,7 @@ def type_history(
     check_type(resource_type)
     access.require(resource_type, "history-type")
     params = _params(request)
-    since = next((v for k, v in params if k == "_since"), None)
+    since = since_param(params)
     entries = access.filter_history(st.svc.store.history(resource_type, None, since=since))
     return FhirJSONResponse(
         history_bundle(
@@ -168,15 +182,16 @@ def type_history(
     )
 
 
-@router.post("/{resource_type}/_search", summary="Search by POST (form body)")
+@router.post(
+    "/{resource_type}/_search", summary="Search by POST (form body)", openapi_extra=FORM_BODY
+)
 async def search_post(
     resource_type: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
     st = _state(request)
     check_type(resource_type)
     access.require(resource_type, "search")
-    form = await request.form()
-    params = _params(request) + [(k, str(v)) for k, v in form.multi_items()]
+    params = _params(request) + await read_form(request)
     bundle = search_bundle(
         st.svc,
         resource_type,
@@ -206,7 +221,11 @@ def read(
     return resource_response(resource, 200, request=request, base_url=st.base_url)
 
 
-@router.post("/{resource_type}/{resource_id}", summary="A type operation")
+@router.post(
+    "/{resource_type}/{resource_id}",
+    summary="A type operation",
+    openapi_extra=OPTIONAL_FHIR_BODY,
+)
 async def type_operation(
     resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
@@ -223,7 +242,11 @@ async def type_operation(
     )
 
 
-@router.put("/{resource_type}/{resource_id}", summary="Update (create with a client id)")
+@router.put(
+    "/{resource_type}/{resource_id}",
+    summary="Update (create with a client id)",
+    openapi_extra=FHIR_BODY,
+)
 async def update(
     resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
@@ -339,7 +362,11 @@ def instance_operation_get(
     return run_operation(request, access, operation[1:], resource_type, resource_id, None)
 
 
-@router.post("/{resource_type}/{resource_id}/{operation}", summary="Instance operation")
+@router.post(
+    "/{resource_type}/{resource_id}/{operation}",
+    summary="Instance operation",
+    openapi_extra=OPTIONAL_FHIR_BODY,
+)
 async def instance_operation(
     resource_type: str,
     resource_id: str,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import urllib.parse
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
@@ -15,6 +17,78 @@ from fhircare.fhir.errors import BadRequest, PayloadTooLarge, UnsupportedMediaTy
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 MAX_DEPTH = 64
+
+
+# ---- OpenAPI documentation of FHIR exchanges (what schemathesis and clients rely on) --------
+
+RESOURCE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["resourceType"],
+    "properties": {"resourceType": {"type": "string"}},
+}
+OUTCOME_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["resourceType", "issue"],
+    "properties": {
+        "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+        "issue": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["severity", "code"],
+                "properties": {"severity": {"type": "string"}, "code": {"type": "string"}},
+            },
+        },
+    },
+}
+# Every error is an OperationOutcome; this also replaces FastAPI's default 422 document
+# (request validation errors are answered 400 with an OperationOutcome).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {
+        "description": "OperationOutcome: the request was refused",
+        "content": {"application/fhir+json": {"schema": OUTCOME_SCHEMA}},
+    },
+    503: {
+        "description": "OperationOutcome: the request took longer than FHIRCARE_REQUEST_TIMEOUT",
+        "content": {"application/fhir+json": {"schema": OUTCOME_SCHEMA}},
+    },
+}
+FHIR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A FHIR resource (Bundle, OperationOutcome, the resource read...)",
+        "content": {"application/fhir+json": {"schema": RESOURCE_SCHEMA}},
+    },
+    201: {
+        "description": "Created: the resource (or a Bundle of what an operation wrote)",
+        "content": {"application/fhir+json": {"schema": RESOURCE_SCHEMA}},
+    },
+    204: {"description": "No content (a conditional delete that matched nothing)"},
+    304: {"description": "Not modified (If-None-Match matched the current version)"},
+    **ERROR_RESPONSES,
+}
+FHIR_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/fhir+json": {"schema": RESOURCE_SCHEMA}},
+    }
+}
+OPTIONAL_FHIR_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {"application/fhir+json": {"schema": RESOURCE_SCHEMA}},
+    }
+}
+FORM_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "additionalProperties": {"type": "string"}}
+            }
+        },
+    }
+}
 
 
 class FhirJSONResponse(JSONResponse):
@@ -35,6 +109,18 @@ async def read_json_body(request: Request) -> Any:
         raise UnsupportedMediaType(
             f"Content-Type {ctype!r} is not supported: send application/fhir+json"
         )
+    raw = await read_body(request)
+    if not raw.strip():
+        raise BadRequest("The request has no body")
+    return parse_json(raw)
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw request body, refused with 413 beyond FHIRCARE_MAX_BODY_BYTES."""
+    limit: int = request.app.state.settings.max_body_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"The body is {length} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -42,12 +128,33 @@ async def read_json_body(request: Request) -> Any:
         if size > limit:
             raise PayloadTooLarge(f"The body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_form(request: Request) -> list[tuple[str, str]]:
+    """An application/x-www-form-urlencoded body as (name, value) pairs (none without a
+    body); 415 for another content type, 400 for a body that is not UTF-8."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = await read_body(request)
     if not raw.strip():
-        raise BadRequest("The request has no body")
+        return []
+    if ctype != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype!r} is not supported here: send a form (urlencoded)"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The body is not UTF-8") from exc
+    return urllib.parse.parse_qsl(text, keep_blank_values=True)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (RFC 8259): UTF-8 (one leading BOM tolerated), no NaN/Infinity, no
+    duplicate keys, no lone surrogates, nesting at most MAX_DEPTH. BadRequest otherwise."""
     try:
         text = raw.decode("utf-8-sig")
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError as exc:
         raise BadRequest("The body is not UTF-8") from exc
     except json.JSONDecodeError as exc:
@@ -58,7 +165,28 @@ async def read_json_body(request: Request) -> Any:
         raise BadRequest("The JSON is nested too deeply") from exc
     if _depth(data) > MAX_DEPTH:
         raise BadRequest(f"The JSON is nested deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text):  # a \ud800-\udfff escape: is it half a pair?
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest("The JSON holds an unpaired surrogate (\\uD800-\\uDFFF)") from exc
     return data
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"Malformed JSON: {name} is not a JSON value")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise BadRequest(f"Malformed JSON: the key {dup!r} appears twice in one object")
+    return obj
 
 
 def _depth(node: Any, level: int = 0) -> int:

@@ -149,9 +149,12 @@ def apply_status(
 ) -> Resource:
     """A copy of the Task in its new status (statusReason, lastModified, executionPeriod)."""
     out = {k: v for k, v in task.items() if k != "meta"}
-    out["meta"] = {"profile": (task.get("meta") or {}).get("profile") or []}
-    if not out["meta"]["profile"]:
-        with_profile(out, "fhircare-task")
+    # Keep what the Task claims (profiles, tags); never stamp our profile on a Task that a
+    # client wrote without it: it may not conform.
+    meta = {k: v for k, v in (task.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    if meta:
+        out["meta"] = meta
     out["status"] = new_status
     stamp = fhir_datetime(now)
     out["lastModified"] = stamp

@@ -603,12 +603,29 @@ def parse_query(
         alternatives = tuple(_split_commas(raw_value))
         if not alternatives or any(a == "" for a in alternatives) and mod != "missing":
             raise BadRequest(f"Empty value for search parameter '{name}'", code="value")
+        if mod != "missing":
+            for alt in alternatives:
+                _check_value(name, definition.kind, alt)
         criteria.append(Criterion(name, mod, definition, alternatives))
     for key in sort:
         field = key.lstrip("-")
         if field != "_lastUpdated" and param_def(resource_type, field) is None:
             raise BadRequest(f"Unknown sort parameter '{field}'", code="not-supported")
     return criteria, sort
+
+
+def _check_value(name: str, kind: str, value: str) -> None:
+    """Refuse a date or number search value that cannot be parsed (even with no candidates)."""
+    _, text = _split_prefix(value)
+    try:
+        if kind == "date":
+            date_range(text)
+        elif kind in ("number", "quantity"):
+            float(text.split("|")[0])
+    except ValueError as exc:
+        raise BadRequest(
+            f"Invalid {kind} value for '{name}': {value[:80]!r}", code="value"
+        ) from exc
 
 
 def _split_commas(value: str) -> list[str]:

@@ -123,7 +123,7 @@ def validate_resource(data: Any, expected_type: str | None = None) -> dict[str, 
     empty = _first_empty(data, rtype)
     if empty:
         raise Unprocessable(
-            f"{empty}: FHIR elements must not be empty (no [], {{}}, \"\" or null)",
+            f'{empty}: FHIR elements must not be empty (no [], {{}}, "" or null)',
             expression=[empty],
         )
     try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from fhircare.fhir.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
 from fhircare.fhir.references import rewrite_references
+from fhircare.fhir.search import parse_query
 from fhircare.fhir.validation import check_id, check_type
 from fhircare.services.resources import ResourceService, entry_error, parse_etag
 from fhircare.services.searching import Paging, history_bundle, search_bundle
@@ -64,6 +65,7 @@ def check_bundle(bundle: Any, max_entries: int) -> list[dict[str, Any]]:
             code="too-costly",
             status=413,
         )
+    full_urls: set[str] = set()
     for i, entry in enumerate(entries):
         request = entry.get("request") if isinstance(entry, dict) else None
         if not isinstance(request, dict) or not isinstance(request.get("url"), str):
@@ -78,6 +80,15 @@ def check_bundle(bundle: Any, max_entries: int) -> list[dict[str, Any]]:
             )
         if method == "PATCH":
             raise MethodNotAllowed(f"Bundle.entry[{i}]: PATCH is not supported")
+        full_url = entry.get("fullUrl")
+        if full_url is not None:
+            # bdl-7: fullUrl is unique in a transaction or batch (references resolve by it)
+            if not isinstance(full_url, str) or full_url in full_urls:
+                raise BadRequest(
+                    f"Bundle.entry[{i}].fullUrl {str(full_url)[:80]!r} is not a unique string",
+                    expression=[f"Bundle.entry[{i}].fullUrl"],
+                )
+            full_urls.add(full_url)
         if method in ("POST", "PUT") and not isinstance(entry.get("resource"), dict):
             raise BadRequest(
                 f"Bundle.entry[{i}] ({method}) has no resource",
@@ -212,6 +223,12 @@ class BundleProcessor:
         path, query = _split_url(request["url"], self.base_url)
         parts = path.split("/")
         if method in ("GET", "HEAD"):
+            # checked now: a read that cannot succeed fails the transaction before any write
+            check_type(parts[0])
+            if len(parts) == 1:
+                parse_query(parts[0], urllib.parse.parse_qsl(query, keep_blank_values=True))
+            elif len(parts) >= 2:
+                check_id(parts[1])
             return _Planned(i, method, parts[0])
         rtype = parts[0]
         check_type(rtype)

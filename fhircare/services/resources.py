@@ -7,6 +7,7 @@ publishes the written resources on the bus.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,9 @@ from fhircare.fhir.errors import (
     PreconditionFailed,
     Unprocessable,
 )
+from fhircare.fhir.profiles import check_claimed_profiles
 from fhircare.fhir.references import iter_references, parse_local
-from fhircare.fhir.validation import check_id, check_type, validate_resource
+from fhircare.fhir.validation import check_id, check_type, is_resource_type, validate_resource
 from fhircare.services.bus import MessageBus
 from fhircare.store.base import Store, WriteOp, WriteResult
 
@@ -113,6 +115,7 @@ class ResourceService:
         old = None
         if id is not None and self.store.exists(rtype, id):
             old = self.store.read(rtype, id)
+        check_claimed_profiles(data)
         self.bus.run_checks(self.store, old, data)
         return data
 
@@ -134,11 +137,19 @@ class ResourceService:
                 )
             local = parse_local(target)
             if local is None:
-                continue  # absolute reference to another server, or a logical/canonical one
-            rtype, rid, _ = local
+                if not _well_formed_reference(target):
+                    raise Unprocessable(
+                        f"Reference {target[:80]!r} is neither Type/id (of a FHIR resource "
+                        "type), an absolute URL, a urn nor #id",
+                        expression=[f"{data['resourceType']}.{path}.reference"],
+                    )
+                continue  # absolute reference to another server, or to a type not served here
+            rtype, rid, vid = local
             if f"{rtype}/{rid}" in pending:
                 continue
-            if not self.store.exists(rtype, rid):
+            if not self.store.exists(rtype, rid) or (
+                vid is not None and not _version_exists(self.store, rtype, rid, vid)
+            ):
                 raise Unprocessable(
                     f"Reference {target} does not point to an existing resource",
                     expression=[f"{data['resourceType']}.{path}.reference"],
@@ -215,6 +226,27 @@ class ResourceService:
     def commit_prepared(self, ops: list[WriteOp]) -> list[WriteResult]:
         """Commit already prepared ops (transactions, domain services) and publish."""
         return self._commit(ops)
+
+
+RELATIVE_REFERENCE = re.compile(
+    r"^(?P<type>[A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
+
+
+def _well_formed_reference(target: str) -> bool:
+    """An absolute URL, or a relative Type/id[/_history/vid] naming a FHIR resource type."""
+    if "://" in target:
+        return not any(c.isspace() for c in target)
+    m = RELATIVE_REFERENCE.match(target)
+    return m is not None and is_resource_type(m["type"])
+
+
+def _version_exists(store: Store, resource_type: str, id: str, vid: str) -> bool:
+    try:
+        store.vread(resource_type, id, vid)
+    except FhirError:
+        return False
+    return True
 
 
 def entry_error(index: int, exc: FhirError) -> FhirError:

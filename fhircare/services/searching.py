@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import urllib.parse
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from fhircare.fhir.errors import BadRequest
 from fhircare.fhir.references import parse_local
-from fhircare.fhir.search import param_def, values_at
+from fhircare.fhir.search import date_range, param_def, values_at
 from fhircare.fhir.validation import SUPPORTED
 from fhircare.services.resources import ResourceService
 
@@ -32,6 +33,20 @@ def _int_param(params: list[tuple[str, str]], name: str, default: int) -> int:
     if value < 0:
         raise BadRequest(f"{name} must not be negative", code="value")
     return value
+
+
+def since_param(params: list[tuple[str, str]]) -> str | None:
+    """`_since` as a UTC instant comparable with meta.lastUpdated; BadRequest if unparseable."""
+    values = [v for k, v in params if k == "_since"]
+    if not values:
+        return None
+    try:
+        start = date_range(values[-1])[0]
+    except ValueError as exc:
+        raise BadRequest(
+            f"_since must be an instant, not {values[-1][:80]!r}", code="value"
+        ) from exc
+    return start.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _link(base_url: str, path: str, params: list[tuple[str, str]], **overrides: int) -> str:

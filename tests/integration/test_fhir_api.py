@@ -104,14 +104,16 @@ def test_update_with_client_id_creates_and_if_match_guards(client: TestClient, p
 
 def test_conditional_create_returns_existing(client: TestClient) -> None:
     mrn = uuid.uuid4().hex
-    body = patient(identifier=[{"system": "urn:oid:1.2.3", "value": mrn}])
-    hdr = {"If-None-Exist": f"identifier=urn:oid:1.2.3|{mrn}"}
+    body = patient(identifier=[{"system": "urn:oid:2.16.840.1.113883.19.5", "value": mrn}])
+    hdr = {"If-None-Exist": f"identifier=urn:oid:2.16.840.1.113883.19.5|{mrn}"}
     first = client.post("/fhir/Patient", json=body, headers=hdr)
     second = client.post("/fhir/Patient", json=body, headers=hdr)
     assert first.status_code == 201 and second.status_code == 200
     assert first.json()["id"] == second.json()["id"]
     assert (
-        client.get("/fhir/Patient", params={"identifier": f"urn:oid:1.2.3|{mrn}"}).json()["total"]
+        client.get(
+            "/fhir/Patient", params={"identifier": f"urn:oid:2.16.840.1.113883.19.5|{mrn}"}
+        ).json()["total"]
         == 1
     )
 
@@ -398,3 +400,29 @@ def test_empty_elements_are_refused(client: TestClient, body: dict, where: str) 
     r = client.post("/fhir/Patient", json=body)
     assert r.status_code == 422
     assert r.json()["issue"][0]["expression"] == [where]
+
+
+def test_a_claimed_fhircare_profile_is_enforced(client: TestClient, pid: str) -> None:
+    profile = "http://fhircare.org/fhir/StructureDefinition/fhircare-task"
+    task = {
+        "resourceType": "Task",
+        "status": "requested",
+        "intent": "order",
+        "meta": {"profile": [profile]},
+        "for": {"reference": f"Patient/{pid}"},
+        "authoredOn": "2026-11-20T10:00:00Z",
+    }
+    r = client.post("/fhir/Task", json=task)
+    assert r.status_code == 422
+    paths = [p for issue in r.json()["issue"] for p in issue.get("expression", [])]
+    assert "Task.code" in paths and "Task" in paths  # missing code; fta-1 owner-or-requester
+    task["code"] = {
+        "coding": [
+            {"system": "http://fhircare.org/fhir/CodeSystem/care-task", "code": "follow-up-call"}
+        ]
+    }
+    task["requester"] = {"reference": f"Patient/{pid}"}
+    assert client.post("/fhir/Task", json=task).status_code == 201
+    del task["meta"]  # without the claim only the base specification applies
+    del task["code"]
+    assert client.post("/fhir/Task", json=task).status_code == 201
