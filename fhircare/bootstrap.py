@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ class Container:
     paging: Paging
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     closers: list[Callable[[], None]] = field(default_factory=list)
+    sync_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def base_url(self) -> str:

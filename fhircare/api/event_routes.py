@@ -17,6 +17,7 @@ from fhircare.api.http import (
     read_json_body,
 )
 from fhircare.fhir.errors import BadRequest, PayloadTooLarge, Unauthorized
+from fhircare.services.background import sync_cycle
 from fhircare.services.intake import receive_remote
 
 router = APIRouter(tags=["Events"])
@@ -39,6 +40,11 @@ HL7_BODY = {
         },
     }
 }
+
+
+def _syncs_with_remote(state: object) -> bool:
+    settings = state.settings  # type: ignore[attr-defined]
+    return bool(settings.hapi_url) and settings.store == "embedded"
 
 
 def _check_secret(request: Request, secret: str | None, header: str) -> None:
@@ -97,7 +103,14 @@ async def rest_hook(resource_type: str, resource_id: str, request: Request) -> F
         resource_id,
     ):
         raise BadRequest(f"The body is not {resource_type}/{resource_id}")
-    written = await run_in_threadpool(receive_remote, st.svc, body)
+    if _syncs_with_remote(st):
+        # Pull from the server that notified us: the patient's other resources arrive with
+        # the Encounter, so the discharge is reconciled on complete data, then pushed back.
+        counts = await run_in_threadpool(sync_cycle, st.container)
+        summary = f"{counts['pulled']} pulled, {counts['discharges']} discharges processed"
+    else:
+        written = await run_in_threadpool(receive_remote, st.svc, body)
+        summary = f"{len(written)} written"
     return FhirJSONResponse(
         {
             "resourceType": "OperationOutcome",
@@ -105,8 +118,7 @@ async def rest_hook(resource_type: str, resource_id: str, request: Request) -> F
                 {
                     "severity": "information",
                     "code": "informational",
-                    "diagnostics": f"Received {resource_type}/{resource_id}; "
-                    f"{len(written)} written",
+                    "diagnostics": f"Received {resource_type}/{resource_id}; {summary}",
                 }
             ],
         }
@@ -122,9 +134,8 @@ async def rest_hook(resource_type: str, resource_id: str, request: Request) -> F
 async def rest_hook_ping(request: Request) -> FhirJSONResponse:
     st = request.app.state
     _check_secret(request, st.settings.webhook_secret, "Authorization")
-    trigger = getattr(st, "sync_trigger", None)
-    if trigger is not None:
-        trigger.set()
+    if _syncs_with_remote(st):
+        await run_in_threadpool(sync_cycle, st.container)
     return FhirJSONResponse(
         {
             "resourceType": "OperationOutcome",
@@ -132,7 +143,7 @@ async def rest_hook_ping(request: Request) -> FhirJSONResponse:
                 {
                     "severity": "information",
                     "code": "informational",
-                    "diagnostics": "Notification received; a pull will fetch the changes",
+                    "diagnostics": "Notification received; changes pulled",
                 }
             ],
         }

@@ -17,31 +17,28 @@ log = logging.getLogger("fhircare.sync")
 
 
 def sync_cycle(container: Container) -> dict[str, int]:
-    """One pull + push + missed-discharge sweep; returns counts (no patient data)."""
+    """Pull, process the finished discharges not yet processed (whatever announced them,
+    or nothing did), then push (so their outputs reach the server). Returns counts only."""
     from fhircare.remote.factory import remote_client
-    from fhircare.remote.sync import sync_once
+    from fhircare.remote.sync import pull, push
     from fhircare.transitions import discharge
 
     settings = container.settings
     types = [t.strip() for t in settings.sync_types.split(",") if t.strip()]
-    client = remote_client(settings)
-    try:
-        pulled, pushed = sync_once(
-            container.store,
-            client,
-            types=types,
-            policy=settings.sync_policy,
-            batch_size=settings.sync_batch_size,
-        )
-    finally:
-        client.close()
-    processed = 0
-    for encounter in discharge.find_unprocessed(container.store):
-        written = discharge.process_discharge(
-            container.store, encounter, care_manager=settings.care_manager
-        )
-        container.bus.publish(container.store, written)
-        processed += 1
+    with container.sync_lock:
+        client = remote_client(settings)
+        try:
+            pulled = pull(container.store, client, types=types, policy=settings.sync_policy)
+            processed = 0
+            for encounter in discharge.find_unprocessed(container.store):
+                written = discharge.process_discharge(
+                    container.store, encounter, care_manager=settings.care_manager
+                )
+                container.bus.publish(container.store, written)
+                processed += 1
+            pushed = push(container.store, client, batch_size=settings.sync_batch_size)
+        finally:
+            client.close()
     return {"pulled": pulled.fetched, "pushed": pushed.pushed, "discharges": processed}
 
 
