@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from fhircare.care.definitions import load_profiles_dir
+from fhircare.fhir.meta import without_server_meta
 
 # Loaded in this order: profiles bind to the value sets, value sets include the code systems.
 CONFORMANCE_TYPES = ("CodeSystem", "ValueSet", "StructureDefinition")
@@ -52,14 +53,7 @@ def load_conformance_resources(client: httpx.Client) -> int:
 def validate(client: httpx.Client, resource: dict[str, Any]) -> Finding:
     """Validate one resource (base spec + its meta.profile) and return its errors."""
     profiles = (resource.get("meta") or {}).get("profile") or []
-    body = {k: v for k, v in resource.items() if k != "meta"}
-    meta = {
-        k: v
-        for k, v in (resource.get("meta") or {}).items()
-        if k not in ("versionId", "lastUpdated")
-    }
-    if meta:
-        body["meta"] = meta
+    body = without_server_meta(resource)
     params = {"profile": profiles[0]} if profiles else {}
     r = client.post(
         f"/{resource['resourceType']}/$validate",

@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from fhircare.fhir.errors import FhirError, NotFound
+from fhircare.fhir.meta import without_server_meta
 from fhircare.remote.client import FhirClient, parse_etag, version_from_location
 from fhircare.store.base import Change, Store, WriteOp
 
@@ -309,15 +310,7 @@ def pending_changes(store: Store) -> tuple[list[Change], list[str], int, int, in
 
 def _clean(resource: dict[str, Any]) -> dict[str, Any]:
     """The resource to send: the server owns versionId and lastUpdated."""
-    out = dict(resource)
-    meta = {
-        k: v for k, v in (out.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
-    }
-    if meta:
-        out["meta"] = meta
-    else:
-        out.pop("meta", None)
-    return out
+    return without_server_meta(resource)
 
 
 def push_bundle(chunk: Sequence[Change], base_url: str) -> dict[str, Any]:

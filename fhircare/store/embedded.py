@@ -29,6 +29,7 @@ from tinydb.storages import MemoryStorage
 from tinydb.table import Table
 
 from fhircare.fhir.errors import Conflict, Gone, NotFound, PreconditionFailed
+from fhircare.fhir.meta import without_server_meta
 from fhircare.fhir.references import iter_references, parse_local
 from fhircare.fhir.search import Criterion, matches, parse_query, sort_resources
 from fhircare.store.base import Change, WriteOp, WriteResult
@@ -437,14 +438,9 @@ def _same_content(current: dict[str, Any], new: dict[str, Any]) -> bool:
     """True when `new` equals the stored version but for server-kept meta elements."""
 
     def strip(resource: dict[str, Any]) -> dict[str, Any]:
-        body = {k: v for k, v in resource.items() if k not in ("meta", "id", "resourceType")}
-        meta = {
-            k: v
-            for k, v in (resource.get("meta") or {}).items()
-            if k not in ("versionId", "lastUpdated")
-        }
-        if meta:
-            body["meta"] = meta
+        body = without_server_meta(resource)
+        body.pop("id", None)
+        body.pop("resourceType", None)
         return body
 
     return strip(current) == strip(new)
