@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -42,3 +43,35 @@ def client(hapi_base_url: str, tmp_path) -> Iterator[TestClient]:  # noqa: ANN00
     )
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+def test_care_cycle_with_hapi_as_the_store(hapi_base_url: str, tmp_path) -> None:  # noqa: ANN001
+    """Definitions are seeded into HAPI and the care operations run on it."""
+    settings = Settings(
+        data=tmp_path / "unused",
+        store="hapi",
+        hapi_url=hapi_base_url,
+        base_url="http://testserver/fhir",
+        audit=False,
+    )
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/fhir/PlanDefinition/t2dm").status_code == 200  # seeded into HAPI
+        pid = c.post(
+            "/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": "OnHapi"}]}
+        ).json()["id"]
+        cm = c.post(
+            "/fhir/Practitioner",
+            json={"resourceType": "Practitioner", "name": [{"family": "Manager"}]},
+        ).json()["id"]
+        r = c.post(
+            "/fhir/PlanDefinition/t2dm/$apply",
+            params={"subject": f"Patient/{pid}", "practitioner": f"Practitioner/{cm}"},
+        )
+        assert r.status_code == 201, r.text
+        written = {e["resource"]["resourceType"] for e in r.json()["entry"]}
+        assert {"CarePlan", "Goal", "Task"} <= written
+    with httpx.Client(base_url=hapi_base_url, timeout=30) as hapi:
+        plans = hapi.get("/CarePlan", params={"subject": f"Patient/{pid}"}).json()
+        assert plans["total"] == 1
+        goals = hapi.get("/Goal", params={"subject": f"Patient/{pid}"}).json()
+        assert goals["total"] >= 1
