@@ -49,6 +49,12 @@ class Access:
     def check_bundle(self, bundle: Any) -> None:
         """Check every entry of a transaction/batch before anything runs."""
 
+    def audit_search(self, resource_type: str, query: str, bundle: dict[str, Any]) -> None:
+        """Record the patients whose data a search returned (one AuditEvent each)."""
+        if self.recorder is not None:
+            found = [e["resource"] for e in bundle.get("entry") or [] if "resource" in e]
+            self.recorder.record_search(self.ctx, resource_type, query, found)
+
     def audit(self, action: str, resource: dict[str, Any] | None, outcome: str = "0") -> None:
         """Record an AuditEvent for a read or write of patient data."""
         if self.recorder is not None and resource is not None:

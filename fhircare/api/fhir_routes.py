@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -87,6 +88,7 @@ def search(resource_type: str, request: Request, access: Access = Depends(get_ac
         restrict=access.search_restriction(resource_type),
     )
     access.filter_bundle(bundle)
+    access.audit_search(resource_type, request.url.query, bundle)
     return FhirJSONResponse(bundle)
 
 
@@ -201,6 +203,7 @@ async def search_post(
         restrict=access.search_restriction(resource_type),
     )
     access.filter_bundle(bundle)
+    access.audit_search(resource_type, urllib.parse.urlencode(params), bundle)
     return FhirJSONResponse(bundle)
 
 

@@ -51,6 +51,25 @@ class AuditRecorder:
             if len(self._queue) >= self.batch:
                 self._wake.set()
 
+    def record_search(
+        self, ctx: AuthContext, resource_type: str, query: str, resources: list[dict[str, Any]]
+    ) -> None:
+        """Queue one search AuditEvent per patient whose data a search returned."""
+        patients = {subject_reference(r) for r in resources} - {None}
+        if resource_type == "AuditEvent":
+            return
+        now = datetime.now(UTC)
+        events = [
+            audit_event(
+                ctx, "R", resource_type, None, "0", patient_ref=patient, query=query, now=now
+            )
+            for patient in sorted(patients)
+        ]
+        with self._lock:
+            self._queue.extend(events)
+            if len(self._queue) >= self.batch:
+                self._wake.set()
+
     def flush(self) -> int:
         with self._lock:
             events, self._queue = self._queue, []

@@ -201,3 +201,12 @@ def test_reads_and_writes_leave_audit_events(
     ).json()
     actions = [e["resource"]["action"] for e in events.get("entry", [])]
     assert "C" in actions and "R" in actions
+    smart.get("/fhir/CarePlan", params={"status": "active"}, headers=t)
+    smart.app.state.audit.flush()
+    by_patient = smart.get(
+        "/fhir/AuditEvent",
+        params={"patient": f"Patient/{world['alice']}"},
+        headers=auth(token(keys, "system/*.rs")),
+    ).json()
+    subtypes = {c["code"] for e in by_patient["entry"] for c in e["resource"].get("subtype", [])}
+    assert "search-type" in subtypes
