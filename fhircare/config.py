@@ -38,6 +38,7 @@ class Settings(BaseSettings):
         "MedicationStatement,List,DetectedIssue,Communication,Provenance"
     )
     sync_batch_size: int = 500
+    sweep_interval: float = 300.0  # seconds between sweeps for unprocessed discharges; 0 = off
     sync_policy: Literal["flag", "remote-wins", "local-wins"] = "flag"
     remote_client_id: str | None = None  # SMART backend services, when HAPI is protected
     remote_token_url: str | None = None

@@ -97,9 +97,26 @@ class SmartAccess(Access):
             bundle["entry"] = kept
 
     def filter_history(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self.ctx.patient is None and any(s.level != "patient" for s in self.ctx.scopes.resource):
-            return entries
-        return [e for e in entries if "resource" in e and allowed(self.ctx, e["resource"])]
+        """Keep the versions the token may read; a deletion only where the token may read
+        the type without a patient restriction."""
+        kept = []
+        for entry in entries:
+            resource = entry.get("resource")
+            if resource is not None:
+                if allowed(self.ctx, resource):
+                    kept.append(entry)
+                continue
+            rtype = str((entry.get("request") or {}).get("url", "")).split("/")[0]
+            if self.ctx.patient is None and self._may_read_type(rtype):
+                kept.append(entry)
+        return kept
+
+    def _may_read_type(self, resource_type: str) -> bool:
+        try:
+            authorize(self.ctx, resource_type, "history-type")
+        except Forbidden:
+            return False
+        return True
 
     def check_bundle(self, bundle: Any) -> None:
         if not isinstance(bundle, dict):

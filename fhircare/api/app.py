@@ -71,8 +71,10 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         )
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> FhirJSONResponse:
-        log.exception("unexpected error: %s", type(exc).__name__)
+    async def unexpected(request: Request, exc: Exception) -> FhirJSONResponse:
+        route = getattr(request.scope.get("route"), "path", "?")  # the template: no ids
+        log.error("unexpected error %s on %s %s", type(exc).__name__, request.method, route)
+        log.debug("traceback", exc_info=exc)  # tracebacks may quote payload values: debug only
         return FhirJSONResponse(
             outcome("fatal", "exception", f"Internal error ({type(exc).__name__})"),
             status_code=500,

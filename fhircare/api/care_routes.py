@@ -54,6 +54,7 @@ def get_worklist(
     access: Access = Depends(get_access),
 ) -> FhirJSONResponse:
     access.require_system("The worklist")
+    access.require("Task", "search")
     ref = practitioner if "/" in practitioner else f"Practitioner/{practitioner}"
     check_id(ref.split("/", 1)[1])
     items = worklist.worklist(request.app.state.store, ref)

@@ -47,8 +47,11 @@ def _syncs_with_remote(state: object) -> bool:
     return bool(settings.hapi_url) and settings.store == "embedded"
 
 
-def _check_secret(request: Request, secret: str | None, header: str) -> None:
+def _check_secret(request: Request, secret: str | None, header: str, what: str) -> None:
+    """The shared secret when one is configured; else, under SMART, a system-level token."""
     if not secret:
+        if request.app.state.settings.auth == "smart":
+            get_access(request).require_system(what)
         return
     given = request.headers.get(header, "")
     if given.lower().startswith("bearer "):
@@ -74,7 +77,7 @@ async def hl7v2(request: Request) -> Response:
     st = request.app.state
     settings = st.settings
     if settings.hl7_secret:
-        _check_secret(request, settings.hl7_secret, "X-Fhircare-Secret")
+        _check_secret(request, settings.hl7_secret, "X-Fhircare-Secret", "HL7 v2 intake")
     elif settings.auth == "smart":
         get_access(request).require_system("HL7 v2 intake")
     limit = settings.max_body_bytes
@@ -96,7 +99,7 @@ async def hl7v2(request: Request) -> Response:
 )
 async def rest_hook(resource_type: str, resource_id: str, request: Request) -> FhirJSONResponse:
     st = request.app.state
-    _check_secret(request, st.settings.webhook_secret, "Authorization")
+    _check_secret(request, st.settings.webhook_secret, "Authorization", "The webhook")
     body = await read_json_body(request)
     if not isinstance(body, dict) or (body.get("resourceType"), body.get("id")) != (
         resource_type,
@@ -133,7 +136,7 @@ async def rest_hook(resource_type: str, resource_id: str, request: Request) -> F
 )
 async def rest_hook_ping(request: Request) -> FhirJSONResponse:
     st = request.app.state
-    _check_secret(request, st.settings.webhook_secret, "Authorization")
+    _check_secret(request, st.settings.webhook_secret, "Authorization", "The webhook")
     if _syncs_with_remote(st):
         await run_in_threadpool(sync_cycle, st.container)
     return FhirJSONResponse(

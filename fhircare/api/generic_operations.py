@@ -19,6 +19,7 @@ def validate(call: OpCall) -> dict[str, Any]:
     )
     if resource is None and call.id:
         resource = call.state.svc.read(call.resource_type, call.id)
+        call.access.require(call.resource_type, "read", resource)
     if not isinstance(resource, dict):
         raise BadRequest("$validate needs a resource (body or Parameters.parameter 'resource')")
     try:
@@ -65,6 +66,7 @@ def everything(call: OpCall) -> dict[str, Any]:
         "entry": entries,
     }
     call.access.filter_bundle(bundle)
+    call.access.audit_search("Patient", f"_id={call.id}&$everything", bundle)
     return bundle
 
 

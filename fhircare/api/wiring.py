@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fhircare.api import auth, care_routes, event_routes, fhir_routes
 from fhircare.api.capability import capability_statement
 from fhircare.services.audit import AuditRecorder
-from fhircare.services.background import sync_loop
+from fhircare.services.background import sweep_loop, sync_loop
 from fhircare.services.intake import Hl7Intake
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ def install(app: FastAPI, container: Container) -> None:
         security=auth.security_section(settings),
     )
     app.state.hl7 = Hl7Intake(container.bundles, default_tz=settings.default_tz)
+    if settings.sweep_interval > 0 and not (settings.hapi_url and settings.sync_interval > 0):
+        container.background.append(sweep_loop(container))  # the sync loop sweeps otherwise
     if settings.hapi_url and settings.sync_interval > 0 and settings.store == "embedded":
         wake = asyncio.Event()
         app.state.sync_trigger = wake

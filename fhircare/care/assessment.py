@@ -400,7 +400,7 @@ def _sdoh_domain(ctx: _Ctx, domain: str) -> list[_Out]:
     cond_slot = f"sdoh-{domain}-condition"
     cond_id = ctx.rid(cond_slot)
     if _existing_concern(ctx, domain, cond_id):
-        log.info("%s: patient already has an active %s concern", ctx.qr_id, domain)
+        log.debug("an active concern exists already: no duplicate Condition")
         return []
     ccfg = cfg["condition"]
     condition: Resource = {
@@ -614,7 +614,7 @@ def on_questionnaire_response(store: Store, resource: Resource) -> list[Resource
     try:
         return _extract(store, resource["id"], None)[1]
     except FhirError as exc:
-        log.warning("not extracted: %s/%s: %s", QR, resource["id"], exc.diagnostics)
+        log.warning("not extracted: %s/%s (%s)", QR, resource["id"], type(exc).__name__)
         return []
 
 

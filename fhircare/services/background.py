@@ -21,7 +21,6 @@ def sync_cycle(container: Container) -> dict[str, int]:
     or nothing did), then push (so their outputs reach the server). Returns counts only."""
     from fhircare.remote.factory import remote_client
     from fhircare.remote.sync import pull, push
-    from fhircare.transitions import discharge
 
     settings = container.settings
     types = [t.strip() for t in settings.sync_types.split(",") if t.strip()]
@@ -29,17 +28,30 @@ def sync_cycle(container: Container) -> dict[str, int]:
         client = remote_client(settings)
         try:
             pulled = pull(container.store, client, types=types, policy=settings.sync_policy)
-            processed = 0
-            for encounter in discharge.find_unprocessed(container.store):
-                written = discharge.process_discharge(
-                    container.store, encounter, care_manager=settings.care_manager
-                )
-                container.bus.publish(container.store, written)
-                processed += 1
+            processed = process_missed_discharges(container)
             pushed = push(container.store, client, batch_size=settings.sync_batch_size)
         finally:
             client.close()
     return {"pulled": pulled.fetched, "pushed": pushed.pushed, "discharges": processed}
+
+
+def process_missed_discharges(container: Container) -> int:
+    """Process every finished discharge without a "processed" marker (a notification that
+    never came, a handler that failed); one failing discharge does not stop the others."""
+    from fhircare.transitions import discharge
+
+    done = 0
+    for encounter in discharge.find_unprocessed(container.store):
+        try:
+            written = discharge.process_discharge(
+                container.store, encounter, care_manager=container.settings.care_manager
+            )
+        except Exception as exc:  # reported without patient data; retried at the next sweep
+            log.warning("discharge processing failed (%s); retried later", type(exc).__name__)
+            continue
+        container.bus.publish(container.store, written)
+        done += 1
+    return done
 
 
 def sync_loop(container: Container, wake: asyncio.Event) -> Callable[[], Awaitable[None]]:
@@ -55,5 +67,20 @@ def sync_loop(container: Container, wake: asyncio.Event) -> Callable[[], Awaitab
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), interval)
+
+    return loop
+
+
+def sweep_loop(container: Container) -> Callable[[], Awaitable[None]]:
+    """At start and then every FHIRCARE_SWEEP_INTERVAL seconds: missed discharges."""
+    interval = container.settings.sweep_interval
+
+    async def loop() -> None:
+        while True:
+            try:
+                await asyncio.to_thread(process_missed_discharges, container)
+            except Exception as exc:  # keep sweeping; nothing acknowledged depends on it
+                log.warning("discharge sweep failed (%s)", type(exc).__name__)
+            await asyncio.sleep(interval)
 
     return loop

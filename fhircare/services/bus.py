@@ -10,7 +10,7 @@ Domain modules register with `register(bus)` functions wired once in `bootstrap.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +28,8 @@ class MessageBus:
     def __init__(self) -> None:
         self._checks: dict[str, list[Check]] = defaultdict(list)
         self._handlers: dict[str, list[Handler]] = defaultdict(list)
-        self.failures: list[str] = []
+        self.failures: deque[str] = deque(maxlen=1000)  # the latest, without patient data
+        self.failure_count = 0
 
     def check(self, resource_type: str, fn: Check) -> None:
         self._checks[resource_type].append(fn)
@@ -52,8 +53,10 @@ class MessageBus:
                 except Exception as exc:  # a handler must never undo an acknowledged write
                     name = getattr(fn, "__qualname__", repr(fn))
                     msg = f"{name} failed on {resource.get('resourceType')}: {type(exc).__name__}"
-                    log.exception(msg)
+                    log.error(msg)  # no traceback: it may quote resource values
+                    log.debug("traceback", exc_info=exc)
                     self.failures.append(msg)
+                    self.failure_count += 1
                     continue
                 produced.extend(out)
         if produced:

@@ -46,6 +46,7 @@ class Hl7Intake:
         seen = self.store.get_meta(key)
         if seen and seen.get("digest") == digest:
             return encode_ack(seen["ack"], raw)
+        failures_before = self.bundles.svc.bus.failure_count
         try:
             from fhircare.transitions.hl7v2 import adt_to_transaction
 
@@ -53,6 +54,13 @@ class Hl7Intake:
         except FhirError as exc:
             log.info("HL7 v2 message not stored: %s", type(exc).__name__)
             ack = build_ack(adt, "AE", f"Not stored: {exc.diagnostics}"[:200], error_code="207")
+            return encode_ack(ack, raw)
+        if self.bundles.svc.bus.failure_count != failures_before:
+            # Stored, but discharge processing failed: ask for a resend (it is idempotent)
+            # rather than acknowledge work that did not happen.
+            ack = build_ack(
+                adt, "AE", "Stored, but follow-up processing failed; resend", error_code="207"
+            )
             return encode_ack(ack, raw)
         ack = build_ack(adt, "AA")
         self.store.set_meta(key, {"digest": digest, "ack": ack})

@@ -462,7 +462,7 @@ def _owner(store: Store, patient_ref: str, care_manager: str | None) -> str | No
         if candidate and _local_exists(store, candidate):
             return candidate
         if candidate:
-            log.warning("care manager %s is not in the store; ignored", candidate)
+            log.warning("the configured care manager is not in the store; ignored")
     return None
 
 
@@ -532,7 +532,7 @@ def process_discharge(
             for r in plan_resources
         ]
     elif existing_plan is None:
-        log.info("no care manager for %s: follow-up Tasks unassigned, no CarePlan", patient_ref)
+        log.info("no care manager known: follow-up Tasks unassigned, no CarePlan")
     else:
         for t in med_tasks:
             t["basedOn"] = [{"reference": careplan_ref}]

@@ -166,7 +166,7 @@ async def serve_mllp(
                     try:
                         ack = await handler(msg)
                     except Exception as exc:  # the handler's bug must not kill the listener
-                        log.exception("MLLP handler failed on a %d-byte message", len(msg))
+                        log.error("MLLP handler failed on a %d-byte message", len(msg))
                         if on_error is None:
                             return
                         ack = on_error(msg, exc)

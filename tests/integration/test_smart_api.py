@@ -210,3 +210,36 @@ def test_reads_and_writes_leave_audit_events(
     ).json()
     subtypes = {c["code"] for e in by_patient["entry"] for c in e["resource"].get("subtype", [])}
     assert "search-type" in subtypes
+
+
+def test_event_endpoints_and_operations_are_guarded(
+    smart: TestClient, keys: dict[str, Any], world: dict[str, str]
+) -> None:
+    evil = {"resourceType": "Patient", "id": "evil", "name": [{"family": "Forged"}]}
+    assert smart.put("/events/hapi/Patient/evil", json=evil).status_code == 401
+    patient_token = auth(token(keys, "patient/*.rs", patient=world["alice"]))
+    assert (
+        smart.put("/events/hapi/Patient/evil", json=evil, headers=patient_token).status_code == 403
+    )
+    system = auth(token(keys, "system/*.rs"))
+    assert smart.get("/fhir/Patient/evil", headers=system).status_code == 404
+    assert (
+        smart.post("/hl7v2", content=b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|1|P|2.5\r").status_code
+        == 401
+    )
+
+    other = smart.post(f"/fhir/Patient/{world['bob']}/$validate", headers=patient_token)
+    assert other.status_code == 403
+    obs_only = auth(token(keys, "user/Observation.rs"))
+    hist = smart.get("/fhir/_history", headers=obs_only).json()
+    assert all(
+        e["resource"]["resourceType"] == "Observation"
+        for e in hist.get("entry", [])
+        if "resource" in e
+    )
+    assert (
+        smart.get(
+            "/care/worklist", params={"practitioner": "Practitioner/x"}, headers=obs_only
+        ).status_code
+        == 403
+    )
