@@ -391,6 +391,10 @@ class Sig:
     prn: bool = False
     route: str | None = None
     text: str | None = None
+    # Why this sig cannot be compared exactly (several dosages, ranges, fractions, weekly
+    # days, course limits...): reconciliation then flags the pair for review, never
+    # calls it unchanged.
+    complex: str | None = None
 
 
 def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
@@ -399,7 +403,7 @@ def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any
 
 _new_object = object.__new__
 _DOSE_SET = _slot_setters(Dose, ("value", "unit"))
-_SIG_SET = _slot_setters(Sig, ("dose", "per_day", "prn", "route", "text"))
+_SIG_SET = _slot_setters(Sig, ("dose", "per_day", "prn", "route", "text", "complex"))
 
 
 def _new_dose(value: float, unit: str) -> Dose:
@@ -411,16 +415,22 @@ def _new_dose(value: float, unit: str) -> Dose:
 
 
 def _new_sig(
-    dose: Dose | None, per_day: float | None, prn: bool, route: str | None, text: str | None
+    dose: Dose | None,
+    per_day: float | None,
+    prn: bool,
+    route: str | None,
+    text: str | None,
+    complex: str | None = None,
 ) -> Sig:
     """Sig(...) without the frozen-dataclass per-field setattr (hot path)."""
     s = _new_object(Sig)
-    set_dose, set_per_day, set_prn, set_route, set_text = _SIG_SET
+    set_dose, set_per_day, set_prn, set_route, set_text, set_complex = _SIG_SET
     set_dose(s, dose)
     set_per_day(s, per_day)
     set_prn(s, prn)
     set_route(s, route)
     set_text(s, text)
+    set_complex(s, complex)
     return s
 
 
@@ -497,7 +507,7 @@ _EVERY_RE = re.compile(
 _TIMES_RE = re.compile(r"\b(\d+)\s*(?:x|times)\s*(?:a|per|/|each)?\s*(day|daily|week)\b")
 _PRN_RE = re.compile(r"\bprn\b|\bas needed\b|\bif needed\b|\bwhen needed\b|\bas required\b")
 _DOSE_TEXT_RE = re.compile(
-    r"(?<![\d.])(\d+(?:\.\d+)?)\s*(mg|mcg|g|units?|ml|tabs?|tablets?|caps?|capsules?|puffs?)\b"
+    r"(?<![\d./])(\d+(?:\.\d+)?)\s*(mg|mcg|g|units?|ml|tabs?|tablets?|caps?|capsules?|puffs?)\b"
 )
 
 
@@ -576,16 +586,33 @@ def _text_route(text: str, t: Tables) -> str | None:
     return None
 
 
+# Free text this parser cannot turn into one exact dose and frequency: fractions
+# ("1/2 tablet", "½"), ranges ("1-2 tablets", "every 4-6 hours", "1 to 2"), alternatives.
+_TEXT_COMPLEX_RE = re.compile(
+    r"\d\s*/\s*\d|[½¼¾⅓⅔⅛]|\d\s*(?:-|–|to|or)\s*\d|\bhalf\b|\bquarter\b"
+    r"|\bthen\b|\btaper|\balternat|\bmonday|\btuesday|\bwednesday|\bthursday|\bfriday"
+    r"|\bsaturday|\bsunday|\bweekly\b|\bfor \d+ days?\b"
+)
+
+
 @lru_cache(maxsize=8192)
 def parse_sig_text(text: str) -> Sig:
     """Dose, frequency, PRN and route read from free-text instructions ("1 tab po bid")."""
     t = load_tables()
-    low = " ".join(_WORD_OR_SIG_RE.findall(text.lower()))
+    lowered = text.lower()
+    low = " ".join(_WORD_OR_SIG_RE.findall(lowered))
     m = _DOSE_TEXT_RE.search(low)
     dose = _quantity_dose({"value": m.group(1), "unit": m.group(2)}) if m else None
     per_day = t.timing_codes.get(low.strip().upper()) or _text_per_day(low)
     prn = bool(_PRN_RE.search(low))
-    return Sig(dose=dose, per_day=per_day, prn=prn, route=_text_route(low, t), text=text)
+    complex_ = (
+        "free-text instructions with a fraction, range or schedule"
+        if (_TEXT_COMPLEX_RE.search(lowered))
+        else None
+    )
+    return Sig(
+        dose=dose, per_day=per_day, prn=prn, route=_text_route(low, t), text=text, complex=complex_
+    )
 
 
 _EMPTY_SIG_TEXT = Sig()
@@ -597,24 +624,29 @@ def parse_dosage(dosages: Iterable[Resource] | None, tables: Tables | None = Non
 
     `tables` (default: `load_tables()`) lets a caller parsing many dosages pass them once.
     """
-    first = next(iter(dosages or ()), None)
+    all_dosages = dosages if isinstance(dosages, list) else list(dosages or ())
+    first = all_dosages[0] if all_dosages else None
     if not first:
         return _EMPTY_SIG
+    complex_ = "several dosage instructions" if len(all_dosages) > 1 else None
     t = tables or load_tables()
     get = first.get
     text = get("text")
     from_text = parse_sig_text(text) if text else _EMPTY_SIG_TEXT
     dose = None
     for dr in get("doseAndRate") or ():
-        dose = _quantity_dose(dr.get("doseQuantity")) or _quantity_dose(
-            (dr.get("doseRange") or {}).get("high")
-        )
+        dose = _quantity_dose(dr.get("doseQuantity"))
+        if dose is None and dr.get("doseRange"):
+            dose = _quantity_dose(dr["doseRange"].get("high"))
+            complex_ = complex_ or "a dose range"
         if dose:
             break
     per_day = None
     timing = get("timing")
     if timing:
         rep = timing.get("repeat") or {}
+        if complex_ is None and any(k in rep for k in _TIMING_NOT_COMPARED):
+            complex_ = "timing with " + ", ".join(k for k in _TIMING_NOT_COMPARED if k in rep)
         if rep.get("period") or rep.get("frequency"):
             freq = float(rep.get("frequency") or 1)
             unit_days = _PERIOD_DAYS.get(rep.get("periodUnit") or "d", 1.0)
@@ -650,7 +682,21 @@ def parse_dosage(dosages: Iterable[Resource] | None, tables: Tables | None = Non
         prn or from_text.prn,
         route or from_text.route,
         text,
+        complex_ or from_text.complex,
     )
+
+
+# Timing.repeat elements that change a regimen but that the comparison does not weigh:
+# a sig carrying one is flagged for review rather than compared.
+_TIMING_NOT_COMPARED = (
+    "frequencyMax",
+    "periodMax",
+    "dayOfWeek",
+    "boundsDuration",
+    "boundsRange",
+    "count",
+    "countMax",
+)
 
 
 _WORD_OR_SIG_RE = re.compile(r"[a-z]+(?:\.[a-z])*|\d+(?:\.\d+)?|/")
@@ -673,6 +719,7 @@ class MedInfo:
     dosage: list[Resource] = field(default_factory=list)
     stop_reason: str | None = None
     resolved: bool = True  # False when a medicationReference could not be resolved
+    unconfirmed: str | None = None  # e.g. a draft or unknown-status order: confirm it
 
     @property
     def identified(self) -> bool:

@@ -245,6 +245,11 @@ _MR_STATUS = {
     "stopped": "stopped",
     "cancelled": "stopped",
 }
+# Discharge orders in these statuses are kept on the list (dropping them could hide a
+# medication the patient will take) but flagged: a draft is unsigned, "unknown" says
+# nothing, and a completed order may or may not continue at home.
+_UNCONFIRMED_ORDER = frozenset({"draft", "unknown", "completed"})
+
 _MS_STATUS = {
     "active": "active",
     "intended": "active",
@@ -345,7 +350,10 @@ def _collect(
             if mapped == "stopped":
                 sides.stops.append(_info(r, ref, mapped, index))
             else:
-                sides.post.append(_info(r, ref, mapped, index))
+                info = _info(r, ref, mapped, index)
+                if status in _UNCONFIRMED_ORDER:
+                    info.unconfirmed = f"the discharge order's status is '{status}'"
+                sides.post.append(info)
         elif cats & {"community", "outpatient"}:
             sides.pre_explicit = True
             if status in ("draft",):
@@ -377,7 +385,10 @@ def _collect(
             if mapped == "stopped":
                 sides.stops.append(_info(r, ref, mapped, index))
             elif status != "completed":
-                sides.post.append(_info(r, ref, mapped, index))
+                info = _info(r, ref, mapped, index)
+                if status in _UNCONFIRMED_ORDER:
+                    info.unconfirmed = f"the order's status is '{status}'"
+                sides.post.append(info)
     return sides
 
 
@@ -517,6 +528,12 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
         if relb and rela and relb != rela:
             changes.append("form")
             notes.append(f"release {relb} -> {rela}")
+        elif (relb or rela) and not (relb and rela) and "immediate" not in (relb, rela):
+            missing.append("form")  # extended/delayed release on one side, unknown on the other
+            notes.append(f"release {relb or 'not stated'} -> {rela or 'not stated'}")
+    if sgb.complex or sga.complex:
+        missing.append("dosage")
+        notes.append(f"dosage not comparable: {sgb.complex or sga.complex}")
     if ib.salt and ia.salt and ib.salt != ia.salt:
         changes.append("salt")
         notes.append(f"salt {ib.salt} -> {ia.salt}")
@@ -770,6 +787,17 @@ def _reconcile_sides(enc_ref: str, sides: _Sides) -> ReconciliationResult:
             )
         )
     for idx, item in enumerate(items):
+        after = item.after_info
+        if after is not None and after.unconfirmed:
+            issues.append(
+                RecIssue(
+                    "unverifiable",
+                    "high" if facts[idx][2] else "moderate",
+                    f"{item.ingredient}: {after.unconfirmed}; confirm whether the patient "
+                    f"is to take it after discharge",
+                    [idx],
+                )
+            )
         info = item.after_info or item.before_info
         if info is not None and not info.identity.ingredients:
             why = "reference could not be resolved" if not info.resolved else "not identified"
@@ -906,20 +934,21 @@ def _omissions(items: list[RecItem], facts: list[_Facts], chronic: list[bool]) -
                 out.append(
                     RecIssue(
                         "omission",
-                        "low",
+                        "moderate" if facts[i][2] else "low",  # high-alert: confirm the stop
                         f"{it.ingredient} was stopped without a documented reason",
                         [i],
                     )
                 )
             continue
-        if not chronic[i]:
-            continue
+        if not chronic[i] and not facts[i][2]:
+            continue  # acute, not high-alert: stopping it at discharge is usual
         high = facts[i][2]
+        kind = ", ".join(k for k, on in (("chronic", chronic[i]), ("high-alert", high)) if on)
         out.append(
             RecIssue(
                 "omission",
                 "high" if high else "moderate",
-                f"{it.ingredient} (chronic{', high-alert' if high else ''}) was taken before "
+                f"{it.ingredient} ({kind}) was taken before "
                 f"admission but is missing from the discharge list with no recorded stop",
                 [i],
             )
