@@ -101,3 +101,46 @@ def test_kill_9_of_the_server_under_http_writes(tmp_path: Path) -> None:
         srv.stop()
     assert len(acked) > 20
     assert not missing, f"{len(missing)} acknowledged creates lost"
+
+
+@pytest.mark.hapi
+def test_kill_9_with_hapi_as_the_store(hapi_base_url: str, tmp_path: Path) -> None:
+    """With HAPI as the store, an acknowledged write is in HAPI before the 201: killing
+    the fhircare process under load loses none of them."""
+    env = {
+        "FHIRCARE_STORE": "hapi",
+        "FHIRCARE_HAPI_URL": hapi_base_url,
+        "FHIRCARE_SEED_DEFINITIONS": "false",
+        "FHIRCARE_AUDIT": "false",
+    }
+    tag = f"k9-{random.randrange(10**9)}"
+    acked: list[str] = []
+    for _ in range(2):
+        srv = ServerProcess(tmp_path / "unused", env=env).start()
+        stop = time.monotonic() + random.uniform(1.5, 3.0)
+
+        def writer(srv: ServerProcess = srv, stop: float = stop) -> None:
+            with httpx.Client(base_url=srv.base, timeout=10) as c:
+                while time.monotonic() < stop + 5:
+                    try:
+                        r = c.post(
+                            "/Patient", json={"resourceType": "Patient", "name": [{"family": tag}]}
+                        )
+                    except httpx.HTTPError:
+                        return
+                    if r.status_code == 201:
+                        acked.append(r.json()["id"])
+
+        threads = [threading.Thread(target=writer) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(max(0.0, stop - time.monotonic()))
+        srv.kill()
+        for t in threads:
+            t.join(15)
+    assert len(acked) > 10
+    with httpx.Client(base_url=hapi_base_url, timeout=30) as hapi:
+        missing = [i for i in acked if hapi.get(f"/Patient/{i}").status_code != 200]
+        found = hapi.get("/Patient", params={"family": tag, "_summary": "count"}).json()
+    assert not missing, f"{len(missing)} acknowledged creates are not in HAPI"
+    assert found["total"] >= len(acked)  # none lost; a write killed before its 201 may exist
