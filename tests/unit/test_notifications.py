@@ -138,7 +138,9 @@ def test_commit_fn_publishes_on_the_bus(store: EmbeddedStore) -> None:
     assert not bus.failures
     assert store.count("Task") > 0
     (enc,) = store.iter_resources("Encounter")
-    assert store.get_meta(f"discharge.{enc['id']}") is not None
+    marker = store.get_meta(f"discharge.{enc['id']}")
+    assert marker["signature"] == discharge.signature(enc)
+    assert discharge.find_unprocessed(store) == []
 
 
 def _without_focus(m: dict[str, Any]) -> None:
