@@ -114,7 +114,8 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 # ---- the real HAPI FHIR JPA server ---------------------------------------------------------
 
-HAPI_PORT = int(os.environ.get("FHIRCARE_TEST_HAPI_PORT", "8090"))
+# A free port unless one is asked for: a stray server on 8090 must not break the suite.
+HAPI_PORT = int(os.environ.get("FHIRCARE_TEST_HAPI_PORT") or 0)
 
 
 @pytest.fixture(scope="session")
@@ -132,8 +133,9 @@ def hapi_base_url() -> Iterator[str]:
                 "(or set FHIRCARE_TEST_HAPI_URL to a running HAPI FHIR server)"
             )
     script = ROOT / "scripts" / "hapi"
+    port = HAPI_PORT or free_port()
     run = subprocess.run(
-        [str(script), "start", str(HAPI_PORT)], capture_output=True, text=True, timeout=1800
+        [str(script), "start", str(port)], capture_output=True, text=True, timeout=1800
     )
     if run.returncode != 0:
         pytest.fail(
@@ -141,9 +143,9 @@ def hapi_base_url() -> Iterator[str]:
             f"{run.stderr[-3000:]}"
         )
     try:
-        yield f"http://127.0.0.1:{HAPI_PORT}/fhir"
+        yield f"http://127.0.0.1:{port}/fhir"
     finally:
-        subprocess.run([str(script), "stop", str(HAPI_PORT)], capture_output=True, timeout=120)
+        subprocess.run([str(script), "stop", str(port)], capture_output=True, timeout=120)
 
 
 # ---- what the suite writes, for the conformance check --------------------------------------
