@@ -37,6 +37,15 @@ def _publish(request: Request, written: list[dict[str, Any]]) -> None:
         request.app.state.bus.publish(request.app.state.store, written)
 
 
+def _collection(written: list[dict[str, Any]]) -> dict[str, Any]:
+    """A collection Bundle of what an endpoint wrote."""
+    return {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in written],
+    }
+
+
 def _patient_ref(value: str) -> str:
     ref = value if value.startswith("Patient/") else f"Patient/{value}"
     check_id(ref.split("/", 1)[1])
@@ -130,13 +139,7 @@ def document_call(
     access.require("Communication", "create")
     written = followup.document_call(store, task_id, summary=body.summary, topics=body.topics)
     _publish(request, written)
-    return FhirJSONResponse(
-        {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in written],
-        }
-    )
+    return FhirJSONResponse(_collection(written))
 
 
 class FollowupBody(BaseModel):
@@ -160,11 +163,7 @@ def schedule(
     )
     _publish(request, written)
     return FhirJSONResponse(
-        {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in written],
-        },
+        _collection(written),
         status_code=201,
     )
 
@@ -194,13 +193,7 @@ def education_delivered(
         if_match=parse_etag(request.headers.get("if-match")),
     )
     _publish(request, written)
-    return FhirJSONResponse(
-        {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in written],
-        }
-    )
+    return FhirJSONResponse(_collection(written))
 
 
 class ReviseBody(BaseModel):
@@ -225,10 +218,4 @@ def revise(
         store, careplan_id, body.changes, author=body.author, if_match=if_match, reason=body.reason
     )
     _publish(request, written)
-    return FhirJSONResponse(
-        {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in written],
-        }
-    )
+    return FhirJSONResponse(_collection(written))

@@ -673,29 +673,27 @@ _Facts = tuple[list[str] | None, frozenset[str], bool, bool]
 _NO_FACTS: _Facts = (None, frozenset(), False, False)
 
 
+def _keys_and_facts(
+    meds: list[MedInfo],
+) -> tuple[dict[int, Any], dict[int, Any], list[_Facts]]:
+    """Per medication, once: its ingredient-set key (identified) or text key, and its facts."""
+    keys: dict[int, Any] = {}
+    text: dict[int, Any] = {}
+    facts: list[_Facts] = []
+    for i, m in enumerate(meds):
+        ings = m.identity.ingredients
+        if ings:
+            keys[i] = frozenset(ings)
+        else:
+            text[i] = _text_key(m)
+        facts.append(_facts(ings))
+    return keys, text, facts
+
+
 def _reconcile_sides(enc_ref: str, sides: _Sides) -> ReconciliationResult:
     pre, post = sides.pre, sides.post
-    # Per medication, once: ingredient-set key (identified) or text key, and table facts.
-    pre_keys: dict[int, Any] = {}
-    pre_text: dict[int, Any] = {}
-    pre_facts: list[_Facts] = []
-    for i, m in enumerate(pre):
-        ings = m.identity.ingredients
-        if ings:
-            pre_keys[i] = frozenset(ings)
-        else:
-            pre_text[i] = _text_key(m)
-        pre_facts.append(_facts(ings))
-    post_keys: dict[int, Any] = {}
-    post_text: dict[int, Any] = {}
-    post_facts: list[_Facts] = []
-    for j, m in enumerate(post):
-        ings = m.identity.ingredients
-        if ings:
-            post_keys[j] = frozenset(ings)
-        else:
-            post_text[j] = _text_key(m)
-        post_facts.append(_facts(ings))
+    pre_keys, pre_text, pre_facts = _keys_and_facts(pre)
+    post_keys, post_text, post_facts = _keys_and_facts(post)
     compared: _Compared = {}
     pairs = _pair(pre, post, pre_keys, post_keys, compared)
     pairs.update(_pair(pre, post, pre_text, post_text, compared))
