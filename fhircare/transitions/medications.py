@@ -635,7 +635,17 @@ def parse_dosage(dosages: Iterable[Resource] | None, tables: Tables | None = Non
     from_text = parse_sig_text(text) if text else _EMPTY_SIG_TEXT
     dose = None
     for dr in get("doseAndRate") or ():
-        dose = _quantity_dose(dr.get("doseQuantity"))
+        q = dr.get("doseQuantity")
+        dose = None
+        if q:  # _quantity_dose's memo hit, inline; any other case goes through it
+            value = q.get("value")
+            if value is not None:
+                raw = q.get("code") or q.get("unit") or "1"
+                tv = type(value)
+                if (tv is float or tv is int) and value and type(raw) is str:
+                    dose = _DOSE_MEMO.get((value, raw))
+                if dose is None:
+                    dose = _quantity_dose(q)
         if dose is None and dr.get("doseRange"):
             dose = _quantity_dose(dr["doseRange"].get("high"))
             complex_ = complex_ or "a dose range"
@@ -644,17 +654,18 @@ def parse_dosage(dosages: Iterable[Resource] | None, tables: Tables | None = Non
     per_day = None
     timing = get("timing")
     if timing:
-        rep = timing.get("repeat") or {}
-        if complex_ is None and any(k in rep for k in _TIMING_NOT_COMPARED):
-            complex_ = "timing with " + ", ".join(k for k in _TIMING_NOT_COMPARED if k in rep)
-        if rep.get("period") or rep.get("frequency"):
-            freq = float(rep.get("frequency") or 1)
-            unit_days = _PERIOD_DAYS.get(rep.get("periodUnit") or "d", 1.0)
-            period = float(rep.get("period") or 1) * unit_days
-            if period > 0:
-                per_day = round(freq / period, 4)
-        elif rep.get("when") or rep.get("timeOfDay"):
-            per_day = float(len(rep.get("when") or rep.get("timeOfDay")))
+        rep = timing.get("repeat")
+        if rep:  # an empty repeat says nothing: skip its lookups
+            if complex_ is None and not _TIMING_NOT_COMPARED_SET.isdisjoint(rep):
+                complex_ = "timing with " + ", ".join(k for k in _TIMING_NOT_COMPARED if k in rep)
+            if rep.get("period") or rep.get("frequency"):
+                freq = float(rep.get("frequency") or 1)
+                unit_days = _PERIOD_DAYS.get(rep.get("periodUnit") or "d", 1.0)
+                period = float(rep.get("period") or 1) * unit_days
+                if period > 0:
+                    per_day = round(freq / period, 4)
+            elif rep.get("when") or rep.get("timeOfDay"):
+                per_day = float(len(rep.get("when") or rep.get("timeOfDay")))
         code = timing.get("code")
         if per_day is None and code:
             codes = t.timing_codes
@@ -676,15 +687,31 @@ def parse_dosage(dosages: Iterable[Resource] | None, tables: Tables | None = Non
                 route = t.routes_snomed.get(c.get("code"))
         if route is None:
             route = _route(route_cc, t)
-    return _new_sig(
-        dose or from_text.dose,
-        per_day if per_day is not None else from_text.per_day,
-        prn or from_text.prn,
-        route or from_text.route,
-        text,
-        complex_ or from_text.complex,
-    )
+    dose = dose or from_text.dose
+    if per_day is None:
+        per_day = from_text.per_day
+    prn = prn or from_text.prn
+    route = route or from_text.route
+    complex_ = complex_ or from_text.complex
+    # Sigs recur across patients and are immutable: share one per distinct content. Keyed on
+    # scalars only, and never on a zero (0.0 == -0.0 would merge two outputs).
+    if (text is None or type(text) is str) and per_day != 0:
+        if dose is None:
+            key: tuple[Any, ...] = (None, None, per_day, prn, route, text, complex_)
+        elif dose.value:
+            key = (dose.value, dose.unit, per_day, prn, route, text, complex_)
+        else:
+            return _new_sig(dose, per_day, prn, route, text, complex_)
+        sig = _SIG_MEMO.get(key)
+        if sig is None:
+            sig = _new_sig(dose, per_day, prn, route, text, complex_)
+            if len(_SIG_MEMO) < _MEMO_MAX:
+                _SIG_MEMO[key] = sig
+        return sig
+    return _new_sig(dose, per_day, prn, route, text, complex_)
 
+
+_SIG_MEMO: dict[tuple[Any, ...], Sig] = {}
 
 # Timing.repeat elements that change a regimen but that the comparison does not weigh:
 # a sig carrying one is flagged for review rather than compared.
@@ -697,6 +724,7 @@ _TIMING_NOT_COMPARED = (
     "count",
     "countMax",
 )
+_TIMING_NOT_COMPARED_SET = frozenset(_TIMING_NOT_COMPARED)
 
 
 _WORD_OR_SIG_RE = re.compile(r"[a-z]+(?:\.[a-z])*|\d+(?:\.\d+)?|/")
@@ -796,3 +824,4 @@ def clear_caches() -> None:
         fn.cache_clear()
     _UNIT_NORM.clear()
     _DOSE_MEMO.clear()
+    _SIG_MEMO.clear()

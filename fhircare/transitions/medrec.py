@@ -39,6 +39,8 @@ from fhircare.transitions.medications import (
     Resolver,
     Resource,
     Sig,
+    _coding_key,
+    _identify_key,
     concept_text,
     label_of,
     load_tables,
@@ -194,16 +196,21 @@ class _Index:
 
 
 def _info(r: Resource, ref: str, status: str, index: Resolver) -> MedInfo:
-    ident, concept, resolved = medication_of(r, index)
-    dosage = r.get("dosageInstruction") or r.get("dosage") or []
+    get = r.get
+    concept = get("medicationCodeableConcept")
+    if concept:  # medication_of's common case, inline
+        ident, resolved = _identify_key(_coding_key(concept)), True
+    else:
+        ident, concept, resolved = medication_of(r, index)
+    dosage = get("dosageInstruction") or get("dosage") or []
     if ident.ingredients:
         label = " / ".join(ident.ingredients)  # label_of, which needs no fallback here
     else:
-        fallback = concept_text(concept) or (r.get("medicationReference") or {}).get("display")
+        fallback = concept_text(concept) or (get("medicationReference") or {}).get("display")
         label = fallback or "unknown medication"
     info = MedInfo(
         ref,
-        r.get("resourceType", ""),
+        get("resourceType", ""),
         status,
         ident,
         parse_dosage(dosage) if dosage else _NO_SIG,
@@ -245,6 +252,7 @@ _MR_STATUS = {
     "stopped": "stopped",
     "cancelled": "stopped",
 }
+_COMMUNITY = frozenset({"community", "outpatient"})
 # Discharge orders in these statuses are kept on the list (dropping them could hide a
 # medication the patient will take) but flagged: a draft is unsigned, "unknown" says
 # nothing, and a completed order may or may not continue at home.
@@ -342,10 +350,13 @@ def _collect(
         mapped = _MR_STATUS.get(status)
         if mapped is None:
             continue
-        authored = _dt(r.get("authoredOn"))
-        if "discharge" in cats or (
-            cats & {"community", "outpatient"} and in_stay(authored) and start is not None
-        ):
+        if "discharge" in cats:
+            discharge = True
+        else:
+            discharge = bool(
+                cats & _COMMUNITY and in_stay(_dt(r.get("authoredOn"))) and start is not None
+            )
+        if discharge:
             sides.post_explicit = True
             if mapped == "stopped":
                 sides.stops.append(_info(r, ref, mapped, index))
@@ -354,7 +365,7 @@ def _collect(
                 if status in _UNCONFIRMED_ORDER:
                     info.unconfirmed = f"the discharge order's status is '{status}'"
                 sides.post.append(info)
-        elif cats & {"community", "outpatient"}:
+        elif cats & _COMMUNITY:
             sides.pre_explicit = True
             if status in ("draft",):
                 continue
@@ -489,11 +500,23 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
     if dose_a is None or dose_b is None:
         missing.append("dose")
     else:
-        ua, va = _amount(dose_a, sa)  # type: ignore[misc]
-        ub, vb = _amount(dose_b, sb)  # type: ignore[misc]
+        ua, va = dose_a.unit, dose_a.value  # _amount, inline
+        if len(sa) == 1:
+            s0u = sa[0][2]
+            if ua == "count" and "/" not in s0u:
+                ua, va = s0u, round(va * sa[0][1], 6)
+            elif ua == "ml" and s0u.endswith("/ml"):
+                ua, va = s0u[:-3], round(va * sa[0][1], 6)
+        ub, vb = dose_b.unit, dose_b.value
+        if len(sb) == 1:
+            s0u = sb[0][2]
+            if ub == "count" and "/" not in s0u:
+                ub, vb = s0u, round(vb * sb[0][1], 6)
+            elif ub == "ml" and s0u.endswith("/ml"):
+                ub, vb = s0u[:-3], round(vb * sb[0][1], 6)
         if ua != ub:
             missing.append("dose")
-        elif abs(va - vb) > 1e-6 * max(abs(va), abs(vb), 1.0):
+        elif va != vb and abs(va - vb) > 1e-6 * max(abs(va), abs(vb), 1.0):
             changes.append("dose")
             notes.append(f"dose {vb:g} {ub} -> {va:g} {ua}")
     fb, fa = sgb.per_day, sga.per_day
@@ -548,7 +571,9 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
 
 
 def _strength_text(strength: tuple[tuple[str, float, str], ...]) -> str:
-    return " / ".join(f"{_fmt(v)} {u}" for _, v, u in strength)
+    if len(strength) == 1:
+        return f"{strength[0][1]:g} {strength[0][2]}"  # _fmt, inline
+    return " / ".join([f"{v:g} {u}" for _, v, u in strength])
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -852,12 +877,18 @@ def _duplicates(items: list[RecItem], facts: list[_Facts]) -> list[RecIssue]:
                 idxs.append(i)
     out: list[RecIssue] = []
     seen_sets: set[tuple[int, ...]] = set()
-    same_ing_pairs: set[frozenset[int]] = set()
+    same_ing_pairs: set[tuple[int, int]] = set()  # (a, b), a < b: idxs lists are ascending
     for n, idxs in by_ing.items():
-        if len(idxs) < 2 or tuple(idxs) in seen_sets:
+        if len(idxs) < 2:
             continue
-        seen_sets.add(tuple(idxs))
-        same_ing_pairs.update(frozenset((a, b)) for a in idxs for b in idxs if a != b)
+        key = tuple(idxs)
+        if key in seen_sets:
+            continue
+        seen_sets.add(key)
+        for x, a in enumerate(idxs):
+            for b in idxs[x + 1 :]:
+                if a != b:
+                    same_ing_pairs.add((a, b))
         names = "; ".join(items[i].ingredient for i in idxs)
         out.append(
             RecIssue(
@@ -871,10 +902,14 @@ def _duplicates(items: list[RecItem], facts: list[_Facts]) -> list[RecIssue]:
     classes = {i: facts[i][1] for i in after}
 
     def new_dups(idxs: list[int]) -> bool:
+        """Whether two of `idxs` (distinct, ascending) are not already a same-ingredient pair."""
         if not same_ing_pairs:  # idxs are distinct, so any two make a new pair
             return len(idxs) > 1
-        pairs = {frozenset((a, b)) for a in idxs for b in idxs if a != b}
-        return bool(pairs - same_ing_pairs)
+        for x, a in enumerate(idxs):
+            for b in idxs[x + 1 :]:
+                if (a, b) not in same_ing_pairs:
+                    return True
+        return False
 
     by_class: dict[str, list[int]] = {}
     for i in after:
@@ -885,9 +920,12 @@ def _duplicates(items: list[RecItem], facts: list[_Facts]) -> list[RecIssue]:
             else:
                 idxs.append(i)
     for c, idxs in by_class.items():
-        if len(idxs) < 2 or tuple(idxs) in seen_sets or not new_dups(idxs):
+        if len(idxs) < 2:
             continue
-        seen_sets.add(tuple(idxs))
+        key = tuple(idxs)
+        if key in seen_sets or not new_dups(idxs):
+            continue
+        seen_sets.add(key)
         meta = t.classes.get(c, {})
         names = "; ".join(items[i].ingredient for i in idxs)
         out.append(
