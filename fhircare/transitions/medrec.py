@@ -26,7 +26,7 @@ Issue severities (why):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -367,13 +367,8 @@ def _collect(
                 sides.post.append(info)
         elif cats & _COMMUNITY:
             sides.pre_explicit = True
-            if status in ("draft",):
-                continue
-            if mapped == "stopped" and not in_stay(_end_time(r)):
-                continue
-            if status == "completed" and not _ends_after(r, start):
-                continue
-            sides.pre.append(_info(r, ref, mapped, index))
+            if _still_taken_at_admission(r, status, mapped, start, in_stay):
+                sides.pre.append(_info(r, ref, mapped, index))
         else:
             timeline.append((r, ref))
 
@@ -385,13 +380,8 @@ def _collect(
         during = in_stay(authored) or (enc in encounter_aliases if enc else False)
         before = authored is not None and start is not None and authored < start and not during
         if not sides.pre_explicit and before:
-            if status in ("draft",):
-                continue
-            if mapped == "stopped" and not in_stay(_end_time(r)):
-                continue
-            if status == "completed" and not _ends_after(r, start):
-                continue
-            sides.pre.append(_info(r, ref, mapped, index))
+            if _still_taken_at_admission(r, status, mapped, start, in_stay):
+                sides.pre.append(_info(r, ref, mapped, index))
         elif not sides.post_explicit and during:
             if mapped == "stopped":
                 sides.stops.append(_info(r, ref, mapped, index))
@@ -401,6 +391,22 @@ def _collect(
                     info.unconfirmed = f"the order's status is '{status}'"
                 sides.post.append(info)
     return sides
+
+
+def _still_taken_at_admission(
+    r: Resource,
+    status: str,
+    mapped: str,
+    start: datetime | None,
+    in_stay: Callable[[datetime | None], bool],
+) -> bool:
+    """A pre-admission order that counts as a home medication: not a draft, not stopped
+    before the stay, not completed before admission."""
+    if status == "draft":
+        return False
+    if mapped == "stopped" and not in_stay(_end_time(r)):
+        return False
+    return not (status == "completed" and not _ends_after(r, start))
 
 
 def _ends_after(r: Resource, start: datetime | None) -> bool:
