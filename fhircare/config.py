@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,10 +61,23 @@ class Settings(BaseSettings):
     webhook_secret: str | None = None
     hl7_secret: str | None = None
     mllp_allowed: str | None = None  # comma-separated client addresses
+    # CORS for browser apps (SMART): comma-separated origins, "*" for any; unset = off
+    cors_origins: str | None = None
+    cors_credentials: bool = False  # let browsers send cookies / HTTP auth (not with "*")
 
     # clinical defaults
     default_tz: str = "UTC"  # for HL7 v2 timestamps without an offset
     care_manager: str | None = None  # Practitioner/x who owns transitional-care Tasks
+
+    @model_validator(mode="after")
+    def _cors_wildcard_without_credentials(self) -> Settings:
+        origins = [o.strip() for o in (self.cors_origins or "").split(",")]
+        if self.cors_credentials and "*" in origins:
+            raise ValueError(
+                "FHIRCARE_CORS_ORIGINS='*' cannot be combined with FHIRCARE_CORS_CREDENTIALS=true:"
+                " list the allowed origins"
+            )
+        return self
 
     def public_base(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}/fhir").rstrip("/")

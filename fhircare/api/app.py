@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhircare import __version__
 from fhircare.api.http import FhirJSONResponse
+from fhircare.api.middleware import allowed_methods
 from fhircare.bootstrap import Container, build_container
 from fhircare.config import Settings
 from fhircare.fhir.errors import FhirError, Unauthorized, outcome
@@ -48,10 +49,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     container.install(app)
 
     @app.exception_handler(FhirError)
-    async def fhir_error(_: Request, exc: FhirError) -> FhirJSONResponse:
+    async def fhir_error(request: Request, exc: FhirError) -> FhirJSONResponse:
         headers = {}
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = www_authenticate(exc)
+        if exc.status == 405:
+            allow = getattr(exc, "allow", None) or allowed_methods(request.app, request.scope)
+            headers["Allow"] = ", ".join(allow)
         return FhirJSONResponse(exc.outcome(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -64,10 +68,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> FhirJSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> FhirJSONResponse:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
         return FhirJSONResponse(
-            outcome("error", code, str(exc.detail)), status_code=exc.status_code
+            outcome("error", code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)

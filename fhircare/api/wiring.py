@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from fhircare.api import auth, care_routes, event_routes, fhir_routes
+from fhircare.api import auth, care_routes, event_routes, fhir_routes, middleware
 from fhircare.api.capability import capability_statement
 from fhircare.services.audit import AuditRecorder
 from fhircare.services.background import sweep_loop, sync_loop
@@ -41,3 +41,4 @@ def install(app: FastAPI, container: Container) -> None:
     app.include_router(event_routes.router)
     app.include_router(care_routes.router)
     app.include_router(fhir_routes.router)
+    middleware.install(app, settings)
