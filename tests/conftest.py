@@ -112,6 +112,15 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def served_fhircare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real `fhircare serve` process on loopback per test module (definitions seeded),
+    for tests that drive it through real FHIR clients (fhirpy, client-py)."""
+    srv = ServerProcess(tmp_path_factory.mktemp("served") / "data").start()
+    yield srv
+    srv.stop()
+
+
 # ---- the real HAPI FHIR JPA server ---------------------------------------------------------
 
 # A free port unless one is asked for: a stray server on 8090 must not break the suite.
