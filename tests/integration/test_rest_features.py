@@ -385,6 +385,8 @@ def test_405_names_the_allowed_methods(api: TestClient) -> None:
     assert r.status_code == 405
     assert set(r.headers["allow"].split(", ")) == {"GET", "PUT", "PATCH", "DELETE"}
     assert r.json()["resourceType"] == "OperationOutcome"
+    r = api.get(f"/fhir/PlanDefinition/t2dm/$apply?subject=Patient/{p['id']}")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"  # it writes: POST only
 
 
 def test_cors_is_off_unless_configured(api: TestClient) -> None:
