@@ -336,11 +336,11 @@ def resource_response(
             headers["Last-Modified"] = format_datetime(
                 datetime.fromisoformat(lu.replace("Z", "+00:00")), usegmt=True
             )
+        versioned = f"{base_url}/{resource['resourceType']}/{resource['id']}/_history/{vid}"
         if location and vid:
-            headers["Location"] = (
-                f"{base_url}/{resource['resourceType']}/{resource['id']}/_history/{vid}"
-            )
-            headers["Content-Location"] = headers["Location"]
+            headers["Location"] = versioned
+        if vid and request.method in ("POST", "PUT", "PATCH"):
+            headers["Content-Location"] = versioned  # the version the write produced
     if request.method in ("POST", "PUT", "PATCH"):
         mode = prefer_return(request)
         if mode == "minimal":

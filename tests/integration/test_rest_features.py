@@ -62,6 +62,7 @@ def test_json_patch_updates_validates_and_versions(api: TestClient) -> None:
     r = api.patch(f"/fhir/Patient/{p['id']}", content=json.dumps(ops), headers=JSON_PATCH)
     assert r.status_code == 200, r.text
     assert r.headers["etag"] == 'W/"2"'
+    assert r.headers["content-location"].endswith(f"/Patient/{p['id']}/_history/2")
     assert r.json()["birthDate"] == "1974-12-26"
     assert r.json()["name"][0]["given"] == ["Peter", "James"]
     assert api.get(f"/fhir/Patient/{p['id']}").json()["meta"]["versionId"] == "2"
@@ -529,3 +530,43 @@ def test_everything_includes_references_and_pages(api: TestClient) -> None:
     assert later["total"] == 0
     assert api.get(f"/fhir/Patient/{p['id']}/$everything?start=2020").status_code == 400
     assert api.get(f"/fhir/Patient/{p['id']}/$everything?_type=Nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("resource", "if_match", "status"),
+    [
+        ({"resourceType": "Binary", "contentType": "text/plain", "data": "eA=="}, None, 400),
+        (
+            {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": "%%"},
+            None,
+            400,
+        ),
+        ({"resourceType": "Observation", "status": "final"}, None, 400),
+        (None, None, 400),
+        (
+            _fhirpath_patch(_op("replace", "Patient.active", value={"valueBoolean": True})),
+            'W/"7"',
+            412,
+        ),
+    ],
+)
+def test_a_bad_patch_entry_fails_the_transaction(
+    api: TestClient, resource: Any, if_match: str | None, status: int
+) -> None:
+    p = _patient(api, active=False)
+    request: dict[str, Any] = {"method": "PATCH", "url": f"Patient/{p['id']}"}
+    if if_match:
+        request["ifMatch"] = if_match
+    entry: dict[str, Any] = {"request": request}
+    if resource is not None:
+        entry["resource"] = resource
+    created = {
+        "resource": {"resourceType": "Patient"},
+        "request": {"method": "POST", "url": "Patient"},
+    }
+    r = api.post(
+        "/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [created, entry]}
+    )
+    assert r.status_code == status, r.text
+    assert api.get(f"/fhir/Patient/{p['id']}").json() == p
+    assert api.get("/fhir/Patient").json()["total"] == 1  # the POST entry was not written
