@@ -152,9 +152,19 @@ class SmartAccess(Access):
                 raise
 
 
-def get_access(request: Request) -> Access:
-    """The Access for this request (FastAPI dependency)."""
+def access_for(request: Request) -> Access:
+    """The Access for this request (verifies the bearer token under SMART)."""
     factory = getattr(request.app.state, "access_factory", None)
     if factory is None:
         return Access(recorder=getattr(request.app.state, "audit", None))
     return factory(request)
+
+
+async def get_access(request: Request) -> Access:
+    """`access_for` as a FastAPI dependency. Async, so the common case costs no worker-thread
+    hop; token verification (which may fetch a JWKS) runs in a worker thread."""
+    if getattr(request.app.state, "access_factory", None) is None:
+        return access_for(request)
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(access_for, request)
