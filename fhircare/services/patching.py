@@ -145,9 +145,9 @@ _OPERATION_PARTS = {"type", "path", "name", "value", "index", "source", "destina
 
 def _fhirpath_patch(resource: Resource, parameters: Resource) -> Resource:
     out = copy.deepcopy(resource)
-    operations = parameters.get("parameter") or []
-    if not isinstance(operations, list) or not operations:
-        raise BadRequest("A FHIRPath Patch needs at least one 'operation' parameter")
+    operations = parameters.get("parameter") or []  # none: a valid patch that changes nothing
+    if not isinstance(operations, list):
+        raise BadRequest("Parameters.parameter must be an array of operations")
     for i, param in enumerate(operations):
         where = f"Parameters.parameter[{i}]"
         if not isinstance(param, dict) or param.get("name") != "operation":
@@ -157,7 +157,19 @@ def _fhirpath_patch(resource: Resource, parameters: Resource) -> Resource:
         except FhirError as exc:
             exc.diagnostics = f"{where}: {exc.diagnostics}"
             raise
-    return out
+    return _without_empty(out)
+
+
+def _without_empty(node: Any) -> Any:
+    """FHIR JSON has no empty objects or arrays: a delete that empties an element's parent
+    (`Patient.contact[0].name.text`) removes the parent too."""
+    if isinstance(node, dict):
+        kept = {k: _without_empty(v) for k, v in node.items()}
+        return {k: v for k, v in kept.items() if v not in ({}, [])}
+    if isinstance(node, list):
+        kept_items = [_without_empty(v) for v in node]
+        return [v for v in kept_items if v not in ({}, [])]
+    return node
 
 
 def _operation_parts(param: Resource, where: str) -> dict[str, Any]:
@@ -203,6 +215,15 @@ def _part_value(part: Resource) -> Any:
     return obj
 
 
+# FHIR element names that are FHIRPath keywords (`Narrative.div`, `ValueSet.expansion.contains`)
+# must be delimited to parse as names; `.contains(` stays the function.
+_KEYWORD_STEP = re.compile(r"\.(div|contains|and|or|xor|implies|is|as|in|mod)(?=$|[.\[\s])")
+
+
+def _quote_keywords(path: str) -> str:
+    return _KEYWORD_STEP.sub(lambda m: f".`{m[1]}`", path)
+
+
 @dataclass
 class _Slot:
     """Where a FHIRPath result lives: `container[key]`, or `container[key][index]`."""
@@ -215,7 +236,7 @@ class _Slot:
 def _locate(resource: Resource, path: str) -> list[_Slot | None]:
     """The locations of what `path` selects (None for the resource itself)."""
     try:
-        nodes = evaluate(resource, path, {}, models["r4"], {"returnRawData": True})
+        nodes = evaluate(resource, _quote_keywords(path), {}, models["r4"], {"returnRawData": True})
     except Exception as exc:  # fhirpathpy raises plain exceptions for syntax errors
         raise BadRequest(f"Invalid FHIRPath {path!r}: {exc}", code="invalid") from exc
     slots: list[_Slot | None] = []
@@ -300,7 +321,7 @@ def _container(resource: Resource, path: str, what: str) -> dict[str, Any]:
 
 def _list_at(resource: Resource, path: str, what: str) -> tuple[dict[str, Any], str]:
     """The element holding the list a path names (`Patient.identifier`) and its key."""
-    m = _TAIL.match(path.strip())
+    m = _TAIL.match(path.strip())  # e.g. Patient.name[0].given -> Patient.name[0], given
     if m is None:
         raise BadRequest(f"{what} path {path!r} must end with an element name")
     return _container(resource, m["parent"], what), m["name"]

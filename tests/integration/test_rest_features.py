@@ -120,6 +120,29 @@ def test_fhirpath_patch_add_insert_replace_delete_move(api: TestClient) -> None:
     assert [i["system"] for i in got["identifier"]] == ["urn:b", "urn:a"]
 
 
+def test_fhirpath_patch_edge_cases_of_the_spec(api: TestClient) -> None:
+    """No operation changes nothing; deleting an element's last child removes the emptied
+    parent; names that are FHIRPath keywords (Narrative.div) are paths too."""
+    p = _patient(
+        api,
+        contact=[{"name": {"text": "Robin"}, "gender": "female"}],
+        text={"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">old</div>'},
+    )
+    same = api.patch(f"/fhir/Patient/{p['id']}", json=_fhirpath_patch())
+    assert same.status_code == 200 and same.json()["meta"]["versionId"] == "1"
+    div = '<div xmlns="http://www.w3.org/1999/xhtml">new</div>'
+    r = api.patch(
+        f"/fhir/Patient/{p['id']}",
+        json=_fhirpath_patch(
+            _op("delete", "Patient.contact[0].name.text"),
+            _op("replace", "Patient.text.div", value={"valueString": div}),
+        ),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["contact"] == [{"gender": "female"}]
+    assert r.json()["text"]["div"] == div
+
+
 @pytest.mark.parametrize(
     ("op", "status"),
     [
