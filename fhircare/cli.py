@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
-from fhircare.config import Settings
+from fhircare import __version__
+from fhircare.config import Settings, config_errors
 
 app = typer.Typer(
     help="fhircare: care management on FHIR R4 (care plans, goals, tasks, transitions of care).",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 sync_app = typer.Typer(help="Two-way sync with a HAPI FHIR server.", no_args_is_help=True)
 app.add_typer(sync_app, name="sync")
@@ -28,13 +32,38 @@ DataOpt = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fhircare {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """fhircare: care management on FHIR R4 (care plans, goals, tasks, transitions of care)."""
+
+
 def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment and the command's options; each problem is one line
+    on stderr and exit code 2."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        for line in config_errors(exc):
+            err.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -98,10 +127,12 @@ def reconcile(
 ) -> None:
     """Reconcile a discharge's medication lists from a FHIR Bundle file."""
     from fhircare.fhir.errors import FhirError
+    from fhircare.fhir.validation import validate_resource
     from fhircare.transitions.reconcile_cli import render_table, run_reconcile
 
     data = load_json_file(bundle)
     try:
+        validate_resource(data, "Bundle")  # a malformed Bundle is refused, never reconciled
         result = run_reconcile(data)
     except FhirError as exc:
         _fail(f"{bundle}: {exc.diagnostics}")
@@ -341,6 +372,10 @@ def load_json_file(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         _fail(f"{path}: no such file")
+    except IsADirectoryError:
+        _fail(f"{path}: is a directory, not a JSON file")
+    except OSError as exc:
+        _fail(f"{path}: cannot be read ({exc.strerror or exc})")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         _fail(f"{path}: not valid JSON ({exc})")
 
