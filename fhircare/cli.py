@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,10 +27,17 @@ app.add_typer(sync_app, name="sync")
 
 console = Console()
 err = Console(stderr=True)
+log = logging.getLogger("fhircare")
 
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Data folder of the embedded store (FHIRCARE_DATA)")
 ]
+
+
+def _logging(settings: Settings) -> None:
+    from fhircare.observability.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _version(value: bool) -> None:
@@ -73,18 +81,22 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (FHIRCARE_PORT)")] = None,
     data: DataOpt = None,
 ) -> None:
-    """Serve the FHIR API (/fhir), operations and event intake."""
+    """Serve the FHIR API (/fhir), operations and event intake (and MLLP when
+    FHIRCARE_MLLP_PORT is set)."""
     import uvicorn
 
     from fhircare.api.app import create_app
+    from fhircare.commands.running import announce
     from fhircare.fhir.errors import StoreLocked
 
     settings = _settings(host=host, port=port, data=data)
+    _logging(settings)
     loopback = settings.host in ("127.0.0.1", "localhost", "::1")
     if settings.auth == "none" and not loopback and not settings.allow_unauthenticated_remote:
-        err.print(
-            f"[yellow]FHIRCARE_AUTH=none: refusing to bind {settings.host}; "
-            "binding 127.0.0.1 (set FHIRCARE_AUTH=smart to serve other hosts)[/]"
+        log.warning(
+            "FHIRCARE_AUTH=none: refusing to bind %s; binding 127.0.0.1 "
+            "(set FHIRCARE_AUTH=smart to serve other hosts)",
+            settings.host,
         )
         settings.host = "127.0.0.1"
     try:
@@ -92,11 +104,23 @@ def serve(
     except StoreLocked as exc:
         _fail(str(exc))
     mode = "no authentication (local use only)" if settings.auth == "none" else "SMART on FHIR"
-    err.print(
-        f"fhircare serving http://{settings.host}:{settings.port}/fhir "
-        f"(store: {settings.store}, data: {settings.data}, auth: {mode})"
+    log.info(
+        "fhircare %s serving http://%s:%d/fhir (store: %s, data: %s, auth: %s)",
+        __version__,
+        settings.host,
+        settings.port,
+        settings.store,
+        settings.data,
+        mode,
     )
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+    with announce(settings):
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # fhircare's logging (FHIRCARE_LOG_LEVEL, FHIRCARE_LOG_FORMAT)
+            access_log=False,  # fhircare writes its own access line (route templates)
+        )
 
 
 @app.command()
@@ -148,36 +172,26 @@ def mllp(
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     data: DataOpt = None,
 ) -> None:
-    """Listen for HL7 v2 ADT messages over MLLP; reply with ACKs (AA, AE, AR)."""
+    """Listen for HL7 v2 ADT messages over MLLP only; reply with ACKs (AA, AE, AR).
+    (`serve` with FHIRCARE_MLLP_PORT does this next to the REST API, on one store.)"""
     import asyncio
 
     from fhircare.bootstrap import build_container
     from fhircare.fhir.errors import StoreLocked
+    from fhircare.listener import start_mllp
     from fhircare.services.intake import Hl7Intake
-    from fhircare.transitions.hl7v2_ack import build_ack
-    from fhircare.transitions.mllp import serve_mllp
 
     settings = _settings(data=data)
+    _logging(settings)
     try:
         container = build_container(settings)
     except StoreLocked as exc:
-        _fail(str(exc))
+        _fail(f"{exc} (set FHIRCARE_MLLP_PORT for `fhircare serve` to listen there)")
     intake = Hl7Intake(container.bundles, default_tz=settings.default_tz)
-    allowed = (
-        {a.strip() for a in settings.mllp_allowed.split(",") if a.strip()}
-        if settings.mllp_allowed
-        else None
-    )
-
-    async def handler(raw: bytes) -> bytes:
-        return await asyncio.to_thread(intake.handle, raw)
-
-    def on_error(raw: bytes, exc: Exception) -> bytes:
-        return build_ack(raw, "AR", f"Message refused: {type(exc).__name__}").encode()
 
     async def main() -> None:
-        server = await serve_mllp(host, port, handler, allowed_clients=allowed, on_error=on_error)
-        err.print(f"fhircare MLLP listening on {host}:{port} (data: {settings.data})")
+        server = await start_mllp(intake, host, port, allowed=settings.mllp_allowed)
+        log.info("fhircare MLLP listening on %s:%d (data: %s)", host, port, settings.data)
         async with server:
             await server.serve_forever()
 
@@ -305,11 +319,31 @@ def sync_status(data: DataOpt = None) -> None:
     try:
         container = build_container(settings)
     except StoreLocked as exc:
-        _fail(str(exc))
+        sys.stdout.write(json.dumps(_ask_server(settings, "/sync/status", exc), indent=2) + "\n")
+        return
     try:
         sys.stdout.write(json.dumps(status(container.store), indent=2) + "\n")
     finally:
         container.close()
+
+
+def _ask_server(settings: Settings, path: str, locked: Exception) -> Any:
+    """GET `path` from the `fhircare serve` that holds the data folder (read-only
+    commands work while it runs)."""
+    import httpx
+
+    from fhircare.commands.running import running_server
+
+    url = running_server(settings.data)
+    if url is None:
+        _fail(str(locked))
+    try:
+        response = httpx.get(f"{url}{path}", timeout=30)
+    except httpx.HTTPError as exc:
+        _fail(f"the data folder is held by `fhircare serve` at {url}, which did not answer ({exc})")
+    if response.status_code != 200:
+        _fail(f"`fhircare serve` at {url} answered {response.status_code} to {path}")
+    return response.json()
 
 
 @sync_app.command("resolve")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from fhircare.api import auth, care_routes, event_routes, fhir_routes
+from fhircare.api import auth, care_routes, event_routes, fhir_routes, ops_routes
 from fhircare.api.capability import capability_statement
 from fhircare.services.audit import AuditRecorder
 from fhircare.services.background import sweep_loop, sync_loop
@@ -37,6 +37,7 @@ def install(app: FastAPI, container: Container) -> None:
         wake = asyncio.Event()
         app.state.sync_trigger = wake
         container.background.append(sync_loop(container, wake))
+    app.include_router(ops_routes.router)
     app.include_router(auth.router)
     app.include_router(event_routes.router)
     app.include_router(care_routes.router)

@@ -105,7 +105,7 @@ def wheel_server(wheel_bin: Path, tmp_path: Path) -> Iterator[str]:
         cwd=tmp_path,
         env=_env(tmp_path),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/fhir/metadata", 90, proc)
