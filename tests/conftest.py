@@ -65,8 +65,10 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 class ServerProcess:
     """`fhircare serve` in a subprocess on a free port."""
 
-    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, data: Path, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.data = data
         self.root = f"http://127.0.0.1:{self.port}"
         self.base = f"{self.root}/fhir"
