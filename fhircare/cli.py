@@ -124,24 +124,72 @@ def serve(
 
 
 @app.command()
-def demo(data: DataOpt = None) -> None:
-    """Run the whole care-management cycle on a sample patient and print what it did."""
-    from fhircare.bootstrap import build_container
-    from fhircare.care.demo import run_demo
+def demo(
+    data: DataOpt = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="A running fhircare, e.g. http://127.0.0.1:8000"),
+    ] = None,
+) -> None:
+    """Run the whole care-management cycle on a sample patient and print what it made."""
+    import httpx
+
+    from fhircare.commands.demo import DemoError, local_client, run_demo
+    from fhircare.commands.running import running_server
     from fhircare.fhir.errors import StoreLocked
 
     settings = _settings(data=data)
+    if server is None:
+        try:
+            with local_client(settings) as client:
+                report = run_demo(client)
+        except StoreLocked as exc:
+            server = running_server(settings.data)
+            if server is None:
+                _fail(str(exc))
+        except DemoError as exc:
+            _fail(str(exc), 1)
+        else:
+            _print_demo(report, settings.public_base(), f"`fhircare serve --data {settings.data}`")
+            return
+    root = str(server).rstrip("/").removesuffix("/fhir")
     try:
-        container = build_container(settings)
-    except StoreLocked as exc:
-        _fail(str(exc))
-    try:
-        counts = run_demo(container.store, console)
-    finally:
-        container.close()
-    console.print(
-        f"[green]demo done[/]: {sum(counts.values())} resources written in {settings.data}"
-    )
+        with httpx.Client(base_url=root, timeout=60) as client:
+            report = run_demo(client)
+    except httpx.HTTPError as exc:
+        _fail(f"{root}: {exc}")
+    except DemoError as exc:
+        _fail(str(exc), 1)
+    _print_demo(report, f"{root}/fhir", None)
+
+
+def _print_demo(report: Any, base: str, serve_hint: str | None) -> None:
+    from rich.table import Table
+
+    if report.already_ran:
+        console.print(
+            "[yellow]The demo already ran here[/] (Patient/demo-patient has its care plan); "
+            "nothing was written. What it made:",
+            soft_wrap=True,
+        )
+    else:
+        console.rule("[bold]fhircare demo: care-management cycle")
+        for line in report.steps:
+            console.print(f"- {line}", soft_wrap=True)
+        if report.worklist:
+            title = f"Worklist of Practitioner/demo-care-manager ({len(report.worklist)} open)"
+            table = Table(title=title)
+            for col in ("due", "task", "why"):
+                table.add_column(col)
+            for item in report.worklist[:8]:
+                due = (item.get("due") or "-")[:10]
+                table.add_row(due, item.get("title", ""), item.get("reason", ""))
+            console.print(table)
+        console.print(f"[green]{len(report.made)} resources made[/] (type/id, and how to read it):")
+    for ref in report.made:
+        console.print(f"  {ref:<58} curl -s {base}/{ref}", soft_wrap=True, highlight=False)
+    if serve_hint:
+        console.print(f"(read them with {serve_hint} running)", soft_wrap=True)
 
 
 @app.command()
