@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhircare import __version__
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             if owned:
                 container.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their assets served by fhircare itself
         title="fhircare",
         version=__version__,
         description="Care management on FHIR R4",

@@ -112,7 +112,7 @@ def operation_router(registry: OperationRegistry) -> APIRouter:
     )
     for op in registry.all():
         doc = inspect.getdoc(op.handler) or op.description
-        summary = op.description or f"${op.name}"
+        summary = op.description or (doc.splitlines()[0] if doc else f"${op.name}")
         for path, rtype, path_type in _routes(op):
             where = rtype or ("any type" if path_type else "the system")
             methods = ["POST"] if op.affects_state else ["GET", "POST"]
