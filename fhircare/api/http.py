@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from fhircare.fhir.datetimes import parse_datetime
 from fhircare.fhir.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json"
@@ -226,7 +226,7 @@ def resource_response(
         lu = resource["meta"].get("lastUpdated")
         if lu:
             headers["Last-Modified"] = format_datetime(
-                datetime.fromisoformat(lu.replace("Z", "+00:00")), usegmt=True
+                parse_datetime(lu), usegmt=True
             )
         if location and vid:
             headers["Location"] = (

@@ -86,7 +86,7 @@ def _syncs(settings: Any) -> bool:
 
 
 def _sync_gauges(store: Any) -> None:
-    from fhircare.care.common import parse_datetime
+    from fhircare.fhir.datetimes import parse_datetime
     from fhircare.remote.sync import pending_changes
 
     todo, held, *_ = pending_changes(store)
