@@ -37,9 +37,14 @@ def _incoming_id(scope: Scope) -> str:
 
 
 def route_template(scope: Scope) -> str:
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    """The matched route's template; a mounted app (the docs' static files) by its mount."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str):
+        return path
+    mount = scope.get("root_path") or ""
+    if mount and mount != (scope.get("app_root_path") or ""):
+        return f"{mount}/{{path}}"
+    return "unmatched"
 
 
 class ObservabilityMiddleware:
