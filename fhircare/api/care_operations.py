@@ -12,6 +12,7 @@ from typing import Any
 
 from fhircare.api.operations import OpCall, Operation, OperationRegistry
 from fhircare.care import assessment, plans
+from fhircare.fhir.datetimes import parse_datetime
 from fhircare.fhir.errors import BadRequest
 from fhircare.fhir.validation import check_id
 
@@ -37,7 +38,7 @@ def _datetime(value: Any, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parse_datetime(str(value))
     except ValueError as exc:
         raise BadRequest(f"Parameter {name} is not a dateTime: {value!r}") from exc
 

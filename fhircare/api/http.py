@@ -6,13 +6,13 @@ import json
 import re
 import urllib.parse
 from contextvars import ContextVar
-from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from fhircare.fhir.datetimes import parse_datetime
 from fhircare.fhir.errors import BadRequest, FhirError, PayloadTooLarge, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json"
@@ -334,7 +334,7 @@ def resource_response(
         lu = resource["meta"].get("lastUpdated")
         if lu:
             headers["Last-Modified"] = format_datetime(
-                datetime.fromisoformat(lu.replace("Z", "+00:00")), usegmt=True
+                parse_datetime(lu), usegmt=True
             )
         versioned = f"{base_url}/{resource['resourceType']}/{resource['id']}/_history/{vid}"
         if location and vid:

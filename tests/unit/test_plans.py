@@ -263,20 +263,6 @@ def test_revision_writes_version_and_provenance(store):
         revise_careplan(store, plan["id"], {"status": "finished"}, author=CM, if_match="2")
 
 
-def test_demo_runs_the_cycle_and_writes_valid_resources(store):
-    from rich.console import Console
-
-    from fhircare.care.demo import run_demo
-
-    console = Console(record=True, width=120)
-    counts = run_demo(store, console, now=NOW)
-    assert counts["CarePlan"] >= 1 and counts["Communication"] == 2 and counts["worklist"] >= 1
-    text = console.export_text()
-    assert "HbA1c 9.2% -> 7.8%: goal 'HbA1c below 7%' is improving" in text
-    for rtype in ("CarePlan", "Goal", "Task", "ServiceRequest", "CareTeam", "Communication"):
-        assert_valid(list(store.iter_resources(rtype)))
-
-
 def test_without_a_practitioner_tasks_are_unassigned_and_on_the_care_teams_worklist(store):
     """R4 makes $apply's practitioner optional: the Tasks then have no owner (self-care
     ones stay the patient's), are requested by the patient's care manager, stay valid
