@@ -37,7 +37,7 @@ from fhircare.care.common import (
     with_profile,
 )
 from fhircare.care.tasks import OPEN, apply_status
-from fhircare.fhir.errors import Conflict, PreconditionFailed, Unprocessable
+from fhircare.fhir.errors import Conflict, NotFound, PreconditionFailed, Unprocessable
 from fhircare.store.base import Store, WriteOp
 
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -125,7 +125,12 @@ def review_ops(
             f"The reviewer must be a Practitioner or PractitionerRole, not {reviewer[:60]!r}",
             expression=["reviewer"],
         )
-    read_ref(store, reviewer)
+    try:
+        read_ref(store, reviewer)
+    except NotFound:
+        raise Unprocessable(
+            f"The reviewer {reviewer} is not known", expression=["reviewer"]
+        ) from None
     issue = store.read("DetectedIssue", issue_id)
     current = issue["meta"]["versionId"]
     if if_match is not None and if_match != current:

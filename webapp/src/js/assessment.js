@@ -76,6 +76,15 @@ export async function assessmentScreen(ctx, id, questionnaireId) {
     results,
   );
   await LForms.Util.addFormToPage(structuredClone(questionnaire), formHost, { prepopulate: false });
+  danglingControls(formHost);
+}
+
+/** LHC-Forms points aria-controls at popovers it renders only when opened: drop the
+ * attribute while its target is absent (an assistive technology would follow it to nothing). */
+function danglingControls(host) {
+  for (const el of host.querySelectorAll("[aria-controls]")) {
+    if (!document.getElementById(el.getAttribute("aria-controls"))) el.removeAttribute("aria-controls");
+  }
 }
 
 async function saveResponse(ctx, LForms, host, questionnaire, patientId) {
