@@ -107,8 +107,8 @@ function educationButton(ctx, plan, index, title, rerender) {
               ifMatch: plan.meta?.versionId,
             }),
           );
-          announce(`Education recorded: ${title}.`);
           await rerender();
+          announce(`Education recorded: ${title}.`);
         } catch (err) {
           message.replaceChildren(errorBox(err, { onReload: rerender }));
         }
@@ -136,17 +136,23 @@ function educationButton(ctx, plan, index, title, rerender) {
   );
 }
 
+/**
+ * Revise with a reason, guarded by the version shown. After a conflict the draft keeps only
+ * what the user changed: on the reloaded form their edits stand over the new version and
+ * everything else shows what the colleague wrote, so saving again loses neither.
+ */
 function reviseForm(ctx, plan, rerender) {
-  const draft = drafts.get(plan.id) || {};
-  const title = h("input", { type: "text", value: draft.title ?? plan.title ?? "" });
-  const description = h("textarea", { rows: "3" }, draft.description ?? plan.description ?? "");
+  const draft = drafts.get(plan.id) || { edited: {}, note: "", reason: "" };
+  const value = (field) => draft.edited[field] ?? plan[field] ?? "";
+  const title = h("input", { type: "text", value: value("title") });
+  const description = h("textarea", { rows: "3" }, value("description"));
   const status = h(
     "select",
     {},
-    ["active", "on-hold", "revoked", "completed"].map((s) => h("option", { value: s, selected: (draft.status ?? plan.status) === s }, s)),
+    ["active", "on-hold", "revoked", "completed"].map((s) => h("option", { value: s, selected: value("status") === s }, s)),
   );
-  const note = h("textarea", { rows: "2" }, draft.note ?? "");
-  const reason = h("input", { type: "text", required: true, value: draft.reason ?? "" });
+  const note = h("textarea", { rows: "2" }, draft.note);
+  const reason = h("input", { type: "text", required: true, value: draft.reason });
   const message = h("div");
   const submit = h("button", { type: "submit", class: "primary" }, "Save revision");
   const body = h(
@@ -156,18 +162,21 @@ function reviseForm(ctx, plan, rerender) {
       "aria-label": `Revise ${plan.title || "the plan"}`,
       onsubmit: async (e) => {
         e.preventDefault();
-        const values = { title: title.value.trim(), description: description.value.trim(), status: status.value, note: note.value.trim(), reason: reason.value.trim() };
-        drafts.set(plan.id, values);
-        if (!values.reason) {
+        const edited = {};
+        for (const [field, control] of [["title", title], ["description", description], ["status", status]]) {
+          const v = control.value.trim();
+          if (v !== (plan[field] || "")) edited[field] = v;
+        }
+        const next = { edited, note: note.value.trim(), reason: reason.value.trim() };
+        drafts.set(plan.id, next);
+        if (!next.reason) {
           message.replaceChildren(h("p", { class: "alert error", role: "alert" }, "Say why the plan changes."));
           return;
         }
         const changes = {};
-        if (values.title !== (plan.title || "")) changes.title = values.title || null;
-        if (values.description !== (plan.description || "")) changes.description = values.description || null;
-        if (values.status !== plan.status) changes.status = values.status;
-        if (values.note) {
-          changes.note = [...(plan.note || []), { text: values.note, time: new Date().toISOString().replace(/\.\d{3}Z$/, "Z"), authorReference: { reference: ctx.me } }];
+        for (const [field, v] of Object.entries(edited)) changes[field] = v || null;
+        if (next.note) {
+          changes.note = [...(plan.note || []), { text: next.note, time: new Date().toISOString().replace(/\.\d{3}Z$/, "Z"), authorReference: { reference: ctx.me } }];
         }
         if (!Object.keys(changes).length) {
           message.replaceChildren(h("p", { class: "alert error", role: "alert" }, "Nothing changed."));
@@ -177,17 +186,17 @@ function reviseForm(ctx, plan, rerender) {
           await busy(
             submit,
             ctx.fhir.care(`CarePlan/${plan.id}/$revise`, {
-              body: { author: ctx.me, changes, reason: values.reason },
+              body: { author: ctx.me, changes, reason: next.reason },
               ifMatch: plan.meta?.versionId,
             }),
           );
           drafts.delete(plan.id);
-          announce(`${plan.title || "Plan"} revised.`);
           await rerender();
+          announce(`${plan.title || "Plan"} revised.`);
         } catch (err) {
           message.replaceChildren(
             errorBox(err, { onReload: rerender }),
-            err.conflict ? h("p", { class: "hint" }, "Your revision is kept in the form: reload, check what changed, then save again.") : null,
+            err.conflict ? h("p", { class: "hint" }, "Your revision is kept: reload, check what changed, then save again.") : null,
           );
         }
       },
@@ -230,8 +239,8 @@ function applyForm(ctx, patientRef, templates, rerender) {
                 params: { subject: patientRef, practitioner: ctx.me, programKind: kind.value },
               }),
             );
-            announce(`Plan created: ${plan.title || select.selectedOptions[0].textContent}.`);
             await rerender();
+            announce(`Plan created: ${plan.title || select.selectedOptions[0].textContent}.`);
           } catch (err) {
             message.replaceChildren(errorBox(err));
           }

@@ -25,7 +25,8 @@ export function h(tag, attrs = {}, ...children) {
 /** Replace the main region with a screen, title it and move focus to its heading. */
 export function show(title, ...content) {
   const main = document.getElementById("main");
-  main.replaceChildren(h("h1", { tabindex: "-1", id: "screen-title" }, title), ...content);
+  const parts = content.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false);
+  main.replaceChildren(h("h1", { tabindex: "-1", id: "screen-title" }, title), ...parts);
   document.title = `${title} · fhircare`;
   document.getElementById("screen-title").focus();
 }

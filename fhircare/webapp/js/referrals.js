@@ -68,8 +68,8 @@ function alternativeCell(ctx, task, rerender) {
             onclick: async (e) => {
               try {
                 await busy(e.currentTarget, ctx.fhir.update(withStatus(task, take)));
-                announce(`Alternative task ${take}.`);
                 await rerender();
+                announce(`Alternative task ${take}.`);
               } catch (err) {
                 message.replaceChildren(errorBox(err, { onReload: rerender }));
               }

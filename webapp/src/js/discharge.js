@@ -30,23 +30,41 @@ function statusOf(entry) {
   return code || codeText(entry.flag) || "—";
 }
 
-/** Pair each List entry with the pre-admission medication of the same ingredient. */
-function rows(list, included, before) {
+/**
+ * Pair each List entry with its medication before admission. The reconciliation writes one
+ * MedicationStatement per line of the new list (tagged with the stay), derived from the
+ * pre-admission entry and the discharge order it reconciled: that pairing is the server's,
+ * not a guess by name.
+ */
+function pairings(list, reconciled) {
   return (list.entry || []).map((entry) => {
-    const item = included.get(entry.item?.reference) || null;
-    const ingredient = (entry.item?.display || "").toLowerCase();
+    const itemRef = entry.item?.reference;
     const status = statusOf(entry);
-    let was = null;
-    let now = item;
-    if (status === "discontinued" || entry.deleted) {
-      was = item;
-      now = null;
-    } else if (status !== "new" && ingredient) {
-      was = before.find((m) => medication(m).toLowerCase().includes(ingredient)) || null;
-    }
+    const line = reconciled.find((s) => (s.derivedFrom || []).some((d) => d.reference === itemRef));
+    const sources = (line?.derivedFrom || []).map((d) => d.reference);
+    const gone = status === "discontinued" || entry.deleted;
+    const wasRef = gone ? itemRef : sources.find((r) => r !== itemRef) || null;
     const changes = (entry.flag?.text || "").match(/\(([^)]*)\)/)?.[1] || "";
-    return { ingredient: entry.item?.display || "medication", was, now, status, changes };
+    return { ingredient: entry.item?.display || "medication", wasRef, nowRef: gone ? null : itemRef, status, changes };
   });
+}
+
+/** Every referenced medication entry, reading those the searches did not bring (by _id). */
+async function medications(fhir, refs, known) {
+  const missing = new Map();
+  for (const r of refs) {
+    if (!r || known.has(r)) continue;
+    const [type, id] = r.split("/");
+    if (!missing.has(type)) missing.set(type, []);
+    missing.get(type).push(id);
+  }
+  await Promise.all(
+    [...missing].map(async ([type, ids]) => {
+      const found = await fhir.search(type, { _id: ids.join(","), _count: String(ids.length) });
+      for (const [k, v] of found.included) known.set(k, v);
+    }),
+  );
+  return known;
 }
 
 export async function dischargeScreen(ctx, encounterId) {
@@ -54,13 +72,16 @@ export async function dischargeScreen(ctx, encounterId) {
   const eref = `Encounter/${encounterId}`;
   const encounter = await fhir.read("Encounter", encounterId);
   const pref = encounter.subject?.reference;
-  const [patient, lists, issues, statements] = await Promise.all([
+  const tag = `${MEDREC_ENCOUNTER}|${encounterId}`;
+  const [patient, lists, issues, reconciled] = await Promise.all([
     fhir.read("Patient", idOf(pref)),
     fhir.search("List", { encounter: eref, code: DISCHARGE_LIST, _include: "List:item", _count: "10" }),
-    fhir.search("DetectedIssue", { _tag: `${MEDREC_ENCOUNTER}|${encounterId}`, _revinclude: "Task:focus", _count: "200" }),
-    fhir.search("MedicationStatement", { patient: pref, _count: "500" }),
+    fhir.search("DetectedIssue", { _tag: tag, _revinclude: "Task:focus", _count: "200" }),
+    fhir.search("MedicationStatement", { patient: pref, _tag: tag, _count: "500" }),
   ]);
   const list = lists.matches[0];
+  const lines = list ? pairings(list, reconciled.matches) : [];
+  const meds = await medications(fhir, lines.flatMap((l) => [l.wasRef, l.nowRef]), new Map(lists.included));
   const rerender = () => dischargeScreen(ctx, encounterId);
   const medTable = list
     ? h(
@@ -74,13 +95,13 @@ export async function dischargeScreen(ctx, encounterId) {
           h(
             "tbody",
             {},
-            rows(list, lists.included, statements.matches).map((r) =>
+            lines.map((r) =>
               h(
                 "tr",
                 { class: `med-${r.status}` },
                 h("th", { scope: "row" }, r.ingredient),
-                h("td", {}, medication(r.was)),
-                h("td", {}, medication(r.now)),
+                h("td", {}, medication(meds.get(r.wasRef))),
+                h("td", {}, medication(meds.get(r.nowRef))),
                 h("td", {}, h("span", { class: `badge med-${r.status}` }, r.status)),
                 h("td", {}, r.changes || "—"),
               ),
@@ -137,14 +158,22 @@ function issueCard(ctx, issue, tasks, rerender) {
       }),
     )
       .then(async () => {
-        announce(`Issue ${decision === "accept" ? "accepted" : decision === "override" ? "overridden" : "sent to the prescriber"}: ${issue.detail}`);
         await rerender();
+        announce(`Issue ${decision === "accept" ? "accepted" : decision === "override" ? "overridden" : "sent to the prescriber"}: ${issue.detail}`);
       })
       .catch((err) => message.replaceChildren(errorBox(err, { onReload: rerender })));
 
   let controls;
   if (decided) {
-    controls = h("p", { class: "decision" }, h("strong", {}, "Decided: "), codeText(decided.action), decided.date ? ` (${day(decided.date)})` : "");
+    const by = ctx.practitioners.find((p) => `Practitioner/${p.id}` === decided.author?.reference);
+    controls = h(
+      "p",
+      { class: "decision" },
+      h("strong", {}, "Decided: "),
+      codeText(decided.action),
+      by ? ` — ${humanName(by)}` : "",
+      decided.date ? ` (${day(decided.date)})` : "",
+    );
   } else {
     const accept = h("button", { type: "button", class: "primary", onclick: (e) => decide("accept", {}, e.currentTarget) }, "Accept");
     const reasonCode = h("select", {}, h("option", { value: "" }, "Choose a reason…"), OVERRIDE_REASONS.map(([code, text]) => h("option", { value: code }, text)));
