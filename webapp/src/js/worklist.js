@@ -7,39 +7,69 @@ import { OPEN, isFollowUpCall, kindOf, nextStatuses, withStatus } from "./tasks.
 
 const PRIORITY_RANK = { stat: 0, asap: 1, urgent: 2, routine: 3 };
 const DAY_MS = 86400000;
+const PAGE_ROWS = 200; // rows drawn at a time; filters always see every task
+
+const CHUNK = 100; // references per OR-list search (keeps URLs far below server limits)
+
+function chunks(list, size) {
+  const out = [];
+  for (let i = 0; i < list.length; i += size) out.push(list.slice(i, i + size));
+  return out;
+}
+
+/** One search per chunk of references, in parallel, merged. */
+async function searchEach(fhir, name, refs, params) {
+  const answers = await Promise.all(
+    chunks(refs, CHUNK).map((chunk) => fhir.search("Task", { [name]: chunk.join(","), ...params })),
+  );
+  return {
+    matches: answers.flatMap((a) => a.matches),
+    included: new Map(answers.flatMap((a) => [...a.included])),
+  };
+}
 
 /**
- * The worklist from FHIR searches (a few requests, whatever the panel size): Tasks owned by
- * the practitioner, Tasks owned by a care team of theirs, and unassigned Tasks of their
- * care teams' patients, each with its Patient (_include).
+ * The worklist from FHIR searches: Tasks owned by the practitioner; then, from their active
+ * care teams, Tasks owned by one of those teams and unassigned Tasks of the teams' patients
+ * (OR-lists of 100 references a search). Each search brings its Patients (_include) and
+ * pages by the server's next links: a panel of 500 patients takes about a dozen requests,
+ * never one per task or patient.
  */
 export async function loadWorklist(fhir, me) {
-  const open = OPEN.join(",");
-  const common = { status: open, _include: "Task:patient", _count: "500" };
-  const [mine, teams, teamOwned, unassigned] = await Promise.all([
-    fhir.search("Task", { owner: me, ...common }),
-    fhir.search("CareTeam", { participant: me, status: "active", _count: "1000" }),
-    fhir.search("Task", { "owner:CareTeam.participant": me, ...common }),
-    fhir.search("Task", { "owner:missing": "true", ...common }),
-  ]);
-  const teamName = new Map(teams.matches.map((t) => [`CareTeam/${t.id}`, t.name || "care team"]));
+  const common = { status: OPEN.join(","), _include: "Task:patient", _count: "1000" };
+  const teamsFound = fhir.search("CareTeam", {
+    participant: me, status: "active", _elements: "subject,name", _count: "1000",
+  });
+  const teamName = new Map();
   const teamOf = new Map();
-  for (const t of teams.matches) {
-    const subject = t.subject?.reference;
-    if (subject && !teamOf.has(subject)) teamOf.set(subject, t.name || "care team");
-  }
+  const fromTeams = teamsFound.then((teams) => {
+    for (const t of teams.matches) {
+      teamName.set(`CareTeam/${t.id}`, t.name || "care team");
+      const subject = t.subject?.reference;
+      if (subject && !teamOf.has(subject)) teamOf.set(subject, t.name || "care team");
+    }
+    return Promise.all([
+      searchEach(fhir, "owner", [...teamName.keys()], common),
+      searchEach(fhir, "patient", [...teamOf.keys()], { "owner:missing": "true", ...common }),
+    ]);
+  });
+  // the practitioner's own Tasks page in parallel with the team searches
+  const [mine, [teamOwned, unassigned]] = await Promise.all([
+    fhir.search("Task", { owner: me, ...common }),
+    fromTeams,
+  ]);
   const patients = new Map([...mine.included, ...teamOwned.included, ...unassigned.included]);
   const items = new Map();
   for (const task of mine.matches) items.set(task.id, { task, why: "assigned to you" });
   for (const task of teamOwned.matches) {
     const owner = task.owner?.reference || "";
-    if (owner.startsWith("CareTeam/") && teamName.has(owner) && !items.has(task.id)) {
+    if (teamName.has(owner) && !items.has(task.id)) {
       items.set(task.id, { task, why: `assigned to your care team (${teamName.get(owner)})` });
     }
   }
   for (const task of unassigned.matches) {
     const patient = task.for?.reference;
-    if (teamOf.has(patient) && !items.has(task.id)) {
+    if (teamOf.has(patient) && !task.owner && !items.has(task.id)) {
       items.set(task.id, { task, why: `unassigned task for your patient (${teamOf.get(patient)})` });
     }
   }
@@ -109,6 +139,8 @@ export async function worklistScreen(ctx) {
     body,
   );
 
+  let limit = PAGE_ROWS;
+  const more = h("button", { type: "button", class: "more", onclick: () => { limit += PAGE_ROWS; render(); } });
   const render = () => {
     const who = patientFilter.value.trim().toLowerCase();
     const kind = kindFilter.value;
@@ -119,10 +151,18 @@ export async function worklistScreen(ctx) {
         (!kind || i.kind === kind) &&
         (before === null || (i.dueTime !== null && i.dueTime <= before)),
     );
-    body.replaceChildren(...shown.flatMap((item) => row(ctx, item, render, items)));
-    count.textContent = `${shown.length} of ${items.length} open tasks`;
+    body.replaceChildren(...shown.slice(0, limit).flatMap((item) => row(ctx, item, render, items)));
+    count.textContent = `${shown.length} of ${items.length} open tasks`
+      + (shown.length > limit ? ` (the first ${limit} shown)` : "");
+    more.hidden = shown.length <= limit;
+    more.textContent = `Show ${Math.min(PAGE_ROWS, shown.length - limit)} more`;
   };
-  for (const control of [patientFilter, kindFilter, dueFilter]) control.addEventListener("input", render);
+  for (const control of [patientFilter, kindFilter, dueFilter]) {
+    control.addEventListener("input", () => {
+      limit = PAGE_ROWS;
+      render();
+    });
+  }
   render();
 
   show(
@@ -135,7 +175,7 @@ export async function worklistScreen(ctx) {
       labelled("Due on or before", dueFilter),
     ),
     count,
-    items.length ? h("div", { class: "table-wrap" }, table) : emptyNote("Nothing open: no tasks are waiting for you."),
+    items.length ? h("div", { class: "table-wrap" }, table, more) : emptyNote("Nothing open: no tasks are waiting for you."),
     h("p", { class: "meta", id: "load-time" }, `Loaded in ${loadedMs} ms`),
   );
 }
