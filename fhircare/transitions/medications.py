@@ -254,7 +254,8 @@ def parse_name(text: str) -> Identity:
     )
 
 
-def _coding_key(concept: Resource | None) -> tuple[Any, ...]:
+def coding_key(concept: Resource | None) -> tuple[Any, ...]:
+    """A hashable key of a CodeableConcept's codings and text (the cache key of identify_key)."""
     if not concept:
         return ()
     coding = concept.get("coding")
@@ -267,7 +268,8 @@ def _coding_key(concept: Resource | None) -> tuple[Any, ...]:
 
 
 @lru_cache(maxsize=8192)
-def _identify_key(key: tuple[Any, ...]) -> Identity:
+def identify_key(key: tuple[Any, ...]) -> Identity:
+    """Identify a concept from its coding_key (memoised: concepts recur across patients)."""
     if not key:
         return UNIDENTIFIED
     t = load_tables()
@@ -310,7 +312,7 @@ def _merge(base: Identity, extra: Identity | None, source: str) -> Identity:
 
 def identify_concept(concept: Resource | None) -> Identity:
     """Identify a CodeableConcept (RxNorm product/ingredient code first, then names)."""
-    return _identify_key(_coding_key(concept))
+    return identify_key(coding_key(concept))
 
 
 def identify_medication(med: Resource) -> Identity:
@@ -779,7 +781,7 @@ def medication_of(
     """(identity, CodeableConcept for output, resolved?) of a MedicationRequest/Statement."""
     cc = resource.get("medicationCodeableConcept")
     if cc:
-        return _identify_key(_coding_key(cc)), cc, True
+        return identify_key(coding_key(cc)), cc, True
     ref = (resource.get("medicationReference") or {}).get("reference")
     if not ref:
         return UNIDENTIFIED, None, False
@@ -820,7 +822,7 @@ def ingredient_info(name: str) -> Ingredient | None:
 
 def clear_caches() -> None:
     """Forget every memoised name, concept, sig and dose (the tables stay loaded)."""
-    for fn in (parse_name, _identify_key, parse_form, parse_sig_text):
+    for fn in (parse_name, identify_key, parse_form, parse_sig_text):
         fn.cache_clear()
     _UNIT_NORM.clear()
     _DOSE_MEMO.clear()

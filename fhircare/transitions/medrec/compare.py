@@ -1,0 +1,131 @@
+"""Compare one pre-admission medication with its discharge counterpart."""
+
+from __future__ import annotations
+
+from fhircare.transitions.medications import Dose, Identity, MedInfo
+
+IR_FORMS = ("tablet", "capsule")
+
+
+def release_of(ident: Identity) -> str | None:
+    """Release of a product; plain tablets and capsules named by RxNorm are immediate."""
+    if ident.release:
+        return ident.release
+    if ident.form in IR_FORMS and ident.source != "medication":
+        return "immediate"  # RxNorm names omit "immediate release"
+    return None
+
+
+def amount(
+    d: Dose | None, strength: tuple[tuple[str, float, str], ...]
+) -> tuple[str, float] | None:
+    """(unit, value) of a dose, counts and volumes turned into mass by a single strength."""
+    if d is None:
+        return None
+    unit = d.unit
+    if len(strength) == 1:
+        if unit == "count" and "/" not in strength[0][2]:
+            return strength[0][2], round(d.value * strength[0][1], 6)
+        if unit == "ml" and strength[0][2].endswith("/ml"):
+            return strength[0][2][:-3], round(d.value * strength[0][1], 6)
+    return unit, d.value
+
+
+def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
+    """(changes, notes, fields that could not be compared) between before and after.
+
+    The hot path of reconciliation: `amount` and `release_of` are inlined here (marked), and
+    tests/unit/test_medrec_perf_equivalence.py checks that the inlined copies agree.
+    """
+    changes: list[str] = []
+    notes: list[str] = []
+    missing: list[str] = []
+    ib, ia = b.identity, a.identity
+    sgb, sga = b.sig, a.sig
+    sb, sa = ib.strength, ia.strength
+    strength_units_differ = False
+    if sb and sa and sb != sa:
+        if [u for _, _, u in sb] != [u for _, _, u in sa]:
+            strength_units_differ = True  # e.g. 40 mg tablet vs 10 mg/ml solution
+        else:
+            changes.append("strength")
+        notes.append(f"strength {strength_text(sb)} -> {strength_text(sa)}")
+    dose_b, dose_a = sgb.dose, sga.dose
+    if dose_a is None or dose_b is None:
+        missing.append("dose")
+    else:
+        ua, va = dose_a.unit, dose_a.value  # amount(), inline
+        if len(sa) == 1:
+            s0u = sa[0][2]
+            if ua == "count" and "/" not in s0u:
+                ua, va = s0u, round(va * sa[0][1], 6)
+            elif ua == "ml" and s0u.endswith("/ml"):
+                ua, va = s0u[:-3], round(va * sa[0][1], 6)
+        ub, vb = dose_b.unit, dose_b.value
+        if len(sb) == 1:
+            s0u = sb[0][2]
+            if ub == "count" and "/" not in s0u:
+                ub, vb = s0u, round(vb * sb[0][1], 6)
+            elif ub == "ml" and s0u.endswith("/ml"):
+                ub, vb = s0u[:-3], round(vb * sb[0][1], 6)
+        if ua != ub:
+            missing.append("dose")
+        elif va != vb and abs(va - vb) > 1e-6 * max(abs(va), abs(vb), 1.0):
+            changes.append("dose")
+            notes.append(f"dose {vb:g} {ub} -> {va:g} {ua}")
+    fb, fa = sgb.per_day, sga.per_day
+    if sgb.prn != sga.prn:
+        changes.append("frequency")
+        notes.append("as needed -> scheduled" if sgb.prn else "scheduled -> as needed")
+    elif fb is None or fa is None:
+        if not (sgb.prn and sga.prn and fb is None and fa is None):
+            missing.append("frequency")
+    elif abs(fb - fa) > 0.01 * max(fb, fa):
+        changes.append("frequency")
+        notes.append(f"frequency {fb:g}/day -> {fa:g}/day")
+    rb, ra = sgb.route or ib.route, sga.route or ia.route  # MedInfo.route
+    if rb is None or ra is None:
+        missing.append("route")
+    elif rb != ra:
+        changes.append("route")
+        notes.append(f"route {rb} -> {ra}")
+    if ib.form and ia.form and ib.form != ia.form:
+        changes.append("form")
+        notes.append(f"form {ib.form} -> {ia.form}")
+    elif strength_units_differ:
+        changes.append("form")
+        notes.append("different product (strength units differ)")
+    else:
+        relb = ib.release or (
+            "immediate" if ib.form in IR_FORMS and ib.source != "medication" else None
+        )  # release_of(), inline
+        rela = ia.release or (
+            "immediate" if ia.form in IR_FORMS and ia.source != "medication" else None
+        )
+        if relb and rela and relb != rela:
+            changes.append("form")
+            notes.append(f"release {relb} -> {rela}")
+        elif (relb or rela) and not (relb and rela) and "immediate" not in (relb, rela):
+            missing.append("form")  # extended/delayed release on one side, unknown on the other
+            notes.append(f"release {relb or 'not stated'} -> {rela or 'not stated'}")
+    if sgb.complex or sga.complex:
+        missing.append("dosage")
+        notes.append(f"dosage not comparable: {sgb.complex or sga.complex}")
+    if ib.salt and ia.salt and ib.salt != ia.salt:
+        changes.append("salt")
+        notes.append(f"salt {ib.salt} -> {ia.salt}")
+    if a.status == "held":
+        if b.status != "held":
+            changes.append("held")
+            notes.append("on hold at discharge")
+    elif b.status == "held" and a.status == "active":
+        changes.append("resumed")
+        notes.append("on hold before admission, active at discharge")
+    return changes, notes, missing
+
+
+def strength_text(strength: tuple[tuple[str, float, str], ...]) -> str:
+    """'10 mg', or '5 mg / 325 mg' for a combination."""
+    if len(strength) == 1:
+        return f"{strength[0][1]:g} {strength[0][2]}"
+    return " / ".join([f"{v:g} {u}" for _, v, u in strength])
