@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from fhircare.paths import mappings_dir
+
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SNOMED = "http://snomed.info/sct"
 MAPPINGS_ENV = "FHIRCARE_MAPPINGS"
@@ -54,16 +56,18 @@ class Phrase:
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """The parsed reference table (see mappings/medications.yaml)."""
+    """The parsed reference tables (mappings/medications.yaml and mappings/drug-codes.yaml)."""
 
     ingredients: dict[str, Ingredient]
-    by_rxcui: dict[str, str]
+    by_rxcui: dict[str, str]  # ingredient (IN) code -> ingredient
+    by_code: dict[str, Phrase]  # precise ingredient (PIN) and brand name (BN) code -> phrase
     phrases: dict[str, Phrase]
     max_words: int
     products: dict[str, str]
     salt_words: frozenset[str]
     classes: dict[str, dict[str, Any]]
     duplicate_groups: tuple[dict[str, Any], ...]
+    interactions: tuple[dict[str, Any], ...]
     high_alert: dict[str, str]
     combo_order: dict[frozenset[str], tuple[str, ...]]
     routes_snomed: dict[str, str]
@@ -71,26 +75,45 @@ class Tables:
     timing_codes: dict[str, float]
 
 
+CODES_FILE = "drug-codes.yaml"
+
+
 def mappings_path() -> Path:
-    """Where medications.yaml lives: $FHIRCARE_MAPPINGS or the repository's mappings/."""
+    """Where medications.yaml lives: $FHIRCARE_MAPPINGS or the package's mappings/."""
     env = os.environ.get(MAPPINGS_ENV)
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "mappings"
-    return base / "medications.yaml"
+    return (Path(env) if env else mappings_dir()) / "medications.yaml"
 
 
 def _words(text: str) -> str:
     return " ".join(_WORD_RE.findall(text.lower()))
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - safe loader
+    return data if isinstance(data, dict) else {}
+
+
 @lru_cache(maxsize=4)
 def load_tables(path: str | None = None) -> Tables:
-    """Load and index the reference table once (cached per path)."""
-    raw = yaml.safe_load(Path(path or mappings_path()).read_text(encoding="utf-8"))
+    """Load and index the reference tables once (cached per path of medications.yaml).
+
+    drug-codes.yaml is read from the same folder. Both must name the same ingredients, and no
+    phrase may mean two different things.
+    """
+    rules_path = Path(path or mappings_path())
+    raw = _read_yaml(rules_path)
+    codes_path = rules_path.with_name(CODES_FILE)
+    codes = _read_yaml(codes_path) if codes_path.exists() else {}
     high_alert = {cls: v["basis"] for cls, v in (raw.get("high_alert") or {}).items()}
+    coded = codes.get("ingredients") or {}
+    if coded and set(coded) != set(raw["ingredients"]):
+        diff = sorted(set(coded) ^ set(raw["ingredients"]))
+        raise ValueError(f"{CODES_FILE} and medications.yaml name different ingredients: {diff}")
     ingredients: dict[str, Ingredient] = {}
     for name, v in raw["ingredients"].items():
         classes = tuple(v.get("classes") or ())
-        rxcui = v.get("rxcui")
+        rxcui = (coded.get(name) or {}).get("rxcui", v.get("rxcui"))
         ingredients[name] = Ingredient(
             name=name,
             rxcui=str(rxcui) if rxcui is not None else None,
@@ -101,19 +124,33 @@ def load_tables(path: str | None = None) -> Tables:
     phrases: dict[str, Phrase] = {}
 
     def add(text: str, phrase: Phrase) -> None:
-        phrases[_words(text)] = phrase
+        key = _words(text)
+        known = phrases.get(key)
+        if known is not None and known.ingredients and known.ingredients != phrase.ingredients:
+            raise ValueError(f"medication phrase {key!r} means both {known} and {phrase}")
+        phrases[key] = phrase
 
     for name in ingredients:
         add(name, Phrase("ingredient", (name,)))
-    for syn, target in (raw.get("synonyms") or {}).items():
-        add(syn, Phrase("ingredient", (target,)))
-    for name, v in (raw.get("salts") or {}).items():
-        add(name, Phrase("salt", (v["ingredient"],), salt=v.get("salt"), release=v.get("release")))
-    for name, v in (raw.get("brands") or {}).items():
-        add(
-            name,
-            Phrase("brand", tuple(v["ingredients"]), salt=v.get("salt"), release=v.get("release")),
+    for section in (codes, raw):
+        for syn, target in (section.get("synonyms") or {}).items():
+            add(syn, Phrase("ingredient", (target,)))
+    salts = {**(codes.get("salts") or {})}
+    for name, v in (raw.get("salts") or {}).items():  # the clinical file adds release facts
+        salts[name] = {**salts.get(name, {}), **v}
+    by_code: dict[str, Phrase] = {}
+    for name, v in salts.items():
+        phrase = Phrase("salt", (v["ingredient"],), salt=v.get("salt"), release=v.get("release"))
+        add(name, phrase)
+        if v.get("rxcui"):
+            by_code[str(v["rxcui"])] = phrase
+    for name, v in (codes.get("brands") or {}).items():
+        phrase = Phrase(
+            "brand", tuple(v["ingredients"]), salt=v.get("salt"), release=v.get("release")
         )
+        add(name, phrase)
+        if v.get("rxcui"):
+            by_code[str(v["rxcui"])] = phrase
     for name, v in (raw.get("forms") or {}).items():
         add(name, Phrase("form", form=v["form"], release=v.get("release"), route=v.get("route")))
     for name, rel in (raw.get("release_markers") or {}).items():
@@ -122,16 +159,21 @@ def load_tables(path: str | None = None) -> Tables:
         for ing in phrase.ingredients:
             if ing not in ingredients:
                 raise ValueError(f"medications.yaml: unknown ingredient {ing!r}")
+    products: dict[str, str] = {}
+    for section in (codes.get("vsac_products"), codes.get("rxnorm_products"), raw.get("products")):
+        products.update({str(k): v for k, v in (section or {}).items()})
     routes = raw.get("routes") or {}
     return Tables(
         ingredients=ingredients,
         by_rxcui={i.rxcui: n for n, i in ingredients.items() if i.rxcui},
+        by_code=by_code,
         phrases=phrases,
         max_words=max(len(p.split()) for p in phrases),
-        products={str(k): v for k, v in (raw.get("products") or {}).items()},
+        products=products,
         salt_words=frozenset(raw.get("salt_words") or ()),
         classes=raw.get("classes") or {},
         duplicate_groups=tuple(raw.get("duplicate_groups") or ()),
+        interactions=tuple(raw.get("interactions") or ()),
         high_alert=high_alert,
         combo_order={frozenset(c): tuple(c) for c in raw.get("combinations") or ()},
         routes_snomed={str(k): v for k, v in (routes.get("snomed") or {}).items()},
@@ -153,7 +195,7 @@ class Identity:
     release: str | None = None
     salt: str | None = None
     route: str | None = None  # implied by the dose form
-    source: str = "text"  # rxnorm-product | rxnorm-ingredient | text | medication
+    source: str = "text"  # rxnorm-product | rxnorm-ingredient | rxnorm-brand | text | medication
 
     @property
     def key(self) -> frozenset[str]:
@@ -291,6 +333,14 @@ def identify_key(key: tuple[Any, ...]) -> Identity:
             ing = t.by_rxcui[code]
             extra = next((p for p in parsed if p.key == {ing}), None)
             return _merge(Identity(ingredients=(ing,)), extra, "rxnorm-ingredient")
+        phrase = t.by_code.get(code)  # a precise ingredient (PIN) or brand name (BN) code
+        if phrase is not None:
+            names = phrase.ingredients
+            ordered = t.combo_order.get(frozenset(names)) or tuple(sorted(names))
+            base = Identity(ordered, salt=phrase.salt, release=phrase.release)
+            extra = next((p for p in parsed if p.key == base.key), None)
+            kind = "rxnorm-ingredient" if phrase.kind == "salt" else "rxnorm-brand"
+            return _merge(base, extra, kind)
     return parsed[0] if parsed else UNIDENTIFIED
 
 
