@@ -196,6 +196,9 @@ class Identity:
     salt: str | None = None
     route: str | None = None  # implied by the dose form
     source: str = "text"  # rxnorm-product | rxnorm-ingredient | rxnorm-brand | text | medication
+    # A strength written without units ("Norco 5/325", "Advair 250/50", "lisinopril 10"): kept
+    # as written and never assumed to be mg; reconciliation flags it for review.
+    unitless: str | None = None
 
     @property
     def key(self) -> frozenset[str]:
@@ -210,7 +213,14 @@ _STRENGTH_RE = re.compile(
     r"(?<![\d.])(\d+(?:\.\d+)?)\s*(mg|mcg|ug|µg|g|gm|unt|units?|iu|meq|ml|%)"
     r"(?:\s*/\s*(ml|actuat|hr|h|g))?(?![a-z])"
 )
-_PAIR_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*[/-]\s*(\d+(?:\.\d+)?)(?:\s*mg)?(?![\d.a-z/])")
+_PAIR_RE = re.compile(
+    r"(?<![\d.])(\d+(?:\.\d+)?)\s*[/-]\s*(\d+(?:\.\d+)?)(?:\s*(mg|mcg|ug|µg|g)\b)?(?![\d.a-z/])"
+)
+# A number in a name with no unit after it (not a release period such as "24 hr").
+_BARE_NUMBER_RE = re.compile(
+    r"(?<![\d./])(\d+(?:\.\d+)?)(?![\d./])"
+    r"(?!\s*(?:hr|hrs|h|hour|hours|ml|mg|mcg|ug|µg|g|gm|unt|units?|iu|meq|%|actuat|day|days|d)\b)"
+)
 _BRACKET_RE = re.compile(r"\[([^\]]+)\]")
 _MASS = {"mg": 1.0, "g": 1000.0, "gm": 1000.0, "mcg": 0.001, "ug": 0.001, "µg": 0.001}
 _UNITS = {"unt": "unit", "unit": "unit", "units": "unit", "iu": "unit", "meq": "meq", "%": "%"}
@@ -268,9 +278,12 @@ def parse_name(text: str) -> Identity:
         names.extend(x for x in ings if x not in names)
     strength: dict[str, tuple[float, str]] = {}
     pair = _PAIR_RE.search(low) if len(names) == 2 else None
-    if pair:  # "Norco 5/325", "hydrocodone/APAP 10-325 mg": in the product's ingredient order
+    unitless = None
+    if pair and pair.group(3):  # "hydrocodone/APAP 10-325 mg": in the product's ingredient order
         for ing, val in zip(names, (pair.group(1), pair.group(2)), strict=True):
-            strength[ing] = (round(float(val), 6), "mg")
+            strength[ing] = _norm_strength(float(val), pair.group(3), None)
+    elif pair:  # "Norco 5/325", "Advair 250/50": units unknown (mg? mcg?), never assumed
+        unitless = pair.group(0).strip()
     mention_ings = [(pos, ings) for pos, ings, p in mentions if p.kind != "brand"]
     for m in () if pair else _STRENGTH_RE.finditer(low):
         value, unit = _norm_strength(float(m.group(1)), m.group(2), m.group(3))
@@ -284,6 +297,11 @@ def parse_name(text: str) -> Identity:
         else:
             continue
         strength.setdefault(target, (value, unit))
+    if not strength and unitless is None:
+        after = mentions[0][0]  # a bare number after the drug's name: "lisinopril 10"
+        bare = next((m for m in _BARE_NUMBER_RE.finditer(low) if m.start() > after), None)
+        if bare is not None:
+            unitless = bare.group(1)
     order = t.combo_order.get(frozenset(names))
     ordered = order if order else tuple(sorted(names)) if len(names) > 1 else tuple(names)
     return Identity(
@@ -293,6 +311,7 @@ def parse_name(text: str) -> Identity:
         release=release,
         salt=salt,
         route=route,
+        unitless=unitless,
     )
 
 
@@ -347,16 +366,25 @@ def identify_key(key: tuple[Any, ...]) -> Identity:
 def _merge(base: Identity, extra: Identity | None, source: str) -> Identity:
     if extra is None:
         return Identity(
-            base.ingredients, base.strength, base.form, base.release, base.salt, base.route, source
+            base.ingredients,
+            base.strength,
+            base.form,
+            base.release,
+            base.salt,
+            base.route,
+            source,
+            base.unitless,
         )
+    strength = base.strength or extra.strength
     return Identity(
         ingredients=base.ingredients,
-        strength=base.strength or extra.strength,
+        strength=strength,
         form=base.form or extra.form,
         release=base.release or extra.release,
         salt=base.salt or extra.salt,
         route=base.route or extra.route,
         source=source,
+        unitless=None if strength else base.unitless or extra.unitless,
     )
 
 
@@ -405,6 +433,7 @@ def identify_medication(med: Resource) -> Identity:
                         ident.salt,
                         ident.route or f[2],
                         ident.source,
+                        ident.unitless,
                     )
                     break
     return ident
@@ -638,20 +667,93 @@ def _text_route(text: str, t: Tables) -> str | None:
     return None
 
 
-# Free text this parser cannot turn into one exact dose and frequency: fractions
-# ("1/2 tablet", "½"), ranges ("1-2 tablets", "every 4-6 hours", "1 to 2"), alternatives.
+# Free text this parser cannot turn into one exact dose and frequency: fractions left over
+# after the tablet counts below ("250/50"), ranges ("1-2 tablets", "every 4-6 hours", "1 to
+# 2"), alternatives, and schedules (tapers, weekdays, courses) that only the whole-regimen
+# comparison can read.
 _TEXT_COMPLEX_RE = re.compile(
     r"\d\s*/\s*\d|[½¼¾⅓⅔⅛]|\d\s*(?:-|–|to|or)\s*\d|\bhalf\b|\bquarter\b"
-    r"|\bthen\b|\btaper|\balternat|\bmonday|\btuesday|\bwednesday|\bthursday|\bfriday"
-    r"|\bsaturday|\bsunday|\bweekly\b|\bfor \d+ days?\b"
+    r"|\bthen\b|\btaper|\balternat|\bmon(?:day)?s?\b|\btues?(?:day)?s?\b|\bwed(?:nesday)?s?\b"
+    r"|\bthu(?:rs?)?(?:day)?s?\b|\bfri(?:day)?s?\b|\bsat(?:urday)?s?\b|\bsun(?:day)?s?\b"
+    r"|\bweekly\b|\bfor \d+ (?:days?|weeks?)\b|\bx\s*\d+\s*(?:days?|d|weeks?|wks?)\b"
+    r"|\bother days\b|\bexcept\b|\brest of the week\b|\bremaining days\b"
+    r"|\bas directed\b|\bper inr\b|\bas instructed\b|\bsliding scale\b|\bper protocol\b"
 )
+
+# Tablet and capsule counts written as words, Latin numerals or fractions ("one tablet",
+# "i po qhs", "one-half tablet", "1 1/2 tabs"): exact counts, rewritten as numbers.
+_COUNT_WORDS = {"one": 1.0, "two": 2.0, "three": 3.0, "four": 4.0, "i": 1.0, "ii": 2.0, "iii": 3.0}
+_VULGAR = {"½": 0.5, "¼": 0.25, "¾": 0.75}
+_COUNT_UNIT = r"(?:tabs?|tablets?|caps?|capsules?|pills?)"
+_HALF_RE = re.compile(r"\b(?:one[- ]half|a half|half(?: of)?(?: an?)?)\b")
+_COUNT_DOSE_RE = re.compile(
+    r"(?<![\w./])(?P<q>(?:(?:\d+|one|two|three)\s+(?:and\s+)?)?(?:\d+\s*/\s*\d+|[½¼¾]"
+    r"|one|two|three|four|i{1,3}))\s*(?P<u>" + _COUNT_UNIT + r")\b"
+)
+_ROMAN_ROUTE_RE = re.compile(r"(?<![\w./])(i{1,3})\s+(?=po\b|p\.o\.|by mouth|orally|sl\b|pr\b)")
+
+
+def _count_value(q: str) -> float | None:
+    total = 0.0
+    for tok in q.replace(" and ", " ").split():
+        if tok in _COUNT_WORDS:
+            total += _COUNT_WORDS[tok]
+        elif tok in _VULGAR:
+            total += _VULGAR[tok]
+        elif "/" in tok:
+            num, _, den = tok.partition("/")
+            if not (num.isdigit() and den.isdigit()) or int(den) == 0:
+                return None
+            total += int(num) / int(den)
+        elif tok.isdigit():
+            total += float(tok)
+        else:
+            return None
+    return total if total > 0 else None
+
+
+def normalise_counts(lowered: str) -> str:
+    """Rewrite word, Latin and fractional tablet counts as numbers ("i po" -> "1 tab po")."""
+    text = _HALF_RE.sub("1/2", lowered)
+
+    def count(m: re.Match[str]) -> str:
+        q = re.sub(r"\s*/\s*", "/", m.group("q"))
+        if q.replace(".", "").isdigit():
+            return m.group(0)  # already a plain number
+        value = _count_value(q)
+        return f"{value:g} {m.group('u')}" if value is not None else m.group(0)
+
+    text = _COUNT_DOSE_RE.sub(count, text)
+    return _ROMAN_ROUTE_RE.sub(lambda m: f"{_COUNT_WORDS[m.group(1)]:g} tab ", text)
+
+
+# A sig that holds the medication now ("HOLD", "hold until seen", "do not take until ...",
+# "resume after ..."), and a conditional hold parameter ("hold if SBP < 100").
+_CONDITIONAL_HOLD_RE = re.compile(
+    r"\bhold(?:ing)?\s+(?:if|when|for\s+(?!\d+\s*(?:days?|doses?|weeks?|wks?|hours?|hrs?)\b))"
+)
+_HOLD_RE = re.compile(
+    r"\bhold\b|\bon hold\b|\bheld\b|\bsuspend(?:ed)?\b"
+    r"|\b(?:do not|don'?t|not to) (?:take|start|resume|restart|give|use)\b"
+    r"[^.;]*\b(?:until|before)\b"
+    r"|\bstop (?:taking )?until\b|\bresume\b[^.;]{0,40}\b(?:on|after|when|once|in)\b"
+)
+
+
+@lru_cache(maxsize=2048)
+def hold_instruction(text: str) -> str | None:
+    """'held' when the sig text holds the drug now, 'conditional' for a hold parameter."""
+    low = text.lower()
+    if _CONDITIONAL_HOLD_RE.search(low):
+        return "conditional"
+    return "held" if _HOLD_RE.search(low) else None
 
 
 @lru_cache(maxsize=8192)
 def parse_sig_text(text: str) -> Sig:
     """Dose, frequency, PRN and route read from free-text instructions ("1 tab po bid")."""
     t = load_tables()
-    lowered = text.lower()
+    lowered = normalise_counts(text.lower())
     low = " ".join(_WORD_OR_SIG_RE.findall(lowered))
     m = _DOSE_TEXT_RE.search(low)
     dose = _quantity_dose({"value": m.group(1), "unit": m.group(2)}) if m else None
@@ -800,6 +902,7 @@ class MedInfo:
     stop_reason: str | None = None
     resolved: bool = True  # False when a medicationReference could not be resolved
     unconfirmed: str | None = None  # e.g. a draft or unknown-status order: confirm it
+    held_by: str | None = None  # the sig text that holds an otherwise active order
 
     @property
     def identified(self) -> bool:
@@ -872,7 +975,7 @@ def ingredient_info(name: str) -> Ingredient | None:
 
 def clear_caches() -> None:
     """Forget every memoised name, concept, sig and dose (the tables stay loaded)."""
-    for fn in (parse_name, identify_key, parse_form, parse_sig_text):
+    for fn in (parse_name, identify_key, parse_form, parse_sig_text, hold_instruction):
         fn.cache_clear()
     _UNIT_NORM.clear()
     _DOSE_MEMO.clear()

@@ -19,6 +19,7 @@ from fhircare.transitions.medications import (
     Sig,
     coding_key,
     concept_text,
+    hold_instruction,
     identify_key,
     identify_medication,
     label_of,
@@ -133,7 +134,23 @@ def _info(r: Resource, ref: str, status: str, index: Resolver) -> MedInfo:
     )
     if status == "stopped":
         info.stop_reason = stop_reason_of(r)
+    elif status == "active" and dosage:
+        _apply_hold_text(info, dosage)
     return info
+
+
+def _apply_hold_text(info: MedInfo, dosage: list[Resource]) -> None:
+    """An active order whose sig says HOLD is held; a conditional hold needs confirming."""
+    for d in dosage:
+        for text in (d.get("text"), d.get("patientInstruction")):
+            if not text or type(text) is not str:
+                continue
+            kind = hold_instruction(text)
+            if kind == "held":
+                info.status, info.held_by = "held", text
+                return
+            if kind == "conditional" and info.unconfirmed is None:
+                info.unconfirmed = f"the sig has a conditional hold ('{text}')"
 
 
 _NO_SIG = Sig()  # shared: Sig is immutable

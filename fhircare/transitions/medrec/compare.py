@@ -50,39 +50,63 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
         else:
             changes.append("strength")
         notes.append(f"strength {strength_text(sb)} -> {strength_text(sa)}")
-    dose_b, dose_a = sgb.dose, sga.dose
-    if dose_a is None or dose_b is None:
-        missing.append("dose")
+    ub_, ua_ = ib.unitless, ia.unitless
+    if (ub_ or ua_) and ub_ != ua_ and (sb or sa or (ub_ and ua_)):
+        missing.append("strength")
+        notes.append(
+            f"strength {ub_ or strength_text(sb) or 'not stated'} -> "
+            f"{ua_ or strength_text(sa) or 'not stated'} (a strength without units is not "
+            f"assumed to be mg)"
+        )
+    counted = False  # both doses are tablet/capsule counts that no strength turned into mass
+    complex_ = sgb.complex or sga.complex
+    whole = compare_regimens(b, a) if complex_ else None
+    if whole is not None:
+        if whole:
+            changes.append(whole[0])
+            notes.append(whole[1])
+        counted = whole == () and regimen_unit(b) == "count"
     else:
-        ua, va = dose_a.unit, dose_a.value  # amount(), inline
-        if len(sa) == 1:
-            s0u = sa[0][2]
-            if ua == "count" and "/" not in s0u:
-                ua, va = s0u, round(va * sa[0][1], 6)
-            elif ua == "ml" and s0u.endswith("/ml"):
-                ua, va = s0u[:-3], round(va * sa[0][1], 6)
-        ub, vb = dose_b.unit, dose_b.value
-        if len(sb) == 1:
-            s0u = sb[0][2]
-            if ub == "count" and "/" not in s0u:
-                ub, vb = s0u, round(vb * sb[0][1], 6)
-            elif ub == "ml" and s0u.endswith("/ml"):
-                ub, vb = s0u[:-3], round(vb * sb[0][1], 6)
-        if ua != ub:
+        dose_b, dose_a = sgb.dose, sga.dose
+        if dose_a is None or dose_b is None:
             missing.append("dose")
-        elif va != vb and abs(va - vb) > 1e-6 * max(abs(va), abs(vb), 1.0):
-            changes.append("dose")
-            notes.append(f"dose {vb:g} {ub} -> {va:g} {ua}")
-    fb, fa = sgb.per_day, sga.per_day
-    if sgb.prn != sga.prn:
-        changes.append("frequency")
-        notes.append("as needed -> scheduled" if sgb.prn else "scheduled -> as needed")
-    elif fb is None or fa is None:
-        if not (sgb.prn and sga.prn and fb is None and fa is None):
-            missing.append("frequency")
-    elif abs(fb - fa) > 0.01 * max(fb, fa):
-        changes.append("frequency")
-        notes.append(f"frequency {fb:g}/day -> {fa:g}/day")
+        else:
+            ua, va = dose_a.unit, dose_a.value  # amount(), inline
+            if len(sa) == 1:
+                s0u = sa[0][2]
+                if ua == "count" and "/" not in s0u:
+                    ua, va = s0u, round(va * sa[0][1], 6)
+                elif ua == "ml" and s0u.endswith("/ml"):
+                    ua, va = s0u[:-3], round(va * sa[0][1], 6)
+            ub, vb = dose_b.unit, dose_b.value
+            if len(sb) == 1:
+                s0u = sb[0][2]
+                if ub == "count" and "/" not in s0u:
+                    ub, vb = s0u, round(vb * sb[0][1], 6)
+                elif ub == "ml" and s0u.endswith("/ml"):
+                    ub, vb = s0u[:-3], round(vb * sb[0][1], 6)
+            if ua != ub:
+                missing.append("dose")
+            elif va != vb and abs(va - vb) > 1e-6 * max(abs(va), abs(vb), 1.0):
+                changes.append("dose")
+                notes.append(f"dose {vb:g} {ub} -> {va:g} {ua}")
+            counted = ua == "count"
+        fb, fa = sgb.per_day, sga.per_day
+        if sgb.prn != sga.prn:
+            changes.append("frequency")
+            notes.append("as needed -> scheduled" if sgb.prn else "scheduled -> as needed")
+        elif fb is None or fa is None:
+            if not (sgb.prn and sga.prn and fb is None and fa is None):
+                missing.append("frequency")
+        elif abs(fb - fa) > 0.01 * max(fb, fa):
+            changes.append("frequency")
+            notes.append(f"frequency {fb:g}/day -> {fa:g}/day")
+        if complex_:
+            missing.append("dosage")
+            notes.append(f"dosage not comparable: {complex_}")
+    if counted and (sb, ub_) != (sa, ua_) and "strength" not in missing and not (sb and sa):
+        missing.append("strength")
+        notes.append("doses are tablet counts but the strength is not stated on both lists")
     rb, ra = sgb.route or ib.route, sga.route or ia.route  # MedInfo.route
     if rb is None or ra is None:
         missing.append("route")
@@ -108,16 +132,17 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
         elif (relb or rela) and not (relb and rela) and "immediate" not in (relb, rela):
             missing.append("form")  # extended/delayed release on one side, unknown on the other
             notes.append(f"release {relb or 'not stated'} -> {rela or 'not stated'}")
-    if sgb.complex or sga.complex:
-        missing.append("dosage")
-        notes.append(f"dosage not comparable: {sgb.complex or sga.complex}")
     if ib.salt and ia.salt and ib.salt != ia.salt:
         changes.append("salt")
         notes.append(f"salt {ib.salt} -> {ia.salt}")
     if a.status == "held":
         if b.status != "held":
             changes.append("held")
-            notes.append("on hold at discharge")
+            notes.append(
+                f"on hold at discharge (sig: '{a.held_by}')"
+                if a.held_by
+                else "on hold at discharge"
+            )
     elif b.status == "held" and a.status == "active":
         changes.append("resumed")
         notes.append("on hold before admission, active at discharge")
@@ -129,3 +154,22 @@ def strength_text(strength: tuple[tuple[str, float, str], ...]) -> str:
     if len(strength) == 1:
         return f"{strength[0][1]:g} {strength[0][2]}"
     return " / ".join([f"{v:g} {u}" for _, v, u in strength])
+
+
+def compare_regimens(b: MedInfo, a: MedInfo) -> tuple[str, str] | tuple[()] | None:
+    """() when both whole regimens are the same, (change, note) when they differ, None when
+    either cannot be read or they are not comparable (flagged by the caller)."""
+    from fhircare.transitions.medrec.regimen import comparable, difference, regimen_of
+
+    rb, ra = regimen_of(b), regimen_of(a)
+    if rb is None or ra is None or not comparable(rb, ra):
+        return None
+    return difference(rb, ra) or ()
+
+
+def regimen_unit(info: MedInfo) -> str | None:
+    """The unit a medication's whole regimen is counted in (mg, count...)."""
+    from fhircare.transitions.medrec.regimen import regimen_of
+
+    r = regimen_of(info)
+    return r.unit if r else None

@@ -12,6 +12,10 @@ Severities (why):
   moderate.
 - unverifiable (pair whose dose/frequency/route cannot be compared): moderate, high when
   high-alert: it must not pass as "continued" unseen.
+- interaction (a combination rule of the table: anticoagulant with antiplatelet or NSAID,
+  opioid with benzodiazepine): the rule's severity (high) when one of the drugs is new or
+  changed at discharge; moderate when every one continues unchanged (a combination already
+  taken at home still deserves a look, but was not started here).
 - unmatched (drug not identified): moderate: it escapes every other check.
 """
 
@@ -21,7 +25,7 @@ from fhircare.transitions.medications import load_tables
 from fhircare.transitions.medrec.model import CHANGED, DISCONTINUED, NEW, RecIssue, RecItem
 from fhircare.transitions.medrec.pairing import Facts
 
-DOSING_CHANGES = frozenset({"dose", "strength", "frequency", "route"})
+DOSING_CHANGES = frozenset({"dose", "strength", "frequency", "route", "schedule"})
 
 
 def duplicates(items: list[RecItem], facts: list[Facts]) -> list[RecIssue]:
@@ -230,4 +234,39 @@ def unmatched(items: list[RecItem]) -> list[RecIssue]:
                     [idx],
                 )
             )
+    return out
+
+
+def interactions(items: list[RecItem], facts: list[Facts]) -> list[RecIssue]:
+    """Combinations of discharge medications the table's interaction rules name."""
+    t = load_tables()
+    taken = [
+        i
+        for i, it in enumerate(items)
+        if it.status != DISCONTINUED
+        and it.after_info is not None
+        and "held" not in it.changes
+        and it.after_info.status != "held"
+    ]
+    out: list[RecIssue] = []
+    for rule in t.interactions:
+        members = [set() for _ in rule["classes"]]
+        for i in taken:
+            for n, cls in enumerate(rule["classes"]):
+                if cls in facts[i][1]:
+                    members[n].add(i)
+        if not all(members) or len(set().union(*members)) < 2:
+            continue
+        idxs = sorted(set().union(*members))
+        fresh = any(items[i].status in (NEW, CHANGED) for i in idxs)
+        names = "; ".join(items[i].ingredient for i in idxs)
+        out.append(
+            RecIssue(
+                "interaction",
+                rule.get("severity", "high") if fresh else "moderate",
+                f"{rule['name']} at discharge ({names}): {rule['basis']}",
+                idxs,
+                rule["name"],
+            )
+        )
     return out

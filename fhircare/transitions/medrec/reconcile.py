@@ -99,7 +99,7 @@ def reconcile_sides(enc_ref: str, sides: Sides) -> ReconciliationResult:
             changes, notes, fields = compared.get((i, j)) or compare(b, a)
             a_identified = j in post_keys
             codes = fa[0] or fb[0]
-            if fields and a_identified:
+            if fields:  # identified or paired by identical text: an unread sig is flagged
                 missing.append((len(items), fields))
             items.append(
                 RecItem(
@@ -154,6 +154,7 @@ def reconcile_sides(enc_ref: str, sides: Sides) -> ReconciliationResult:
     found.extend(checks.duplicates(items, facts))
     found.extend(checks.omissions(items, facts, chronic))
     found.extend(checks.high_risk(items, facts))
+    found.extend(checks.interactions(items, facts))
     found.extend(checks.unverifiable(items, facts, missing))
     found.extend(checks.unmatched(items))
     found.sort(key=issue_order)
