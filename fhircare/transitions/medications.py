@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -40,6 +40,7 @@ class Ingredient:
     classes: tuple[str, ...]
     chronic: bool
     high_alert: bool
+    known: bool = True  # False: identified through a local RxNorm index, no clinical facts
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +95,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-@lru_cache(maxsize=4)
 def load_tables(path: str | None = None) -> Tables:
+    """The reference tables: the built-in ones, extended by the local RxNorm index in use.
+
+    `path` names another medications.yaml (then no local index applies).
+    """
+    local = _LOCAL
+    if path is None and local is not None:
+        return local.tables
+    return _load_tables(path)
+
+
+@lru_cache(maxsize=4)
+def _load_tables(path: str | None = None) -> Tables:
     """Load and index the reference tables once (cached per path of medications.yaml).
 
     drug-codes.yaml is read from the same folder. Both must name the same ingredients, and no
@@ -341,9 +353,15 @@ def identify_key(key: tuple[Any, ...]) -> Identity:
     if text:
         texts.append(text)
     parsed = [p for p in (parse_name(x) for x in texts) if p.ingredients]
+    local = _LOCAL
     for system, code, _ in codings:
         if system != RXNORM or not code:
             continue
+        if local is not None:  # the user's RxNorm release first, then the built-in table
+            found = local.identify(code)
+            if found is not None:
+                extra = next((p for p in parsed if p.key == found.key), None)
+                return _merge(found, extra, "rxnorm-index")
         if code in t.products:
             ident = parse_name(t.products[code])
             extra = next((p for p in parsed if p.key == ident.key), None)
@@ -980,3 +998,193 @@ def clear_caches() -> None:
     _UNIT_NORM.clear()
     _DOSE_MEMO.clear()
     _SIG_MEMO.clear()
+    for clear in _ON_CLEAR:
+        clear()
+
+
+_ON_CLEAR: list[Callable[[], None]] = []  # caches of other modules built on the tables
+
+
+def on_clear_caches(clear: Callable[[], None]) -> None:
+    """Register a cache that depends on the tables (cleared with them)."""
+    _ON_CLEAR.append(clear)
+
+
+# --------------------------------------------------------------------------- local RxNorm index
+
+
+class LocalTerminology(Protocol):
+    """What identification needs from a local terminology (fhircare.terminology.rxnorm)."""
+
+    def concept(self, rxcui: str) -> Any: ...  # a Concept (tty, name, ingredients, dose form)
+
+    def names(self) -> list[tuple[str, str, tuple[Any, ...]]]: ...
+
+
+# Words that make a brand name of the full RxNorm too generic to match inside free text
+# ("Pain Relief", "Allergy", "Sleep Aid"): such brands are left to their codes.
+_GENERIC_BRAND_WORDS = frozenset(
+    [
+        "pain",
+        "relief",
+        "reliever",
+        "allergy",
+        "allergies",
+        "cold",
+        "cough",
+        "sleep",
+        "night",
+        "day",
+        "nighttime",
+        "daytime",
+        "extra",
+        "strength",
+        "maximum",
+        "regular",
+        "children",
+        "childrens",
+        "infant",
+        "infants",
+        "junior",
+        "plus",
+        "formula",
+        "care",
+        "sinus",
+        "nasal",
+        "itch",
+        "headache",
+        "arthritis",
+        "flu",
+        "severe",
+        "multi",
+        "symptom",
+        "aid",
+        "caplet",
+        "caplets",
+        "tablets",
+        "tablet",
+        "capsule",
+        "capsules",
+        "liquid",
+        "gel",
+        "gels",
+        "cream",
+        "ointment",
+        "spray",
+        "drops",
+        "patch",
+        "original",
+        "advanced",
+        "complete",
+        "relief",
+        "rapid",
+        "fast",
+        "release",
+        "dual",
+        "action",
+        "mild",
+        "gentle",
+        "natural",
+    ]
+)
+
+
+class _Local:
+    """A local index joined to the built-in tables: identification by code, phrases by name."""
+
+    def __init__(self, index: LocalTerminology, base: Tables) -> None:
+        self.index = index
+        self.base = base
+        self.tables = _with_index(base, index)
+        self._identities: dict[str, Identity | None] = {}
+
+    def name_of(self, rxcui: str, name: str) -> str:
+        return self.base.by_rxcui.get(rxcui) or name.lower()
+
+    def identify(self, rxcui: str) -> Identity | None:
+        if rxcui in self._identities:
+            return self._identities[rxcui]
+        c = self.index.concept(rxcui)
+        ident = None if c is None or not c.ingredients else self._identity(c)
+        if len(self._identities) < 65536:
+            self._identities[rxcui] = ident
+        return ident
+
+    def _identity(self, c: Any) -> Identity:
+        names = [self.name_of(p.rxcui, p.name) for p in c.ingredients]
+        strength = []
+        for name, part in zip(names, c.ingredients, strict=True):
+            m = _STRENGTH_RE.search(part.strength.lower()) if part.strength else None
+            if m:
+                strength.append((name, *_norm_strength(float(m.group(1)), m.group(2), m.group(3))))
+        salt = None
+        if len(c.ingredients) == 1 and c.ingredients[0].precise:
+            precise, base = c.ingredients[0].precise.lower(), c.ingredients[0].name.lower()
+            salt = precise.removeprefix(base).strip(" ,") or None
+        form = parse_form(c.dose_form) if c.dose_form else None
+        release = form[1] if form else None
+        if release is None and c.tty in ("SCD", "SBD"):
+            release = parse_name(c.name).release
+        order = self.tables.combo_order.get(frozenset(names))
+        return Identity(
+            ingredients=order or (tuple(sorted(names)) if len(names) > 1 else tuple(names)),
+            strength=tuple(sorted(strength)) if len(strength) == len(names) else (),
+            form=form[0] if form else None,
+            release=release,
+            salt=salt,
+            route=form[2] if form else None,
+            source="rxnorm-index",
+        )
+
+
+def _with_index(base: Tables, index: LocalTerminology) -> Tables:
+    """The built-in tables with the index's ingredients and names added (index first)."""
+    ingredients = dict(base.ingredients)
+    by_rxcui = dict(base.by_rxcui)
+    phrases = dict(base.phrases)
+    reserved = base.salt_words | {k for k, p in base.phrases.items() if p.kind != "ingredient"}
+    for name, tty, parts in index.names():
+        key = _words(name)
+        if not key or key in reserved:
+            continue
+        if tty == "BN" and (_GENERIC_BRAND_WORDS & set(key.split()) or not key[0].isalpha()):
+            continue
+        ings = []
+        for part in parts:
+            ing = base.by_rxcui.get(part.rxcui) or part.name.lower()
+            if ing not in ingredients:
+                ingredients[ing] = Ingredient(ing, part.rxcui, (), False, False, known=False)
+                by_rxcui.setdefault(part.rxcui, ing)
+            ings.append(ing)
+        known = phrases.get(key)
+        if known is not None and set(known.ingredients) == set(ings):
+            continue  # the table's phrase says the same and may carry salt or release facts
+        if tty == "PIN" and len(parts) == 1:
+            salt = key.removeprefix(_words(parts[0].name)).strip() or None
+            phrases[key] = Phrase("salt", tuple(ings), salt=salt)
+        elif tty == "BN":
+            phrases[key] = Phrase("brand", tuple(ings))
+        else:
+            phrases[key] = Phrase("ingredient", tuple(ings))
+    return replace(
+        base,
+        ingredients=ingredients,
+        by_rxcui=by_rxcui,
+        phrases=phrases,
+        max_words=max(len(p.split()) for p in phrases),
+    )
+
+
+_LOCAL: _Local | None = None
+
+
+def use_local_index(index: LocalTerminology | None) -> None:
+    """Identify through `index` before the built-in table (None: the built-in table only)."""
+    global _LOCAL
+    _LOCAL = _Local(index, _load_tables(None)) if index is not None else None
+    clear_caches()
+
+
+def local_index() -> LocalTerminology | None:
+    """The local index in use, if any."""
+    return _LOCAL.index if _LOCAL is not None else None

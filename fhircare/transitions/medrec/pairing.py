@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from fhircare.transitions.medications import MedInfo, load_tables
+from fhircare.transitions.medications import MedInfo, load_tables, on_clear_caches
 from fhircare.transitions.medrec.compare import compare
 
 Facts = tuple[list[str] | None, frozenset[str], bool, bool]
@@ -95,3 +95,6 @@ def keys_and_facts(
             text[i] = text_key(m)
         out.append(facts(ings))
     return keys, text, out
+
+
+on_clear_caches(facts.cache_clear)  # facts follow the tables (a local index adds drugs)
