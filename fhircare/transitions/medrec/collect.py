@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from fhircare.fhir.datetimes import parse_datetime_lenient
 from fhircare.transitions.medications import (
     MedInfo,
     Resolver,
@@ -50,16 +51,7 @@ def ref_of(r: Resource, full_url: str | None, n: int) -> str:
 
 def parse_time(value: str | None) -> datetime | None:
     """A FHIR dateTime as an aware datetime (UTC when it has no offset), or None."""
-    if not value:
-        return None
-    try:
-        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            d = datetime.fromisoformat(value[:10])
-        except ValueError:
-            return None
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
+    return parse_datetime_lenient(value)
 
 
 def _codes(ccs: Iterable[Resource] | None) -> set[str]:
