@@ -277,3 +277,17 @@ class RxNormIndex:
             if by_code.get(code):
                 out.append((name, tty, tuple(by_code[code])))
         return out
+
+
+def open_local_index(data_dir: Path) -> RxNormIndex | None:
+    """The index of a data folder, or None when none was loaded there.
+
+    Raises ValueError when the file is there but cannot be used (another schema, damaged).
+    """
+    path = index_path(data_dir)
+    if not path.is_file():
+        return None
+    try:
+        return RxNormIndex(path)
+    except sqlite3.Error as exc:
+        raise ValueError(f"{path}: not a readable RxNorm index ({exc}); load it again") from exc

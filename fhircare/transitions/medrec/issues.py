@@ -146,10 +146,19 @@ def omissions(items: list[RecItem], facts: list[Facts], chronic: list[bool]) -> 
                     )
                 )
             continue
-        if not chronic[i] and not facts[i][2]:
+        unknown = facts[i][4]
+        if not chronic[i] and not facts[i][2] and not unknown:
             continue  # acute, not high-alert: stopping it at discharge is usual
         high = facts[i][2]
-        kind = ", ".join(k for k, on in (("chronic", chronic[i]), ("high-alert", high)) if on)
+        kind = ", ".join(
+            k
+            for k, on in (
+                ("chronic", chronic[i]),
+                ("high-alert", high),
+                ("not in the drug table: whether it is chronic is unknown", unknown),
+            )
+            if on
+        )
         out.append(
             RecIssue(
                 "omission",

@@ -12,14 +12,16 @@ from typing import Any
 from fhircare.transitions.medications import MedInfo, load_tables, on_clear_caches
 from fhircare.transitions.medrec.compare import compare
 
-Facts = tuple[list[str] | None, frozenset[str], bool, bool]
-NO_FACTS: Facts = (None, frozenset(), False, False)
+# (RxNorm codes, classes, high-alert?, chronic?, no clinical facts?) of an ingredient set
+Facts = tuple[list[str] | None, frozenset[str], bool, bool, bool]
+NO_FACTS: Facts = (None, frozenset(), False, False, False)
 Compared = dict[tuple[int, int], tuple[list[str], list[str], list[str]]]
 
 
 @lru_cache(maxsize=4096)
 def facts(ingredients: tuple[str, ...]) -> Facts:
-    """(RxNorm codes, classes, high-alert?, chronic?) of an ingredient set, from the table."""
+    """The facts of an ingredient set, from the table. An ingredient only a local RxNorm index
+    knows has a code but no clinical facts (its omission is flagged: chronic is unknown)."""
     t = load_tables()
     known = [t.ingredients[n] for n in ingredients if n in t.ingredients]
     codes = [i.rxcui for i in known if i.rxcui]
@@ -29,6 +31,7 @@ def facts(ingredients: tuple[str, ...]) -> Facts:
         classes,
         any(i.high_alert for i in known),
         any(i.chronic for i in known),
+        any(not i.known for i in known),
     )
 
 
