@@ -25,9 +25,12 @@ from fhircare.transitions.hl7v2 import parse_adt
 from fhircare.transitions.hl7v2_ack import build_ack
 from fhircare.transitions.mllp import MllpDecoder, frame, serve_mllp
 
-MEDS = [("197361", "amlodipine 5 MG Oral Tablet"), ("314076", "lisinopril 10 MG Oral Tablet"),
-        ("860975", "metformin hydrochloride 500 MG Extended Release Oral Tablet"),
-        ("310798", "hydrochlorothiazide 25 MG Oral Tablet")]
+MEDS = [
+    ("197361", "amlodipine 5 MG Oral Tablet"),
+    ("314076", "lisinopril 10 MG Oral Tablet"),
+    ("860975", "metformin hydrochloride 500 MG Extended Release Oral Tablet"),
+    ("310798", "hydrochlorothiazide 25 MG Oral Tablet"),
+]
 
 
 def a03(n: int) -> bytes:
@@ -44,16 +47,39 @@ def a03(n: int) -> bytes:
 def seed_meds(store, n: int) -> None:  # noqa: ANN001
     """Pre-admission medications for patient n (as MedicationStatements on a Patient id)."""
     pid = f"bench-{n}"
-    ops = [WriteOp("update", "Patient", id=pid, resource={
-        "resourceType": "Patient", "identifier": [
-            {"system": "http://fhircare.org/fhir/sid/hl7v2/GENHOSP", "value": f"MRN{n}"}]})]
+    ops = [
+        WriteOp(
+            "update",
+            "Patient",
+            id=pid,
+            resource={
+                "resourceType": "Patient",
+                "identifier": [
+                    {"system": "http://fhircare.org/fhir/sid/hl7v2/GENHOSP", "value": f"MRN{n}"}
+                ],
+            },
+        )
+    ]
     for i, (code, text) in enumerate(MEDS):
-        ops.append(WriteOp("update", "MedicationStatement", id=f"{pid}-m{i}", resource={
-            "resourceType": "MedicationStatement", "status": "active",
-            "medicationCodeableConcept": {"coding": [{
-                "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code}],
-                "text": text},
-            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": "2026-01-01"}))
+        ops.append(
+            WriteOp(
+                "update",
+                "MedicationStatement",
+                id=f"{pid}-m{i}",
+                resource={
+                    "resourceType": "MedicationStatement",
+                    "status": "active",
+                    "medicationCodeableConcept": {
+                        "coding": [
+                            {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code}
+                        ],
+                        "text": text,
+                    },
+                    "subject": {"reference": f"Patient/{pid}"},
+                    "effectiveDateTime": "2026-01-01",
+                },
+            )
+        )
     store.commit(ops)
 
 

@@ -294,7 +294,10 @@ def parse_name(text: str) -> Identity:
     elif pair:  # "Norco 5/325", "Advair 250/50": units unknown (mg? mcg?), never assumed
         unitless = pair.group(0).strip()
     mention_ings = [(pos, ings) for pos, ings, p in mentions if p.kind != "brand"]
-    for m in () if pair else _STRENGTH_RE.finditer(low):
+    found = [] if pair else list(_STRENGTH_RE.finditer(low))
+    if len(names) > 1 and len(found) < len(names):
+        found = []  # "amphetamine / dextroamphetamine 20 mg": a total, not one ingredient's
+    for m in found:
         value, unit = _norm_strength(float(m.group(1)), m.group(2), m.group(3))
         before = [ings for pos, ings in mention_ings if pos < m.start()]
         if before:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 from fhircare.transitions.medications import Dose, Identity, MedInfo
 
 IR_FORMS = ("tablet", "capsule")
+_HELD_SIG_GAPS = frozenset({"dose", "frequency", "route", "dosage"})
+_SLIDING_RE = re.compile(r"\bsliding scale\b|\bcorrection(?:al)? (?:scale|dose|insulin)\b")
+
+
+def _sliding_scale(text: str | None) -> bool:
+    return bool(text and _SLIDING_RE.search(text.lower()))
 
 
 def release_of(ident: Identity) -> str | None:
@@ -60,7 +68,13 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
         )
     counted = False  # both doses are tablet/capsule counts that no strength turned into mass
     complex_ = sgb.complex or sga.complex
+    scale = _sliding_scale(sgb.text), _sliding_scale(sga.text)
     whole = compare_regimens(b, a) if complex_ else None
+    if scale[0] != scale[1]:  # a sliding scale on one side only is a change of regimen
+        whole = (
+            "schedule",
+            "fixed dosing -> sliding scale" if scale[1] else "sliding scale -> fixed dosing",
+        )
     if whole is not None:
         if whole:
             changes.append(whole[0])
@@ -135,6 +149,10 @@ def compare(b: MedInfo, a: MedInfo) -> tuple[list[str], list[str], list[str]]:
     if ib.salt and ia.salt and ib.salt != ia.salt:
         changes.append("salt")
         notes.append(f"salt {ib.salt} -> {ia.salt}")
+    if a.status == "held" and a.held_by:
+        # held by its sig ("HOLD until seen"): the sig says when, not how much; the hold is
+        # the change reported, and the dose to resume is compared only where it is written
+        missing = [m for m in missing if m not in _HELD_SIG_GAPS]
     if a.status == "held":
         if b.status != "held":
             changes.append("held")

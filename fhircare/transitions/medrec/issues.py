@@ -129,11 +129,24 @@ def duplicates(items: list[RecItem], facts: list[Facts]) -> list[RecIssue]:
 
 
 def omissions(items: list[RecItem], facts: list[Facts], chronic: list[bool]) -> list[RecIssue]:
-    """Pre-admission medications missing at discharge: silently, or stopped without a reason."""
+    """Pre-admission medications missing at discharge: silently, or stopped without a reason.
+
+    A medication whose ingredients all go on inside a discharge combination product
+    (bisoprolol -> bisoprolol/hydrochlorothiazide) is replaced, not omitted: noted, not raised.
+    """
+    discharge = [
+        (j, frozenset(it.after_info.identity.ingredients))
+        for j, it in enumerate(items)
+        if it.status != DISCONTINUED and it.after_info is not None
+    ]
     out: list[RecIssue] = []
     for i, it in enumerate(items):
         b = it.before_info
         if it.status != DISCONTINUED or b is None or not b.identity.ingredients:
+            continue
+        inside = next((j for j, ings in discharge if b.identity.key < ings), None)
+        if inside is not None and not it.stop_recorded:
+            it.notes.append(f"goes on inside {items[inside].ingredient} at discharge")
             continue
         if it.stop_recorded:
             if not it.stop_reason:
