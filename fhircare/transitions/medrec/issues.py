@@ -265,13 +265,16 @@ def interactions(items: list[RecItem], facts: list[Facts]) -> list[RecIssue]:
     taken = [
         i
         for i, it in enumerate(items)
-        if it.status != DISCONTINUED
+        if facts[i][1]
+        and it.status != DISCONTINUED
         and it.after_info is not None
-        and "held" not in it.changes
         and it.after_info.status != "held"
     ]
+    present = frozenset().union(*(facts[i][1] for i in taken))
     out: list[RecIssue] = []
     for rule in t.interactions:
+        if not present.issuperset(rule["classes"]):
+            continue
         members = [set() for _ in rule["classes"]]
         for i in taken:
             for n, cls in enumerate(rule["classes"]):
