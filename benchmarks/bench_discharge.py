@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fhircare.bootstrap import build_container
@@ -25,6 +26,12 @@ from fhircare.transitions.hl7v2 import parse_adt
 from fhircare.transitions.hl7v2_ack import build_ack
 from fhircare.transitions.mllp import MllpDecoder, frame, serve_mllp
 
+# Times of a stay that ended an hour ago: within the follow-up window whenever this runs.
+_ENDED = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+SENT = (_ENDED + timedelta(minutes=30)).strftime("%Y%m%d%H%M%S")
+ADMITTED = (_ENDED - timedelta(days=5)).strftime("%Y%m%d%H%M%S")
+ENDED = _ENDED.strftime("%Y%m%d%H%M%S")
+
 MEDS = [("197361", "amlodipine 5 MG Oral Tablet"), ("314076", "lisinopril 10 MG Oral Tablet"),
         ("860975", "metformin hydrochloride 500 MG Extended Release Oral Tablet"),
         ("310798", "hydrochlorothiazide 25 MG Oral Tablet")]
@@ -32,11 +39,11 @@ MEDS = [("197361", "amlodipine 5 MG Oral Tablet"), ("314076", "lisinopril 10 MG 
 
 def a03(n: int) -> bytes:
     return (
-        f"MSH|^~\\&|ADT|GENHOSP|FHIRCARE|CM|20261120103000||ADT^A03^ADT_A03|BENCH{n}|P|2.5.1\r"
-        f"EVN|A03|20261120103000\r"
+        f"MSH|^~\\&|ADT|GENHOSP|FHIRCARE|CM|{SENT}||ADT^A03^ADT_A03|BENCH{n}|P|2.5.1\r"
+        f"EVN|A03|{SENT}\r"
         f"PID|1||MRN{n}^^^GENHOSP^MR||Bench^Patient{n}||19500101|F\r"
         f"PV1|1|I|W1^101^A||||||||||||||||V{n}^^^GENHOSP^VN|||||||||||||||||01|||||||"
-        f"|20261115080000|20261120100000\r"
+        f"|{ADMITTED}|{ENDED}\r"
         f"DG1|1||I50.9^Heart failure, unspecified^I10|||A\r"
     ).encode()
 

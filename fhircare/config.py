@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     # clinical defaults
     default_tz: str = "UTC"  # for HL7 v2 timestamps without an offset
     care_manager: str | None = None  # Practitioner/x who owns transitional-care Tasks
+    # discharges older than this many days open no follow-up (default: mappings, 30 = TCM)
+    followup_window_days: PositiveInt | None = None
 
     def public_base(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}/fhir").rstrip("/")
