@@ -17,7 +17,7 @@ from fhirpathpy.models import models
 from fhircare.fhir.validation import validate_resource
 from fhircare.services.bus import MessageBus
 from fhircare.store.embedded import EmbeddedStore
-from fhircare.transitions import discharge
+from fhircare.transitions import discharge, lace
 from fhircare.transitions.hl7v2 import Hl7Error, parse_adt
 from fhircare.transitions.hl7v2_er7 import parse_ts
 from fhircare.transitions.hl7v2_merge import merge_stored
@@ -437,6 +437,28 @@ def test_precision_spans() -> None:
     assert day.lo <= datetime(2025, 2, 28, 0, 0, tzinfo=UTC) - timedelta(hours=12)
     assert day.hi >= datetime(2025, 3, 1, 0, 0, tzinfo=UTC) + timedelta(hours=10)
     assert ordered_end("2025-02-28", day, "2025-02-28T09:00:00Z", span("2025-02-28T09:00:00Z"))
+
+
+def test_length_of_stay_counts_a_date_as_the_date_it_says() -> None:
+    stay = {"period": {"start": "2025-02-24", "end": "2025-02-28T15:00:00-05:00"}}
+    assert lace.length_of_stay_days(stay) == 4  # not 5: the date is not moved to UTC first
+
+
+def test_emergency_visit_ending_the_day_before_at_day_precision_led_to_the_admission() -> None:
+    admission = {
+        "id": "adm",
+        "class": {"system": ACT, "code": "IMP"},
+        "period": {"start": "2025-02-24T08:00:00+00:00", "end": END},
+    }
+    ed = {
+        "id": "ed",
+        "status": "finished",
+        "class": {"system": ACT, "code": "EMER"},
+        "period": {"start": "2025-02-23", "end": "2025-02-23"},  # dates only: could be 23:59
+    }
+    assert lace.preceding_emergency(admission, [admission, ed]) == ed
+    earlier = dict(ed, period={"start": "2025-02-20", "end": "2025-02-21"})
+    assert lace.preceding_emergency(admission, [admission, earlier]) is None
 
 
 # ---- the HL7 v2 edge: what the stored Encounter and Patient keep ---------------------------
