@@ -233,6 +233,28 @@ def test_put_back_to_in_progress_through_fhir_undoes_it(api: httpx.Client) -> No
     assert med_list["status"] == "retired"
 
 
+def test_hapi_notification_of_a_reopened_stay_undoes_it(
+    srv: ServerProcess, api: httpx.Client
+) -> None:
+    """A rest-hook delivery (`PUT /events/hapi/...`) of the Encounter back in progress."""
+    pid, eid = f"p-{uuid.uuid4().hex[:8]}", f"e-{uuid.uuid4().hex[:8]}"
+    put(api, {"resourceType": "Patient", "id": pid, "name": [{"family": "Notified"}]})
+    enc = {
+        "resourceType": "Encounter",
+        "id": eid,
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": f"Patient/{pid}"},
+        "period": {"start": fhir_ts(ADMIT), "end": fhir_ts(DISCHARGE)},
+    }
+    hook = f"http://127.0.0.1:{srv.port}/events/hapi/Encounter/{eid}"
+    assert httpx.put(hook, json=enc, timeout=60).status_code == 200
+    assert {t["status"] for t in follow_up(api, eid)} == {"requested"}
+    reopened = {**enc, "status": "in-progress", "period": {"start": fhir_ts(ADMIT)}}
+    assert httpx.put(hook, json=reopened, timeout=60).status_code == 200
+    assert {t["status"] for t in follow_up(api, eid)} == {"cancelled"}
+
+
 def test_a11_over_mllp_undoes_the_discharge(tmp_path: Path) -> None:
     data = tmp_path / "mllp-data"
     port = free_port()

@@ -269,6 +269,47 @@ def test_a_reopened_encounter_found_by_the_sweep(store: EmbeddedStore, bus: Mess
     assert discharge.find_reopened(store) == []
 
 
+def test_a_discharge_processed_before_markers_listed_outputs_is_undone_too(
+    store: EmbeddedStore, bus: MessageBus
+) -> None:
+    """Markers written by earlier versions have no state and no list of what was opened."""
+    patient = seed_patient(store)
+    home_meds(store, patient)
+    write(store, bus, encounter(patient))
+    marker = store.get_meta("discharge.e1")
+    legacy = {k: marker[k] for k in ("signature", "processed", "plan", "lace", "complexity")}
+    store.set_meta("discharge.e1", legacy)
+    write(store, bus, encounter(patient, status="in-progress", end=None, dispo=None))
+    assert {t["status"] for t in follow_up(store)} == {"cancelled"}
+    (med_list,) = store.search("List", [("encounter", "Encounter/e1")])
+    assert med_list["status"] == "retired"
+    assert not store.search("CarePlan", [("patient", patient), ("status", "active")])
+
+
+def test_the_serve_sweep_processes_missed_discharges_and_undoes_reopened_ones(
+    tmp_path: Path,
+) -> None:
+    from fhircare.bootstrap import build_container
+    from fhircare.config import Settings
+    from fhircare.services.background import process_missed_discharges
+
+    container = build_container(Settings(data=tmp_path / "c", care_manager=CM))
+    try:
+        store = container.store
+        patient = seed_patient(store)
+        recent = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        stay = encounter(patient, end=recent.isoformat())
+        put(store, stay)  # as a pull writes it: no bus
+        assert process_missed_discharges(container) == 1
+        assert {t["status"] for t in follow_up(store)} == {"requested"}
+        put(store, dict(stay, status="in-progress", period={"start": START}))
+        assert process_missed_discharges(container) == 1
+        assert {t["status"] for t in follow_up(store)} == {"cancelled"}
+        assert process_missed_discharges(container) == 0
+    finally:
+        container.close()
+
+
 # ---- 2. deaths -----------------------------------------------------------------------------
 
 
