@@ -45,6 +45,7 @@ from fhircare.care.common import (
 from fhircare.care.tasks import TERMINAL as TERMINAL_TASK
 from fhircare.fhir.errors import FhirError, NotFound, Unprocessable
 from fhircare.fhir.references import parse_local, rewrite_references
+from fhircare.observability.events import reported_discharge
 from fhircare.services.bus import MessageBus
 from fhircare.store.base import Store, WriteOp
 from fhircare.transitions import discharge_close as close
@@ -529,6 +530,7 @@ def _no_follow_up(
     return _written(commit_with_marker(store, ops, meta))
 
 
+@reported_discharge  # one log line and one metric per discharge handled
 def process_discharge(
     store: Store,
     encounter: Resource,
