@@ -568,3 +568,21 @@ def test_death_indicator_and_date_reach_the_patient() -> None:
     assert with_date["deceasedDateTime"] == "2025-02-28T14:30:00+00:00"
     flag_only = parse_adt(adt("A03", {36: "01"}, "|" * 22 + "Y")).patient
     assert flag_only["deceasedBoolean"] is True
+
+
+def test_a_discharge_that_opens_no_follow_up_is_counted_as_such(store: EmbeddedStore) -> None:
+    """The discharge metric tells operators apart: follow-up opened, none (death or outside
+    the window, with its AuditEvent), nothing to do (already processed)."""
+    from fhircare.observability import metrics
+
+    def count(outcome: str) -> float:
+        return metrics.DISCHARGES.labels(outcome)._value.get()
+
+    before = {o: count(o) for o in ("processed", "no-follow-up", "skipped")}
+    patient = seed_patient(store)
+    old = put(store, encounter(patient, end="1983-01-09T10:00:00Z"))
+    discharge.process_discharge(store, old, care_manager=CM, now=NOW)
+    discharge.process_discharge(store, old, care_manager=CM, now=NOW)
+    assert count("no-follow-up") == before["no-follow-up"] + 1
+    assert count("skipped") == before["skipped"] + 1
+    assert count("processed") == before["processed"]
