@@ -355,7 +355,10 @@ def sync_pull(
         missed = discharge.find_unprocessed(container.store)
         for encounter in missed:
             written = discharge.process_discharge(
-                container.store, encounter, care_manager=settings.care_manager
+                container.store,
+                encounter,
+                care_manager=settings.care_manager,
+                window_days=settings.followup_window_days,
             )
             container.bus.publish(container.store, written)
     except FhirError as exc:

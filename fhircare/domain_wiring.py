@@ -17,7 +17,11 @@ def register(container: Container) -> None:
     assessment.register(bus)  # QuestionnaireResponse: validate; completed -> $extract
     tasks.register(bus)  # Task: refuse illegal transitions; side effects
     goals.register(bus)  # Observation: goal progress
-    discharge.register(bus, care_manager=container.settings.care_manager)  # finished Encounter
+    discharge.register(  # Encounter finished or no longer; Patient deceased
+        bus,
+        care_manager=container.settings.care_manager,
+        window_days=container.settings.followup_window_days,
+    )
 
     generic_operations.register(container.operations)
     care_operations.register(container.operations)

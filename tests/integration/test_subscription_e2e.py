@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,9 @@ from tests.conftest import ServerProcess
 pytestmark = [pytest.mark.hapi, pytest.mark.slow]
 
 SECRET = "e2e-webhook-secret"
+# A discharge yesterday: within the follow-up window whenever the suite runs.
+ENDED = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
+ADMITTED = ENDED - timedelta(days=4)
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 
@@ -81,12 +85,12 @@ def test_discharge_in_hapi_flows_through_the_subscription(
                     "code": "IMP",
                 },
                 "subject": {"reference": f"Patient/{pid}"},
-                "period": {"start": "2026-11-16T08:00:00Z"},
+                "period": {"start": ADMITTED.isoformat()},
             }
             _put(hapi, encounter)
             encounter.update(
                 status="finished",
-                period={"start": "2026-11-16T08:00:00Z", "end": "2026-11-20T10:00:00Z"},
+                period={"start": ADMITTED.isoformat(), "end": ENDED.isoformat()},
             )
             _put(hapi, encounter)  # the discharge, recorded in HAPI only
 
