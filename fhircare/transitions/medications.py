@@ -67,6 +67,7 @@ class Tables:
     classes: dict[str, dict[str, Any]]
     duplicate_groups: tuple[dict[str, Any], ...]
     interactions: tuple[dict[str, Any], ...]
+    interaction_classes: frozenset[str]  # every class some interaction rule names
     high_alert: dict[str, str]
     combo_order: dict[frozenset[str], tuple[str, ...]]
     routes_snomed: dict[str, str]
@@ -92,10 +93,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+@lru_cache(maxsize=4)
 def load_tables(path: str | None = None) -> Tables:
     """The reference tables: the built-in ones, extended by the local RxNorm index in use.
 
-    `path` names another medications.yaml (then no local index applies).
+    `path` names another medications.yaml (then no local index applies). Memoised (a hot
+    path); use_local_index clears it.
     """
     local = _LOCAL
     if path is None and local is not None:
@@ -183,6 +186,9 @@ def _load_tables(path: str | None = None) -> Tables:
         classes=raw.get("classes") or {},
         duplicate_groups=tuple(raw.get("duplicate_groups") or ()),
         interactions=tuple(raw.get("interactions") or ()),
+        interaction_classes=frozenset(
+            c for rule in raw.get("interactions") or () for c in rule["classes"]
+        ),
         high_alert=high_alert,
         combo_order={frozenset(c): tuple(c) for c in raw.get("combinations") or ()},
         routes_snomed={str(k): v for k, v in (routes.get("snomed") or {}).items()},
@@ -1182,6 +1188,7 @@ def use_local_index(index: LocalTerminology | None) -> None:
     """Identify through `index` before the built-in table (None: the built-in table only)."""
     global _LOCAL
     _LOCAL = _Local(index, _load_tables(None)) if index is not None else None
+    load_tables.cache_clear()
     clear_caches()
 
 

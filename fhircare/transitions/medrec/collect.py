@@ -100,6 +100,7 @@ class Index:
 
 
 def _info(r: Resource, ref: str, status: str, index: Resolver) -> MedInfo:
+    """One medication resource as reconciliation sees it (the hot path of collection)."""
     get = r.get
     concept = get("medicationCodeableConcept")
     if concept:  # medication_of's common case, inline
@@ -127,7 +128,15 @@ def _info(r: Resource, ref: str, status: str, index: Resolver) -> MedInfo:
     if status == "stopped":
         info.stop_reason = stop_reason_of(r)
     elif status == "active" and dosage:
-        _apply_hold_text(info, dosage)
+        if len(dosage) == 1:  # the usual single dosage: its texts, inline (hot path)
+            first = dosage[0]
+            text, note = first.get("text"), first.get("patientInstruction")
+            if (text and type(text) is str and hold_instruction(text)) or (
+                note and type(note) is str and hold_instruction(note)
+            ):
+                _apply_hold_text(info, dosage)
+        else:
+            _apply_hold_text(info, dosage)
     return info
 
 

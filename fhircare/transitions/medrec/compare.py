@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from fhircare.transitions.medications import Dose, Identity, MedInfo
 
@@ -12,7 +13,12 @@ _SLIDING_RE = re.compile(r"\bsliding scale\b|\bcorrection(?:al)? (?:scale|dose|i
 
 
 def _sliding_scale(text: str | None) -> bool:
-    return bool(text and _SLIDING_RE.search(text.lower()))
+    return bool(text) and _sliding_text(text)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=4096)
+def _sliding_text(text: str) -> bool:
+    return bool(_SLIDING_RE.search(text.lower()))
 
 
 def release_of(ident: Identity) -> str | None:

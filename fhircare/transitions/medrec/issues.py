@@ -134,17 +134,22 @@ def omissions(items: list[RecItem], facts: list[Facts], chronic: list[bool]) -> 
     A medication whose ingredients all go on inside a discharge combination product
     (bisoprolol -> bisoprolol/hydrochlorothiazide) is replaced, not omitted: noted, not raised.
     """
-    discharge = [
-        (j, frozenset(it.after_info.identity.ingredients))
-        for j, it in enumerate(items)
-        if it.status != DISCONTINUED and it.after_info is not None
-    ]
+    discharge: list[tuple[int, frozenset[str]]] | None = None  # built when first needed
     out: list[RecIssue] = []
     for i, it in enumerate(items):
         b = it.before_info
         if it.status != DISCONTINUED or b is None or not b.identity.ingredients:
             continue
-        inside = next((j for j, ings in discharge if b.identity.key < ings), None)
+        if discharge is None:
+            discharge = [
+                (j, frozenset(x.after_info.identity.ingredients))
+                for j, x in enumerate(items)
+                if x.status != DISCONTINUED
+                and x.after_info is not None
+                and len(x.after_info.identity.ingredients) > 1
+            ]
+        key = b.identity.key
+        inside = next((j for j, ings in discharge if key < ings), None)
         if inside is not None and not it.stop_recorded:
             it.notes.append(f"goes on inside {items[inside].ingredient} at discharge")
             continue
@@ -262,27 +267,27 @@ def unmatched(items: list[RecItem]) -> list[RecIssue]:
 def interactions(items: list[RecItem], facts: list[Facts]) -> list[RecIssue]:
     """Combinations of discharge medications the table's interaction rules name."""
     t = load_tables()
-    taken = [
-        i
-        for i, it in enumerate(items)
-        if facts[i][1]
-        and it.status != DISCONTINUED
-        and it.after_info is not None
-        and it.after_info.status != "held"
-    ]
-    present = frozenset().union(*(facts[i][1] for i in taken))
+    watched = t.interaction_classes
+    hits: dict[str, list[int]] = {}  # rule class -> discharge medications taken of that class
+    for i, it in enumerate(items):
+        classes = facts[i][1]
+        if not classes or classes.isdisjoint(watched):
+            continue
+        after = it.after_info
+        if after is None or it.status == DISCONTINUED or after.status == "held":
+            continue
+        for c in classes & watched:
+            hits.setdefault(c, []).append(i)
     out: list[RecIssue] = []
+    if not hits:
+        return out
     for rule in t.interactions:
-        if not present.issuperset(rule["classes"]):
+        groups = [hits.get(c) for c in rule["classes"]]
+        if not all(groups):
             continue
-        members = [set() for _ in rule["classes"]]
-        for i in taken:
-            for n, cls in enumerate(rule["classes"]):
-                if cls in facts[i][1]:
-                    members[n].add(i)
-        if not all(members) or len(set().union(*members)) < 2:
+        idxs = sorted(set().union(*groups))  # type: ignore[arg-type]
+        if len(idxs) < 2:
             continue
-        idxs = sorted(set().union(*members))
         fresh = any(items[i].status in (NEW, CHANGED) for i in idxs)
         names = "; ".join(items[i].ingredient for i in idxs)
         out.append(
