@@ -16,23 +16,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("fhircare.sync")
 
 
-def sync_cycle(container: Container) -> dict[str, int]:
+Notified = tuple[str, str, str | None]  # (type, id, versionId) a notification names
+
+
+def sync_cycle(container: Container, notified: Notified | None = None) -> dict[str, int]:
     """Pull, process the finished discharges not yet processed (whatever announced them,
-    or nothing did), then push (so their outputs reach the server). Returns counts only."""
+    or nothing did), then push (so their outputs reach the server). Returns counts only.
+
+    Every read bypasses HAPI's search cache, so a discharge is reconciled on the data HAPI
+    holds now. `notified` (the resource a Subscription delivered) is then read on its own
+    if the pull did not bring that version (its type is not pulled, for instance)."""
     from fhircare.remote.factory import remote_client
-    from fhircare.remote.sync import pull, push
+    from fhircare.remote.sync import pull, pull_resource, push
 
     settings = container.settings
     types = [t.strip() for t in settings.sync_types.split(",") if t.strip()]
     with container.sync_lock:
         client = remote_client(settings)
         try:
-            pulled = pull(container.store, client, types=types, policy=settings.sync_policy)
+            store, policy = container.store, settings.sync_policy
+            pulled = pull(store, client, types=types, policy=policy)
+            fetched = pulled.fetched
+            if notified is not None:
+                rtype, rid, version = notified
+                fetched += pull_resource(
+                    store, client, rtype, rid, version=version, policy=policy
+                ).fetched
             processed = process_missed_discharges(container)
-            pushed = push(container.store, client, batch_size=settings.sync_batch_size)
+            pushed = push(store, client, batch_size=settings.sync_batch_size, policy=policy)
         finally:
             client.close()
-    return {"pulled": pulled.fetched, "pushed": pushed.pushed, "discharges": processed}
+    return {"pulled": fetched, "pushed": pushed.pushed, "discharges": processed}
 
 
 def process_missed_discharges(container: Container) -> int:
