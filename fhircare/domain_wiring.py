@@ -18,6 +18,11 @@ def register(container: Container) -> None:
     tasks.register(bus)  # Task: refuse illegal transitions; side effects
     goals.register(bus)  # Observation: goal progress
     discharge.register(bus, care_manager=container.settings.care_manager)  # finished Encounter
+    settings = container.settings
+    if settings.hapi_url and settings.store == "embedded":
+        from fhircare.remote import ids
+
+        ids.register(bus)  # new ids HAPI accepts (no digits-only client ids)
 
     generic_operations.register(container.operations)
     care_operations.register(container.operations)
