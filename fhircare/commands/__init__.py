@@ -1,0 +1,1 @@
+"""CLI command groups, each a `typer.Typer()` named `app`, registered in `fhircare.cli`."""
