@@ -227,3 +227,55 @@ def test_recommended_profile_adds_bulk_export_and_rest_hook(hapi_base_url, hapi_
         started.status_code == 202 and "$export-poll-status" in started.headers["Content-Location"]
     )
     httpx.delete(started.headers["Content-Location"])  # cancel the job
+
+
+def test_concurrent_discharges_with_hapi_as_the_store(hapi_base_url, run) -> None:
+    """Discharges processed at the same time on the HAPI-backed store all finish: no
+    Conflict on the shared state, each marker written once with its outputs."""
+    from fhircare.bootstrap import build_container
+    from fhircare.config import Settings
+    from fhircare.transitions import discharge
+
+    settings = Settings(store="hapi", hapi_url=hapi_base_url, audit=False)
+    container = build_container(settings)  # seeds the definitions into HAPI once
+    try:
+        store = container.store
+        encounters = []
+        for i in range(8):
+            pid, eid = f"{run}-dp{i}", f"{run}-de{i}"
+            store.commit(
+                [
+                    WriteOp("update", "Patient", id=pid, resource=patient(run, i) | {"id": pid}),
+                    WriteOp(
+                        "update",
+                        "Encounter",
+                        id=eid,
+                        resource={
+                            "resourceType": "Encounter",
+                            "status": "finished",
+                            "class": {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                "code": "IMP",
+                            },
+                            "subject": {"reference": f"Patient/{pid}"},
+                            "period": {
+                                "start": "2026-11-16T08:00:00Z",
+                                "end": "2026-11-20T10:00:00Z",
+                            },
+                        },
+                    ),
+                ]
+            )
+            encounters.append(store.read("Encounter", eid))
+        with ThreadPoolExecutor(8) as pool:
+            written = list(pool.map(lambda e: discharge.process_discharge(store, e), encounters))
+        ours = {e["id"] for e in encounters}
+        assert not [e for e in discharge.find_unprocessed(store) if e["id"] in ours]
+        for enc, out in zip(encounters, written, strict=True):
+            assert store.get_meta(discharge.DISCHARGE_MARKER.format(enc["id"])) is not None
+            made = {r["id"] for r in out if r["resourceType"] == "Task"}
+            assert made, enc["id"]
+            stored = store.search("Task", [("_id", ",".join(sorted(made)))])
+            assert {t["id"] for t in stored} == made  # every output is in HAPI, once
+    finally:
+        container.close()
