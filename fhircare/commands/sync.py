@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Two-way sync with a HAPI FHIR server.", no_args_is_help=True)
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Data folder of the embedded store (FHIRCARE_DATA)")
