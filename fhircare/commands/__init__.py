@@ -1,1 +1,1 @@
-"""CLI command groups, each a `typer.Typer()` named `app`, registered in `fhircare.cli`."""
+"""CLI command groups and the helpers commands share (each group: a `typer.Typer()` `app`)."""

@@ -44,7 +44,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _settings(**overrides: Any) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment and the options; each problem one line, exit 2."""
+    from pydantic import ValidationError
+
+    from fhircare.config import config_errors
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        for line in config_errors(exc):
+            err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _named(refs: list[str]) -> str:
@@ -197,11 +207,31 @@ def sync_status(data: DataOpt = None) -> None:
     try:
         container = build_container(settings)
     except StoreLocked as exc:
-        fail(str(exc))
+        sys.stdout.write(json.dumps(_ask_server(settings, "/sync/status", exc), indent=2) + "\n")
+        return
     try:
         sys.stdout.write(json.dumps(status(container.store), indent=2) + "\n")
     finally:
         container.close()
+
+
+def _ask_server(settings: Settings, path: str, locked: Exception) -> Any:
+    """GET `path` from the `fhircare serve` that holds the data folder (read-only commands
+    work while it runs)."""
+    import httpx
+
+    from fhircare.commands.running import running_server
+
+    url = running_server(settings.data)
+    if url is None:
+        fail(str(locked))
+    try:
+        response = httpx.get(f"{url}{path}", timeout=30)
+    except httpx.HTTPError as exc:
+        fail(f"the data folder is held by `fhircare serve` at {url}, which did not answer ({exc})")
+    if response.status_code != 200:
+        fail(f"`fhircare serve` at {url} answered {response.status_code} to {path}")
+    return response.json()
 
 
 @app.command("resolve")
