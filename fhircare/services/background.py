@@ -54,15 +54,28 @@ def sync_cycle(container: Container, notified: Notified | None = None) -> dict[s
 
 def process_missed_discharges(container: Container) -> int:
     """Process every finished discharge without a "processed" marker (a notification that
-    never came, a handler that failed); one failing discharge does not stop the others."""
+    never came, a handler that failed), and undo every processed one whose Encounter is no
+    longer finished (written by a pull, which does not run the bus); one failing discharge
+    does not stop the others."""
     from fhircare.transitions import discharge
 
+    settings = container.settings
     done = 0
-    for encounter in discharge.find_unprocessed(container.store):
+    work = [(e, True) for e in discharge.find_unprocessed(container.store)]
+    work += [(e, False) for e in discharge.find_reopened(container.store)]
+    for encounter, finished in work:
         try:
-            written = discharge.process_discharge(
-                container.store, encounter, care_manager=container.settings.care_manager
-            )
+            if finished:
+                written = discharge.process_discharge(
+                    container.store,
+                    encounter,
+                    care_manager=settings.care_manager,
+                    window_days=settings.followup_window_days,
+                )
+            else:
+                written = discharge.undo_discharge(
+                    container.store, encounter, care_manager=settings.care_manager
+                )
         except Exception as exc:  # reported without patient data; retried at the next sweep
             log.warning("discharge processing failed (%s); retried later", type(exc).__name__)
             continue

@@ -13,6 +13,7 @@ import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +238,7 @@ def test_concurrent_discharges_with_hapi_as_the_store(hapi_base_url, run) -> Non
     from fhircare.transitions import discharge
 
     settings = Settings(store="hapi", hapi_url=hapi_base_url, audit=False)
+    ended = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)  # in the window
     container = build_container(settings)  # seeds the definitions into HAPI once
     try:
         store = container.store
@@ -259,8 +261,8 @@ def test_concurrent_discharges_with_hapi_as_the_store(hapi_base_url, run) -> Non
                             },
                             "subject": {"reference": f"Patient/{pid}"},
                             "period": {
-                                "start": "2026-11-16T08:00:00Z",
-                                "end": "2026-11-20T10:00:00Z",
+                                "start": (ended - timedelta(days=4)).isoformat(),
+                                "end": ended.isoformat(),
                             },
                         },
                     ),

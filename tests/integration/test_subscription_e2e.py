@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,18 @@ from tests.conftest import ServerProcess
 pytestmark = [pytest.mark.hapi, pytest.mark.slow]
 
 SECRET = "e2e-webhook-secret"
+# A discharge yesterday: within the follow-up window whenever the suite runs.
+ENDED = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
+ADMITTED = ENDED - timedelta(days=4)
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 MR_CATEGORY = "http://terminology.hl7.org/CodeSystem/medicationrequest-category"
 MEDREC_STATUS = "http://fhircare.org/fhir/CodeSystem/medrec-status"
 FRESH = {"Cache-Control": "no-cache"}  # the test's own checks must not read HAPI's cache
+
+
+def _instant(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
 
 
 def _put(hapi: httpx.Client, resource: dict[str, Any]) -> None:
@@ -76,7 +84,7 @@ def _scenario(tag: str) -> tuple[dict, list[dict], dict, dict]:
         intent="order",
         category=[{"coding": [{"system": MR_CATEGORY, "code": "discharge"}]}],
         encounter={"reference": f"Encounter/{eid}"},
-        authoredOn="2026-11-20T09:00:00Z",
+        authoredOn=_instant(ENDED - timedelta(hours=1)),
     )
     encounter = {
         "resourceType": "Encounter",
@@ -84,7 +92,7 @@ def _scenario(tag: str) -> tuple[dict, list[dict], dict, dict]:
         "status": "in-progress",
         "class": {"system": ACT, "code": "IMP"},
         "subject": {"reference": f"Patient/{pid}"},
-        "period": {"start": "2026-11-16T08:00:00Z"},
+        "period": {"start": _instant(ADMITTED)},
     }
     return patient, home, prescription, encounter
 
@@ -92,7 +100,7 @@ def _scenario(tag: str) -> tuple[dict, list[dict], dict, dict]:
 def _finished(encounter: dict) -> dict:
     return encounter | {
         "status": "finished",
-        "period": {"start": "2026-11-16T08:00:00Z", "end": "2026-11-20T10:00:00Z"},
+        "period": {"start": _instant(ADMITTED), "end": _instant(ENDED)},
     }
 
 
