@@ -37,6 +37,11 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
+def _lenient(request: Request) -> bool:
+    """Prefer: handling=lenient (unknown search parameters ignored, as HAPI does)."""
+    return "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
+
+
 def _params(request: Request) -> list[tuple[str, str]]:
     return [
         (k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")
@@ -45,7 +50,7 @@ def _params(request: Request) -> list[tuple[str, str]]:
 
 @router.get("/metadata", summary="CapabilityStatement")
 def metadata(request: Request) -> Response:
-    return FhirJSONResponse(_state(request).capability)
+    return FhirJSONResponse(_state(request).capability())
 
 
 @router.get("/_history", summary="System history")
@@ -86,6 +91,7 @@ def search(resource_type: str, request: Request, access: Access = Depends(get_ac
         base_url=st.base_url,
         paging=st.paging,
         restrict=access.search_restriction(resource_type),
+        lenient=_lenient(request),
     )
     access.filter_bundle(bundle)
     access.audit_search(resource_type, request.url.query, bundle)
@@ -201,6 +207,7 @@ async def search_post(
         base_url=st.base_url,
         paging=st.paging,
         restrict=access.search_restriction(resource_type),
+        lenient=_lenient(request),
     )
     access.filter_bundle(bundle)
     access.audit_search(resource_type, urllib.parse.urlencode(params), bundle)
@@ -298,7 +305,20 @@ def delete(
         access.audit("D", current)
     else:
         access.require(resource_type, "delete")
-    st.svc.delete(resource_type, resource_id, if_match=parse_etag(request.headers.get("if-match")))
+    cascade = request.query_params.get("_cascade")
+    if cascade is not None and cascade != "delete":
+        raise BadRequest(f"_cascade takes 'delete', not {cascade[:40]!r}", code="value")
+    if cascade and not st.settings.allow_cascading_deletes:
+        raise BadRequest(
+            "Cascading deletes are disabled on this server (FHIRCARE_ALLOW_CASCADING_DELETES)",
+            code="not-supported",
+        )
+    st.svc.delete(
+        resource_type,
+        resource_id,
+        if_match=parse_etag(request.headers.get("if-match")),
+        cascade=bool(cascade),
+    )
     return FhirJSONResponse(
         {
             "resourceType": "OperationOutcome",

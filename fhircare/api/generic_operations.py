@@ -6,8 +6,8 @@ from typing import Any
 
 from fhircare.api.operations import OpCall, Operation, OperationRegistry
 from fhircare.fhir.errors import BadRequest, FhirError
-from fhircare.fhir.search import BY_TYPE
 from fhircare.fhir.validation import validate_resource
+from fhircare.services.searching import compartment_resources
 
 
 def validate(call: OpCall) -> dict[str, Any]:
@@ -48,17 +48,16 @@ def everything(call: OpCall) -> dict[str, Any]:
             "search": {"mode": "match"},
         }
     ]
-    for rtype, params in BY_TYPE.items():
-        if "patient" not in params or rtype == "Patient":
+    for resource in compartment_resources(svc, "Patient", call.id):
+        if resource["resourceType"] == "Patient" and resource["id"] == call.id:
             continue
-        for resource in svc.search(rtype, [("patient", ref)]):
-            entries.append(
-                {
-                    "fullUrl": f"{call.state.base_url}/{rtype}/{resource['id']}",
-                    "resource": resource,
-                    "search": {"mode": "match"},
-                }
-            )
+        entries.append(
+            {
+                "fullUrl": f"{call.state.base_url}/{resource['resourceType']}/{resource['id']}",
+                "resource": resource,
+                "search": {"mode": "match"},
+            }
+        )
     bundle = {
         "resourceType": "Bundle",
         "type": "searchset",

@@ -206,10 +206,14 @@ class ResourceService:
             return self.create(data)
         return self.update(resource_type, existing["id"], resource, if_match=if_match)
 
-    def delete(self, resource_type: str, id: str, *, if_match: str | None = None) -> Outcome:
+    def delete(
+        self, resource_type: str, id: str, *, if_match: str | None = None, cascade: bool = False
+    ) -> Outcome:
+        """Delete; `cascade` also deletes what references it (in the same commit)."""
         check_type(resource_type)
         check_id(id)
-        (result,) = self._commit([WriteOp("delete", resource_type, id=id, if_match=if_match)])
+        op = WriteOp("delete", resource_type, id=id, if_match=if_match, cascade=cascade)
+        result = self._commit([op])[0]
         return Outcome(None, 200 if result.version_id != "0" else 204, result)
 
     def conditional_delete(self, resource_type: str, query: str) -> Outcome:
