@@ -242,10 +242,35 @@ def _fast(expression: str, resource_type: str) -> Extractor | None:
 # ---- fhirpathpy for the rest ---------------------------------------------------------------
 
 
+def check_syntax(expression: str) -> None:
+    """Raise UnsupportedExpression for text that is not FHIRPath (fhirpathpy's own parser
+    recovers from syntax errors silently)."""
+    from antlr4 import CommonTokenStream, InputStream, Token
+    from antlr4.error.ErrorListener import ErrorListener
+    from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+    from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+
+    class Raising(ErrorListener):
+        def syntaxError(self, recognizer, offending, line, column, msg, e):  # noqa: ANN001, N802
+            raise UnsupportedExpression(f"not FHIRPath at column {column}: {msg}")
+
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(Raising())
+    tokens = CommonTokenStream(lexer)
+    parser = FHIRPathParser(tokens)
+    parser.removeErrorListeners()
+    parser.addErrorListener(Raising())
+    parser.expression()
+    if tokens.LA(1) != Token.EOF:
+        raise UnsupportedExpression(f"not FHIRPath: unexpected text after {expression[:60]!r}")
+
+
 def _fhirpathpy(expression: str) -> Extractor:
     from fhirpathpy import compile as fp_compile
     from fhirpathpy.models import models
 
+    check_syntax(expression)
     if "resolve()" in expression:
         raise UnsupportedExpression(f"resolve() outside .where(resolve() is T): {expression}")
     try:

@@ -140,7 +140,7 @@ class TypeInfo:
         el = kids.get(name)
         if el is not None:
             return el, (el.types[0] if len(el.types) == 1 else "")
-        for i in range(len(name) - 1, 0, -1):
+        for i in range(1, len(name)):
             if name[i].isupper():
                 stem, suffix = name[:i], name[i:]
                 choice = kids.get(stem + "[x]")
@@ -148,7 +148,6 @@ class TypeInfo:
                     for t in choice.types:
                         if t[0].upper() + t[1:] == suffix:
                             return choice, t
-                break
         return None
 
     def node_path(self, element: Element, type_code: str) -> str:

@@ -13,7 +13,15 @@ from typing import Any, Protocol
 
 from fhircare.fhir.registry import SearchRegistry
 from fhircare.fhir.search import values as V
-from fhircare.fhir.search.match import IdIn, RefIn, extract, matches, reference_keys, sort_value
+from fhircare.fhir.search.match import (
+    IdIn,
+    RefIn,
+    embeds_resources,
+    extract,
+    matches,
+    reference_keys,
+    sort_value,
+)
 from fhircare.fhir.search.query import Criterion, Has, InList, Query, SortKey
 
 Resource = dict[str, Any]
@@ -92,6 +100,8 @@ def _candidates(
         for key in crit.keys:
             out |= source.referrers(resource_type, key)
         return out
+    if crit.chain is not None:
+        return None
     if crit.param.type == "reference" and (crit.modifier is None or crit.modifier[0].isupper()):
         out = set()
         for value in crit.values:
@@ -128,6 +138,8 @@ def _resolve(
                 if key.startswith(prefix):
                     found.add(key[len(prefix) :])
         return IdIn(frozenset(found))
+    if crit.chain is not None and embeds_resources(crit.param):
+        return crit  # matched on the resources inside (Bundle.entry[0].resource)
     if crit.chain is not None:
         assert crit.chain_type is not None
         targets = matching_ids(source, crit.chain_type, [crit.chain], base_url=base_url)

@@ -68,6 +68,15 @@ def implicit_system(param: SearchParam) -> str | None:
     return systems.pop() if len(systems) == 1 else None
 
 
+@lru_cache(maxsize=1024)
+def embeds_resources(param: SearchParam) -> bool:
+    """True for reference parameters whose values are resources (Bundle.entry[0].resource)."""
+    if not param.expression:
+        return False
+    finals = final_elements(param.expression, param.resource_type) or ()
+    return bool(finals) and all(t == "Resource" for _, t in finals)
+
+
 def matches(
     resource: dict[str, Any],
     crit: Criterion | RefIn | IdIn,
@@ -79,6 +88,14 @@ def matches(
         return resource.get("id") in crit.ids
     if isinstance(crit, RefIn):
         return any(k in crit.keys for k in V.references(extract(crit.param, resource)))
+    if crit.chain is not None:  # a chain into the resources a parameter holds
+        inner = crit.chain
+        return any(
+            isinstance(v, dict)
+            and v.get("resourceType") == crit.chain_type
+            and matches(v, inner, reg=reg, base_url=base_url)
+            for _, v in extract(crit.param, resource)
+        )
     if crit.param.type == "composite" and crit.modifier != "missing":
         return match_composite(crit, resource, reg or registry.R4)
     values = extract(crit.param, resource)

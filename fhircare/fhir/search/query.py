@@ -113,7 +113,8 @@ def split_prefix(value: str) -> tuple[str, str]:
 
 
 def _valid_names(reg: SearchRegistry, resource_type: str) -> str:
-    names = sorted(set(reg.params(resource_type)) | {"_has", "_list"})
+    supported = {code for code, p in reg.params(resource_type).items() if p.supported}
+    names = sorted(supported | {"_has", "_list"})
     return ", ".join(names)
 
 

@@ -184,6 +184,8 @@ def references(values: list[Typed]) -> list[str]:
             ref = v.get("reference")
             if isinstance(ref, str) and not ref.startswith("#"):
                 out.append(reference_key(ref))
+            elif isinstance(v.get("resourceType"), str) and isinstance(v.get("id"), str):
+                out.append(f"{v['resourceType']}/{v['id']}")  # a resource inside (Bundle)
         elif isinstance(v, str) and t in ("canonical", "uri", "url", ""):
             out.append(v)
             if "|" in v:
