@@ -148,10 +148,7 @@ def _fill(node: dict[str, Any], path: str, steps: list[_Step], param: SearchPara
     if type_code is None:
         return None
     key = step.arg + (type_code[0].upper() + type_code[1:] if choice else "")
-    if el.content_reference:
-        child_path = el.content_reference
-    else:
-        child_path = info.node_path(el, type_code)
+    child_path = el.content_reference or info.node_path(el, type_code)
     if after:
         child: dict[str, Any] = {}
         for f in filters:
