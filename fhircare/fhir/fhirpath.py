@@ -154,45 +154,61 @@ def _reference_type(value: Any) -> str | None:
     return t if isinstance(t, str) else None
 
 
+_StepKey = tuple[str, str, str]  # (JSON property, FHIR type code, path of its children)
+_STEP_KEYS: dict[tuple[str, str], tuple[_StepKey, ...] | None] = {}
+
+
+def _step_keys(path: str, name: str) -> tuple[_StepKey, ...] | None:
+    """The JSON properties a step `name` reads under an element path (choice types expanded);
+    None when the path has no type information (walk the JSON as is)."""
+    key = (path, name)
+    found = _STEP_KEYS.get(key, ())
+    if found != ():
+        return found
+    info = registry.types()
+    result: tuple[_StepKey, ...] | None
+    if not path or info.kind(path.split(".", 1)[0]) is None:
+        result = None
+    else:
+        kids = info.children(path)
+        el = kids.get(name)
+        if el is not None:
+            t = el.types[0] if len(el.types) == 1 else ""
+            result = ((name, t, "" if t == "Resource" else info.node_path(el, t)),)
+        elif (choice := kids.get(name + "[x]")) is not None:
+            result = tuple(
+                (name + t[0].upper() + t[1:], t, info.node_path(choice, t)) for t in choice.types
+            )
+        else:
+            result = ()
+    _STEP_KEYS[key] = result
+    return result
+
+
 def _children(node: _Node, name: str) -> Iterator[_Node]:
     value, path, _ = node
     if not isinstance(value, dict):
         return
-    info = registry.types()
-    if path and info.kind(path.split(".", 1)[0]) is not None:
-        el = info.children(path).get(name)
-        if el is not None:
-            items = value.get(name)
-            type_code = el.types[0] if len(el.types) == 1 else ""
-            yield from _items(items, info, el, type_code)
+    keys = _step_keys(path, name)
+    if keys is None:  # no type information (an unknown path): walk the JSON as is
+        items = value.get(name)
+        if items is None:
             return
-        choice = info.children(path).get(name + "[x]")
-        if choice is not None:
-            for t in choice.types:
-                key = name + t[0].upper() + t[1:]
-                if key in value:
-                    yield from _items(value[key], info, choice, t)
-            return
-        return  # not an element of this type: nothing
-    # no type information (an unknown path): walk the JSON as is
-    items = value.get(name)
-    if items is None:
+        for item in items if isinstance(items, list) else [items]:
+            yield item, "", ""
         return
-    for item in items if isinstance(items, list) else [items]:
-        yield item, "", ""
-
-
-def _items(items: Any, info: registry.TypeInfo, el: registry.Element, t: str) -> Iterator[_Node]:
-    if items is None:
-        return
-    for item in items if isinstance(items, list) else [items]:
-        if item is None:
+    for prop, type_code, child_path in keys:
+        items = value.get(prop)
+        if items is None:
             continue
-        if t == "Resource" and isinstance(item, dict):
-            rt = item.get("resourceType", "")
-            yield item, rt, rt
-        else:
-            yield item, info.node_path(el, t), t
+        for item in items if isinstance(items, list) else (items,):
+            if item is None:
+                continue
+            if type_code == "Resource" and isinstance(item, dict):
+                rt = item.get("resourceType", "")
+                yield item, rt, rt
+            else:
+                yield item, child_path, type_code
 
 
 def _run(steps: list[_Step], resource: dict[str, Any]) -> list[Typed]:
@@ -421,3 +437,33 @@ def final_elements(expression: str, resource_type: str) -> tuple[tuple[str, str]
                 type_code = step.arg
         out.append((el_path, type_code))
     return tuple(out)
+
+
+@lru_cache(maxsize=8192)
+def top_level_keys(expression: str, resource_type: str) -> frozenset[str] | None:
+    """The JSON properties of the resource an expression can read values from (None: any).
+
+    A resource holding none of them has no value for the expression, so indexing can skip
+    it without evaluating anything."""
+    members = [_parse_member(m, resource_type) for m in split_union(expression)]
+    if not members or any(m is None for m in members):
+        return None
+    kids = registry.types().children(resource_type)
+    keys: set[str] = set()
+    for steps in members:
+        assert steps is not None
+        first = next((s for s in steps if s.kind in ("name", "extension")), None)
+        if first is None:
+            return None
+        if first.kind == "extension":
+            keys.add("extension")
+            continue
+        el = kids.get(first.arg)
+        if el is not None:
+            keys.add(first.arg)
+            continue
+        choice = kids.get(first.arg + "[x]")
+        if choice is None:
+            return None
+        keys.update(first.arg + t[0].upper() + t[1:] for t in choice.types)
+    return frozenset(keys)

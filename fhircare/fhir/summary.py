@@ -40,6 +40,11 @@ def parse_elements(values: list[str], resource_type: str) -> list[str] | None:
             item = item.strip()
             if not item:
                 continue
+            if item.startswith("-"):
+                raise BadRequest(
+                    "_elements=-name (leaving elements out) is not FHIR R4 and not supported",
+                    code="not-supported",
+                )
             head, dot, rest = item.partition(".")
             if dot and head[:1].isupper():
                 if head != resource_type and head != "*":

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fhircare.fhir.fhirpath import final_elements, is_fast
+from fhircare.fhir.fhirpath import final_elements, is_fast, top_level_keys
 from fhircare.fhir.references import iter_references
 from fhircare.fhir.registry import SearchParam, SearchRegistry
 from fhircare.fhir.search import values as V
@@ -96,12 +96,17 @@ class SearchIndex:
             if not ref["reference"].startswith("#")
         }
         for param in self._params(resource_type)[1]:
-            keys.update(V.references(extract(param, resource)))
+            needs = top_level_keys(param.expression or "", resource_type)
+            if needs is None or not needs.isdisjoint(resource.keys()):
+                keys.update(V.references(extract(param, resource)))
         return keys
 
     def term_keys(self, resource_type: str, resource: dict[str, Any]) -> set[str]:
         out: set[str] = set()
         for param in self._params(resource_type)[0]:
+            needs = top_level_keys(param.expression or "", resource_type)
+            if needs is not None and needs.isdisjoint(resource.keys()):
+                continue  # the resource holds nothing this parameter reads
             out |= term_keys(param, resource)
         return out
 
