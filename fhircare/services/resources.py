@@ -111,7 +111,8 @@ class ResourceService:
             if "id" in data and data["id"] != id:
                 raise BadRequest(f"The resource id '{data['id']}' does not match the URL id '{id}'")
         if self.check_references:
-            self._check_references(data, pending or set())
+            own = {f"{rtype}/{id}"} if id is not None else set()  # a self-reference resolves
+            self._check_references(data, (pending or set()) | own)
         old = None
         if id is not None and self.store.exists(rtype, id):
             old = self.store.read(rtype, id)
