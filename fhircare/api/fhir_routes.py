@@ -21,6 +21,7 @@ from fhircare.api.http import (
 )
 from fhircare.api.operations import run_operation
 from fhircare.fhir.errors import BadRequest, NotFound, PreconditionFailed
+from fhircare.fhir.summary import check_summary, parse_elements, subset
 from fhircare.fhir.validation import check_id, check_type
 from fhircare.services.resources import parse_etag
 from fhircare.services.searching import history_bundle, search_bundle, since_param
@@ -228,6 +229,11 @@ def read(
     etag = request.headers.get("if-none-match")
     if etag and parse_etag(etag) == resource["meta"]["versionId"]:
         return Response(status_code=304)
+    summary = check_summary(request.query_params.get("_summary"))
+    elements = parse_elements(request.query_params.getlist("_elements"), resource_type)
+    if summary == "count":
+        raise BadRequest("_summary=count applies to searches, not reads", code="value")
+    resource = subset(resource, summary=summary, elements=elements)
     return resource_response(resource, 200, request=request, base_url=st.base_url)
 
 

@@ -299,3 +299,12 @@ def test_capability_statement_declares_what_works(api: TestClient) -> None:
     codes = {i["code"] for i in patient["interaction"]}
     assert {"read", "vread", "update", "delete", "create", "search-type"} <= codes
     assert {"transaction", "batch", "history-system"} <= {i["code"] for i in rest["interaction"]}
+
+
+def test_read_honours_summary_and_elements(api: TestClient) -> None:
+    res = api.get("/fhir/Patient/ann?_elements=gender").json()
+    assert set(res) == {"resourceType", "id", "meta", "gender"}
+    assert res["meta"]["tag"][0]["code"] == "SUBSETTED"
+    assert "text" not in api.get("/fhir/Patient/ann?_summary=data").json()
+    assert api.get("/fhir/Patient/ann?_summary=count").status_code == 400
+    assert "text" in api.get("/fhir/Patient/ann").json()
