@@ -3,38 +3,75 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
-from fhircare.config import Settings
+from fhircare import __version__
+from fhircare.config import Settings, config_errors
 
 app = typer.Typer(
     help="fhircare: care management on FHIR R4 (care plans, goals, tasks, transitions of care).",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 sync_app = typer.Typer(help="Two-way sync with a HAPI FHIR server.", no_args_is_help=True)
 app.add_typer(sync_app, name="sync")
 
 console = Console()
 err = Console(stderr=True)
+log = logging.getLogger("fhircare")
 
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Data folder of the embedded store (FHIRCARE_DATA)")
 ]
 
 
+def _logging(settings: Settings) -> None:
+    from fhircare.observability.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fhircare {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """fhircare: care management on FHIR R4 (care plans, goals, tasks, transitions of care)."""
+
+
 def _settings(**overrides: Any) -> Settings:
+    """Settings from the environment and the command's options; each problem is one line
+    on stderr and exit code 2."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        for line in config_errors(exc):
+            err.print(f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -44,18 +81,22 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (FHIRCARE_PORT)")] = None,
     data: DataOpt = None,
 ) -> None:
-    """Serve the FHIR API (/fhir), operations and event intake."""
+    """Serve the FHIR API (/fhir), operations and event intake (and MLLP when
+    FHIRCARE_MLLP_PORT is set)."""
     import uvicorn
 
     from fhircare.api.app import create_app
+    from fhircare.commands.running import announce
     from fhircare.fhir.errors import StoreLocked
 
     settings = _settings(host=host, port=port, data=data)
+    _logging(settings)
     loopback = settings.host in ("127.0.0.1", "localhost", "::1")
     if settings.auth == "none" and not loopback and not settings.allow_unauthenticated_remote:
-        err.print(
-            f"[yellow]FHIRCARE_AUTH=none: refusing to bind {settings.host}; "
-            "binding 127.0.0.1 (set FHIRCARE_AUTH=smart to serve other hosts)[/]"
+        log.warning(
+            "FHIRCARE_AUTH=none: refusing to bind %s; binding 127.0.0.1 "
+            "(set FHIRCARE_AUTH=smart to serve other hosts)",
+            settings.host,
         )
         settings.host = "127.0.0.1"
     try:
@@ -63,32 +104,92 @@ def serve(
     except StoreLocked as exc:
         _fail(str(exc))
     mode = "no authentication (local use only)" if settings.auth == "none" else "SMART on FHIR"
-    err.print(
-        f"fhircare serving http://{settings.host}:{settings.port}/fhir "
-        f"(store: {settings.store}, data: {settings.data}, auth: {mode})"
+    log.info(
+        "fhircare %s serving http://%s:%d/fhir (store: %s, data: %s, auth: %s)",
+        __version__,
+        settings.host,
+        settings.port,
+        settings.store,
+        settings.data,
+        mode,
     )
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+    with announce(settings):
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # fhircare's logging (FHIRCARE_LOG_LEVEL, FHIRCARE_LOG_FORMAT)
+            access_log=False,  # fhircare writes its own access line (route templates)
+        )
 
 
 @app.command()
-def demo(data: DataOpt = None) -> None:
-    """Run the whole care-management cycle on a sample patient and print what it did."""
-    from fhircare.bootstrap import build_container
-    from fhircare.care.demo import run_demo
+def demo(
+    data: DataOpt = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="A running fhircare, e.g. http://127.0.0.1:8000"),
+    ] = None,
+) -> None:
+    """Run the whole care-management cycle on a sample patient and print what it made."""
+    import httpx
+
+    from fhircare.commands.demo import DemoError, local_client, run_demo
+    from fhircare.commands.running import running_server
     from fhircare.fhir.errors import StoreLocked
 
     settings = _settings(data=data)
+    if server is None:
+        try:
+            with local_client(settings) as client:
+                report = run_demo(client)
+        except StoreLocked as exc:
+            server = running_server(settings.data)
+            if server is None:
+                _fail(str(exc))
+        except DemoError as exc:
+            _fail(str(exc), 1)
+        else:
+            _print_demo(report, settings.public_base(), f"`fhircare serve --data {settings.data}`")
+            return
+    root = str(server).rstrip("/").removesuffix("/fhir")
     try:
-        container = build_container(settings)
-    except StoreLocked as exc:
-        _fail(str(exc))
-    try:
-        counts = run_demo(container.store, console)
-    finally:
-        container.close()
-    console.print(
-        f"[green]demo done[/]: {sum(counts.values())} resources written in {settings.data}"
-    )
+        with httpx.Client(base_url=root, timeout=60) as client:
+            report = run_demo(client)
+    except httpx.HTTPError as exc:
+        _fail(f"{root}: {exc}")
+    except DemoError as exc:
+        _fail(str(exc), 1)
+    _print_demo(report, f"{root}/fhir", None)
+
+
+def _print_demo(report: Any, base: str, serve_hint: str | None) -> None:
+    from rich.table import Table
+
+    if report.already_ran:
+        console.print(
+            "[yellow]The demo already ran here[/] (Patient/demo-patient has its care plan); "
+            "nothing was written. What it made:",
+            soft_wrap=True,
+        )
+    else:
+        console.rule("[bold]fhircare demo: care-management cycle")
+        for line in report.steps:
+            console.print(f"- {line}", soft_wrap=True)
+        if report.worklist:
+            title = f"Worklist of Practitioner/demo-care-manager ({len(report.worklist)} open)"
+            table = Table(title=title)
+            for col in ("due", "task", "why"):
+                table.add_column(col)
+            for item in report.worklist[:8]:
+                due = (item.get("due") or "-")[:10]
+                table.add_row(due, item.get("title", ""), item.get("reason", ""))
+            console.print(table)
+        console.print(f"[green]{len(report.made)} resources made[/] (type/id, and how to read it):")
+    for ref in report.made:
+        console.print(f"  {ref:<58} curl -s {base}/{ref}", soft_wrap=True, highlight=False)
+    if serve_hint:
+        console.print(f"(read them with {serve_hint} running)", soft_wrap=True)
 
 
 @app.command()
@@ -98,10 +199,12 @@ def reconcile(
 ) -> None:
     """Reconcile a discharge's medication lists from a FHIR Bundle file."""
     from fhircare.fhir.errors import FhirError
+    from fhircare.fhir.validation import validate_resource
     from fhircare.transitions.reconcile_cli import render_table, run_reconcile
 
     data = load_json_file(bundle)
     try:
+        validate_resource(data, "Bundle")  # a malformed Bundle is refused, never reconciled
         result = run_reconcile(data)
     except FhirError as exc:
         _fail(f"{bundle}: {exc.diagnostics}")
@@ -117,36 +220,26 @@ def mllp(
     host: Annotated[str, typer.Option(help="Address to bind")] = "127.0.0.1",
     data: DataOpt = None,
 ) -> None:
-    """Listen for HL7 v2 ADT messages over MLLP; reply with ACKs (AA, AE, AR)."""
+    """Listen for HL7 v2 ADT messages over MLLP only; reply with ACKs (AA, AE, AR).
+    (`serve` with FHIRCARE_MLLP_PORT does this next to the REST API, on one store.)"""
     import asyncio
 
     from fhircare.bootstrap import build_container
     from fhircare.fhir.errors import StoreLocked
+    from fhircare.listener import start_mllp
     from fhircare.services.intake import Hl7Intake
-    from fhircare.transitions.hl7v2_ack import build_ack
-    from fhircare.transitions.mllp import serve_mllp
 
     settings = _settings(data=data)
+    _logging(settings)
     try:
         container = build_container(settings)
     except StoreLocked as exc:
-        _fail(str(exc))
+        _fail(f"{exc} (set FHIRCARE_MLLP_PORT for `fhircare serve` to listen there)")
     intake = Hl7Intake(container.bundles, default_tz=settings.default_tz)
-    allowed = (
-        {a.strip() for a in settings.mllp_allowed.split(",") if a.strip()}
-        if settings.mllp_allowed
-        else None
-    )
-
-    async def handler(raw: bytes) -> bytes:
-        return await asyncio.to_thread(intake.handle, raw)
-
-    def on_error(raw: bytes, exc: Exception) -> bytes:
-        return build_ack(raw, "AR", f"Message refused: {type(exc).__name__}").encode()
 
     async def main() -> None:
-        server = await serve_mllp(host, port, handler, allowed_clients=allowed, on_error=on_error)
-        err.print(f"fhircare MLLP listening on {host}:{port} (data: {settings.data})")
+        server = await start_mllp(intake, host, port, allowed=settings.mllp_allowed)
+        log.info("fhircare MLLP listening on %s:%d (data: %s)", host, port, settings.data)
         async with server:
             await server.serve_forever()
 
@@ -274,11 +367,31 @@ def sync_status(data: DataOpt = None) -> None:
     try:
         container = build_container(settings)
     except StoreLocked as exc:
-        _fail(str(exc))
+        sys.stdout.write(json.dumps(_ask_server(settings, "/sync/status", exc), indent=2) + "\n")
+        return
     try:
         sys.stdout.write(json.dumps(status(container.store), indent=2) + "\n")
     finally:
         container.close()
+
+
+def _ask_server(settings: Settings, path: str, locked: Exception) -> Any:
+    """GET `path` from the `fhircare serve` that holds the data folder (read-only
+    commands work while it runs)."""
+    import httpx
+
+    from fhircare.commands.running import running_server
+
+    url = running_server(settings.data)
+    if url is None:
+        _fail(str(locked))
+    try:
+        response = httpx.get(f"{url}{path}", timeout=30)
+    except httpx.HTTPError as exc:
+        _fail(f"the data folder is held by `fhircare serve` at {url}, which did not answer ({exc})")
+    if response.status_code != 200:
+        _fail(f"`fhircare serve` at {url} answered {response.status_code} to {path}")
+    return response.json()
 
 
 @sync_app.command("resolve")
@@ -341,6 +454,10 @@ def load_json_file(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         _fail(f"{path}: no such file")
+    except IsADirectoryError:
+        _fail(f"{path}: is a directory, not a JSON file")
+    except OSError as exc:
+        _fail(f"{path}: cannot be read ({exc.strerror or exc})")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         _fail(f"{path}: not valid JSON ({exc})")
 

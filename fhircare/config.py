@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
+from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -63,10 +64,68 @@ class Settings(BaseSettings):
     webhook_secret: str | None = None
     hl7_secret: str | None = None
     mllp_allowed: str | None = None  # comma-separated client addresses
+    # CORS for browser apps (SMART): comma-separated origins, "*" for any; unset = off
+    cors_origins: str | None = None
+    cors_credentials: bool = False  # let browsers send cookies / HTTP auth (not with "*")
+
+    # operations
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    mllp_port: int | None = None  # `serve` also listens for HL7 v2 over MLLP on this port
+    mllp_host: str | None = None  # default: the address `serve` binds
+    # `serve` registers a rest-hook Subscription on HAPI at start (once) for this endpoint
+    # (fhircare's webhook base as HAPI reaches it, e.g. http://fhircare:8000/events/hapi)
+    subscribe_endpoint: str | None = None
+    subscribe_criteria: str = "Encounter?status=finished"
 
     # clinical defaults
     default_tz: str = "UTC"  # for HL7 v2 timestamps without an offset
     care_manager: str | None = None  # Practitioner/x who owns transitional-care Tasks
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = []
+        if self.store == "hapi" and not self.hapi_url:
+            problems.append("FHIRCARE_STORE=hapi needs FHIRCARE_HAPI_URL")
+        if self.subscribe_endpoint and not self.hapi_url:
+            problems.append("FHIRCARE_SUBSCRIBE_ENDPOINT needs FHIRCARE_HAPI_URL")
+        if self.auth == "smart":
+            missing = [
+                f"FHIRCARE_AUTH_{name.upper()}"
+                for name in ("jwks", "issuer", "audience")
+                if not getattr(self, f"auth_{name}")
+            ]
+            if missing:
+                problems.append(f"FHIRCARE_AUTH=smart needs {', '.join(missing)}")
+        for name in ("port", "mllp_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                problems.append(f"FHIRCARE_{name.upper()}={value} is not a TCP port")
+        origins = [o.strip() for o in (self.cors_origins or "").split(",")]
+        if self.cors_credentials and "*" in origins:
+            problems.append(
+                "FHIRCARE_CORS_ORIGINS='*' cannot be combined with FHIRCARE_CORS_CREDENTIALS=true:"
+                " list the allowed origins"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def public_base(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}/fhir").rstrip("/")
+
+
+def config_errors(exc: ValidationError) -> list[str]:
+    """One line per configuration problem, named by its environment variable."""
+    lines = []
+    for error in exc.errors():
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = [str(part) for part in error.get("loc", ())]
+        if not loc:
+            lines.extend(message.split("; "))
+            continue
+        name = "FHIRCARE_" + loc[0].upper()
+        given = error.get("input")
+        shown = f"={given!r}" if isinstance(given, str | int | float) else ""
+        lines.append(f"{name}{shown}: {message}")
+    return lines

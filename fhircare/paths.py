@@ -1,31 +1,37 @@
-"""Where the project's knowledge files live: `profiles/` (FHIR JSON) and `mappings/` (YAML).
+"""The one place that finds fhircare's knowledge files: `profiles/` (FHIR JSON) and
+`mappings/` (YAML).
 
-Looked up in this order: the FHIRCARE_PROFILES / FHIRCARE_MAPPINGS environment variables,
-the source tree (an editable install), then `<prefix>/share/fhircare/` (a wheel install).
+Both folders ship inside the package as `fhircare.profiles` and `fhircare.mappings`
+(setup.py maps the top-level folders there), so a wheel install and an editable install
+find them the same way, through `importlib.resources`. `FHIRCARE_PROFILES` and
+`FHIRCARE_MAPPINGS` point at other folders (a site's own tables, tests).
 """
 
 from __future__ import annotations
 
 import os
-import sys
+from importlib import resources
 from pathlib import Path
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_ENV = "FHIRCARE_PROFILES"
+MAPPINGS_ENV = "FHIRCARE_MAPPINGS"
 
 
-def _find(name: str, env: str) -> Path:
+def _folder(package: str, env: str) -> Path:
     override = os.environ.get(env)
     if override:
         return Path(override)
-    for base in (SOURCE_ROOT, Path(sys.prefix) / "share" / "fhircare"):
-        if (base / name).is_dir():
-            return base / name
-    return SOURCE_ROOT / name
+    found = resources.files(package)
+    if not isinstance(found, Path):  # a zipped install: fhircare reads real files
+        raise RuntimeError(f"{package} is not installed as a folder; reinstall fhircare")
+    return found
 
 
 def profiles_dir() -> Path:
-    return _find("profiles", "FHIRCARE_PROFILES")
+    """The folder of FHIR resources (StructureDefinitions, PlanDefinitions, ...)."""
+    return _folder("fhircare.profiles", PROFILES_ENV)
 
 
 def mappings_dir() -> Path:
-    return _find("mappings", "FHIRCARE_MAPPINGS")
+    """The folder of YAML mappings and reference tables."""
+    return _folder("fhircare.mappings", MAPPINGS_ENV)

@@ -65,14 +65,25 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 class ServerProcess:
     """`fhircare serve` in a subprocess on a free port."""
 
-    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, data: Path, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.data = data
-        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.base = f"{self.root}/fhir"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        # the server's log goes to a file: a pipe nobody reads would fill and block it
+        self.log_path = data.parent / f"serve-{self.port}.log"
+
+    def log_text(self) -> str:
+        """Everything the server logged so far (complete once it has stopped)."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def start(self) -> ServerProcess:
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -86,8 +97,9 @@ class ServerProcess:
             ],
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=log_file,
         )
+        log_file.close()  # the child holds its own descriptor
         wait_http(f"{self.base}/metadata", 60, self.proc)
         return self
 
@@ -108,6 +120,15 @@ class ServerProcess:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
     srv = ServerProcess(tmp_path / "srv-data").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def served_fhircare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real `fhircare serve` process on loopback per test module (definitions seeded),
+    for tests that drive it through real FHIR clients (fhirpy, client-py)."""
+    srv = ServerProcess(tmp_path_factory.mktemp("served") / "data").start()
     yield srv
     srv.stop()
 

@@ -16,7 +16,7 @@ from fhircare.fhir.errors import Forbidden
 from fhircare.security.context import AuthContext, SearchGuard, allowed, authorize, search_guard
 
 INTERACTION = {"search": "search-type"}
-METHOD_INTERACTION = {"POST": "create", "PUT": "update", "DELETE": "delete"}
+METHOD_INTERACTION = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete"}
 
 
 class Access:
@@ -136,20 +136,35 @@ class SmartAccess(Access):
                 if interaction is None:
                     continue
                 body = entry.get("resource")
-                self.require(rtype, interaction, body if method != "DELETE" else None)
+                # a PATCH entry's resource is the patch (Binary/Parameters), not the target
+                self.require(rtype, interaction, body if method in ("POST", "PUT") else None)
                 parts = url.split("?")[0].split("/")
                 if self._store is not None and len(parts) == 2 and self._store.exists(*parts):
                     self.require(rtype, interaction, self._store.read(*parts))
-                if method in ("PUT", "DELETE") and "?" in url and self.ctx.patient is not None:
+                if (
+                    method in ("PUT", "PATCH", "DELETE")
+                    and "?" in url
+                    and self.ctx.patient is not None
+                ):
                     raise Forbidden("conditional writes need a user/ or system/ scope")
             except Forbidden as exc:
                 exc.diagnostics = f"Bundle.entry[{i}]: {exc.diagnostics}"
                 raise
 
 
-def get_access(request: Request) -> Access:
-    """The Access for this request (FastAPI dependency)."""
+def access_for(request: Request) -> Access:
+    """The Access for this request (verifies the bearer token under SMART)."""
     factory = getattr(request.app.state, "access_factory", None)
     if factory is None:
         return Access(recorder=getattr(request.app.state, "audit", None))
     return factory(request)
+
+
+async def get_access(request: Request) -> Access:
+    """`access_for` as a FastAPI dependency. Async, so the common case costs no worker-thread
+    hop; token verification (which may fetch a JWKS) runs in a worker thread."""
+    if getattr(request.app.state, "access_factory", None) is None:
+        return access_for(request)
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(access_for, request)

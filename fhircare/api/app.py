@@ -10,14 +10,19 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhircare import __version__
 from fhircare.api.http import FhirJSONResponse
+from fhircare.api.middleware import allowed_methods
+from fhircare.api.observe import ObservabilityMiddleware
 from fhircare.bootstrap import Container, build_container
 from fhircare.config import Settings
 from fhircare.fhir.errors import FhirError, Unauthorized, outcome
+from fhircare.listener import start_mllp
 from fhircare.security.tokens import www_authenticate
+from fhircare.services.background import subscription_loop
 
 log = logging.getLogger("fhircare.api")
 
@@ -30,16 +35,35 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(t()) for t in container.background]
+        jobs = list(container.background)
+        if settings.subscribe_endpoint and settings.hapi_url:
+
+            def report(state: str) -> None:
+                app.state.subscription = state
+
+            report("pending")
+            jobs.append(subscription_loop(container, report))
+        tasks = [asyncio.create_task(t()) for t in jobs]
+        mllp = None
         try:
+            if settings.mllp_port:
+                host = settings.mllp_host or settings.host
+                mllp = await start_mllp(
+                    app.state.hl7, host, settings.mllp_port, allowed=settings.mllp_allowed
+                )
+                app.state.mllp_server = mllp
+                log.info("MLLP listening on %s:%d (same store)", host, settings.mllp_port)
             yield
         finally:
+            if mllp is not None:
+                mllp.close()
+                await mllp.wait_closed()
             for t in tasks:
                 t.cancel()
             if owned:
                 container.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their assets served by fhircare itself
         title="fhircare",
         version=__version__,
         description="Care management on FHIR R4",
@@ -48,10 +72,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     container.install(app)
 
     @app.exception_handler(FhirError)
-    async def fhir_error(_: Request, exc: FhirError) -> FhirJSONResponse:
+    async def fhir_error(request: Request, exc: FhirError) -> FhirJSONResponse:
         headers = {}
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = www_authenticate(exc)
+        if exc.status == 405:
+            allow = getattr(exc, "allow", None) or allowed_methods(request.app, request.scope)
+            headers["Allow"] = ", ".join(allow)
         return FhirJSONResponse(exc.outcome(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -64,20 +91,13 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> FhirJSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> FhirJSONResponse:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
         return FhirJSONResponse(
-            outcome("error", code, str(exc.detail)), status_code=exc.status_code
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> FhirJSONResponse:
-        route = getattr(request.scope.get("route"), "path", "?")  # the template: no ids
-        log.error("unexpected error %s on %s %s", type(exc).__name__, request.method, route)
-        log.debug("traceback", exc_info=exc)  # tracebacks may quote payload values: debug only
-        return FhirJSONResponse(
-            outcome("fatal", "exception", f"Internal error ({type(exc).__name__})"),
-            status_code=500,
+            outcome("error", code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )
 
     @app.middleware("http")
@@ -96,4 +116,6 @@ def create_app(settings: Settings | None = None, container: Container | None = N
                 status_code=503,
             )
 
+    # outermost: request id, access line, metrics, and the one handler of unexpected errors
+    app.add_middleware(ObservabilityMiddleware)
     return app

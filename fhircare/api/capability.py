@@ -32,6 +32,11 @@ ROUTE_INTERACTIONS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("POST", ""): ("system", ("transaction", "batch")),
     ("GET", "/_history"): ("system", ("history-system",)),
 }
+PATCH_FORMATS = (
+    "application/json-patch+json",
+    "application/fhir+json",
+    "application/merge-patch+json",
+)
 TYPE_ORDER = (
     "read",
     "vread",
@@ -166,7 +171,7 @@ def capability_statement(
         "implementation": {"description": "fhircare care-management FHIR server", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
-        "patchFormat": [],
+        "patchFormat": list(PATCH_FORMATS) if "patch" in type_interactions else [],
         "rest": [rest],
     }
 

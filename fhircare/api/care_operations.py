@@ -12,6 +12,7 @@ from typing import Any
 
 from fhircare.api.operations import OpCall, Operation, OperationRegistry
 from fhircare.care import assessment, plans
+from fhircare.fhir.datetimes import parse_datetime
 from fhircare.fhir.errors import BadRequest
 from fhircare.fhir.validation import check_id
 
@@ -37,7 +38,7 @@ def _datetime(value: Any, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parse_datetime(str(value))
     except ValueError as exc:
         raise BadRequest(f"Parameter {name} is not a dateTime: {value!r}") from exc
 
@@ -54,8 +55,10 @@ def extract(call: OpCall) -> dict[str, Any]:
     return written_bundle(call, written)
 
 
-def apply(call: OpCall) -> dict[str, Any]:
-    """PlanDefinition/{id}/$apply?subject=Patient/x: an active CarePlan with Goals and Tasks."""
+def apply(call: OpCall) -> tuple[dict[str, Any], int]:
+    """PlanDefinition/{id}/$apply?subject=Patient/x: the patient's active CarePlan (R4
+    returns the CarePlan; it references the Goals, Tasks and CareTeam written with it).
+    `practitioner` is optional: without it the Tasks are unassigned (see plans.py)."""
     subject = call.param("subject")
     if not isinstance(subject, str) or not subject.startswith("Patient/"):
         raise BadRequest("$apply needs subject=Patient/{id}", expression=["subject"])
@@ -63,7 +66,7 @@ def apply(call: OpCall) -> dict[str, Any]:
     check_id(subject.split("/", 1)[1])
     patient = store.read("Patient", subject.split("/", 1)[1])
     call.access.require("Patient", "read", patient)
-    for rtype in ("CarePlan", "Goal", "Task", "CareTeam"):
+    for rtype in ("CarePlan", "Goal", "Task", "CareTeam", "ServiceRequest", "RelatedPerson"):
         call.access.require(rtype, "create")
     preferences: dict[str, Any] = {}
     goals = call.params("goal")
@@ -78,13 +81,33 @@ def apply(call: OpCall) -> dict[str, Any]:
         call.id,
         subject,
         preferences=preferences or None,
-        practitioner_ref=call.param("practitioner") or call.state.settings.care_manager,
+        practitioner_ref=_reference_param(
+            call, "practitioner", ("Practitioner", "PractitionerRole")
+        ),
+        organization_ref=_reference_param(call, "organization", ("Organization",)),
+        care_manager_ref=call.state.settings.care_manager,
         encounter_ref=call.param("encounter"),
         program_kind=program,
         episode_end=_datetime(call.param("episodeEnd"), "episodeEnd"),
     )
     publish(call, written)
-    return written_bundle(call, written), 201  # type: ignore[return-value]
+    return written[0], 201
+
+
+def _reference_param(call: OpCall, name: str, types: tuple[str, ...]) -> str | None:
+    """A reference parameter as 'Type/id' (a string or a valueReference), of given types."""
+    value = call.param(name)
+    if isinstance(value, dict):
+        value = value.get("reference")
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.split("/")[0] not in types or value.count("/") != 1:
+        raise BadRequest(
+            f"$apply {name} must be a reference to {' or '.join(types)}, not {str(value)[:60]!r}",
+            expression=[name],
+        )
+    check_id(value.split("/", 1)[1])
+    return value
 
 
 def reconcile_medications(call: OpCall) -> dict[str, Any]:

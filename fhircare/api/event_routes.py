@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from fhircare.api.access import get_access
+from fhircare.api.access import access_for
 from fhircare.api.http import (
     ERROR_RESPONSES,
     FHIR_BODY,
@@ -51,7 +51,7 @@ def _check_secret(request: Request, secret: str | None, header: str, what: str) 
     """The shared secret when one is configured; else, under SMART, a system-level token."""
     if not secret:
         if request.app.state.settings.auth == "smart":
-            get_access(request).require_system(what)
+            access_for(request).require_system(what)
         return
     given = request.headers.get(header, "")
     if given.lower().startswith("bearer "):
@@ -79,7 +79,7 @@ async def hl7v2(request: Request) -> Response:
     if settings.hl7_secret:
         _check_secret(request, settings.hl7_secret, "X-Fhircare-Secret", "HL7 v2 intake")
     elif settings.auth == "smart":
-        get_access(request).require_system("HL7 v2 intake")
+        access_for(request).require_system("HL7 v2 intake")
     limit = settings.max_body_bytes
     raw = b""
     async for chunk in request.stream():

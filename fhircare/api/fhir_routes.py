@@ -14,15 +14,18 @@ from fhircare.api.http import (
     FHIR_RESPONSES,
     FORM_BODY,
     OPTIONAL_FHIR_BODY,
+    PATCH_BODY,
     FhirJSONResponse,
+    check_json_content_type,
     read_form,
     read_json_body,
     resource_response,
 )
 from fhircare.api.operations import run_operation
-from fhircare.fhir.errors import BadRequest, NotFound, PreconditionFailed
+from fhircare.fhir.errors import BadRequest, MethodNotAllowed, NotFound, PreconditionFailed
 from fhircare.fhir.summary import check_summary, parse_elements, subset
 from fhircare.fhir.validation import check_id, check_type
+from fhircare.services.patching import JSON_PATCH, MERGE_PATCH, patch_of
 from fhircare.services.resources import parse_etag
 from fhircare.services.searching import history_bundle, search_bundle, since_param
 
@@ -38,15 +41,35 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
+FORMAT_PARAMS = ("_format", "_pretty")
+HISTORY_PARAMS = ("_count", "_offset", "_since")
+
+
 def _lenient(request: Request) -> bool:
     """Prefer: handling=lenient (unknown search parameters ignored, as HAPI does)."""
     return "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
 
 
 def _params(request: Request) -> list[tuple[str, str]]:
-    return [
-        (k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")
-    ]
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in FORMAT_PARAMS]
+
+
+def _refuse_query(request: Request, what: str, allowed: tuple[str, ...] = ()) -> None:
+    """400 for query parameters an interaction would otherwise silently ignore."""
+    ignored = sorted({k for k, _ in _params(request) if k not in allowed})
+    if ignored:
+        takes = f" (it takes {', '.join(allowed)})" if allowed else ""
+        raise BadRequest(
+            f"{what} does not take the parameter(s) {', '.join(ignored)}{takes}",
+            code="not-supported",
+        )
+
+
+def _if_match(request: Request) -> str | None:
+    value = request.headers.get("if-match")
+    if value is not None and parse_etag(value) is None:
+        raise PreconditionFailed(f"Unreadable If-Match value {value!r}")
+    return parse_etag(value)
 
 
 @router.get("/metadata", summary="CapabilityStatement")
@@ -57,6 +80,7 @@ def metadata(request: Request) -> Response:
 @router.get("/_history", summary="System history")
 def system_history(request: Request, access: Access = Depends(get_access)) -> Response:
     st = _state(request)
+    _refuse_query(request, "History", HISTORY_PARAMS)
     params = _params(request)
     since = since_param(params)
     entries = access.filter_history(st.svc.store.history(None, None, since=since))
@@ -67,6 +91,7 @@ def system_history(request: Request, access: Access = Depends(get_access)) -> Re
 
 @router.post("", summary="Transaction or batch Bundle", openapi_extra=FHIR_BODY)
 async def post_bundle(request: Request, access: Access = Depends(get_access)) -> Response:
+    _refuse_query(request, "A transaction or batch")
     body = await read_json_body(request)
     return await _run_sync(request, _bundle, request, body, access)
 
@@ -121,11 +146,25 @@ def _create(request: Request, resource_type: str, body: Any, access: Access) -> 
             f"the URL type {resource_type!r}"
         )
     access.require(resource_type, "create", body)
-    outcome = st.svc.create(body, if_none_exist=request.headers.get("if-none-exist"))
+    outcome = st.svc.create(body, if_none_exist=_create_condition(request))
     access.audit("C", outcome.resource)
     return resource_response(
         outcome.resource, outcome.status, request=request, base_url=st.base_url, location=True
     )
+
+
+def _create_condition(request: Request) -> str | None:
+    """If-None-Exist, or the search criteria of the POST's query string (what fhirpy's
+    `get_or_create` sends): both name a conditional create. Both at once must agree."""
+    header = request.headers.get("if-none-exist")
+    query = urllib.parse.urlencode(_params(request))
+    if (
+        header
+        and query
+        and sorted(urllib.parse.parse_qsl(header.split("?", 1)[-1])) != sorted(_params(request))
+    ):
+        raise BadRequest("If-None-Exist and the query string give different criteria")
+    return header or query or None
 
 
 @router.put("/{resource_type}", summary="Conditional update", openapi_extra=FHIR_BODY)
@@ -141,7 +180,7 @@ def _conditional_update(
     request: Request, resource_type: str, body: Any, access: Access
 ) -> Response:
     st = _state(request)
-    query = request.url.query
+    query = urllib.parse.urlencode(_params(request))
     if not query:
         raise BadRequest("PUT to a type needs search parameters (conditional update)")
     access.require(resource_type, "update", body)
@@ -161,12 +200,13 @@ def conditional_delete(
     st = _state(request)
     check_type(resource_type)
     access.require(resource_type, "delete")
-    if not request.url.query:
+    query = urllib.parse.urlencode(_params(request))
+    if not query:
         raise BadRequest("DELETE on a type needs search parameters (conditional delete)")
     restricted = access.search_restriction(resource_type)
     if restricted:
         raise BadRequest("Conditional delete is not allowed with a patient-context token")
-    outcome = st.svc.conditional_delete(resource_type, request.url.query)
+    outcome = st.svc.conditional_delete(resource_type, query)
     return Response(status_code=outcome.status)
 
 
@@ -177,6 +217,7 @@ def type_history(
     st = _state(request)
     check_type(resource_type)
     access.require(resource_type, "history-type")
+    _refuse_query(request, "History", HISTORY_PARAMS)
     params = _params(request)
     since = since_param(params)
     entries = access.filter_history(st.svc.store.history(resource_type, None, since=since))
@@ -223,6 +264,7 @@ def read(
     if resource_id.startswith("$"):
         check_type(resource_type)
         return run_operation(request, access, resource_id[1:], resource_type, None, None)
+    _refuse_query(request, "A read", ("_summary", "_elements"))
     resource = st.svc.read(resource_type, resource_id)
     access.require(resource_type, "read", resource)
     access.audit("R", resource)
@@ -247,11 +289,12 @@ async def type_operation(
 ) -> Response:
     check_type(resource_type)
     if not resource_id.startswith("$"):
-        raise BadRequest(
-            f"POST to {resource_type}/{resource_id} is not allowed: use PUT to update",
-            status=405,
-            code="not-supported",
+        error = MethodNotAllowed(
+            f"POST to {resource_type}/{resource_id} is not allowed: use PUT to update "
+            "or PATCH to patch"
         )
+        error.allow = ["GET", "PUT", "PATCH", "DELETE"]  # type: ignore[attr-defined]
+        raise error
     body = await read_json_body(request) if await _has_body(request) else None
     return await _run_sync(
         request, run_operation, request, access, resource_id[1:], resource_type, None, body
@@ -268,6 +311,7 @@ async def update(
 ) -> Response:
     check_type(resource_type)
     check_id(resource_id)
+    _refuse_query(request, "An update")
     body = await read_json_body(request)
     return await _run_sync(request, _update, request, resource_type, resource_id, body, access)
 
@@ -284,10 +328,7 @@ def _update(
     access.require(resource_type, "update", body)
     if st.svc.store.exists(resource_type, resource_id):
         access.require(resource_type, "update", st.svc.store.read(resource_type, resource_id))
-    if_match = request.headers.get("if-match")
-    if if_match is not None and parse_etag(if_match) is None:
-        raise PreconditionFailed(f"Unreadable If-Match value {if_match!r}")
-    outcome = st.svc.update(resource_type, resource_id, body, if_match=parse_etag(if_match))
+    outcome = st.svc.update(resource_type, resource_id, body, if_match=_if_match(request))
     access.audit("U" if outcome.status == 200 else "C", outcome.resource)
     return resource_response(
         outcome.resource,
@@ -305,6 +346,8 @@ def delete(
     st = _state(request)
     check_type(resource_type)
     check_id(resource_id)
+    _refuse_query(request, "A delete", ("_cascade",))
+    if_match = _if_match(request)
     if st.svc.store.exists(resource_type, resource_id):
         current = st.svc.store.read(resource_type, resource_id)
         access.require(resource_type, "delete", current)
@@ -322,7 +365,7 @@ def delete(
     st.svc.delete(
         resource_type,
         resource_id,
-        if_match=parse_etag(request.headers.get("if-match")),
+        if_match=if_match,
         cascade=bool(cascade),
     )
     return FhirJSONResponse(
@@ -340,6 +383,66 @@ def delete(
     )
 
 
+@router.patch("/{resource_type}", summary="Conditional patch", openapi_extra=PATCH_BODY)
+async def conditional_patch(
+    resource_type: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
+    check_type(resource_type)
+    query = urllib.parse.urlencode(_params(request))
+    if not query:
+        raise BadRequest("PATCH on a type needs search parameters (conditional patch)")
+    patch = await _read_patch(request)
+    return await _run_sync(request, _patch, request, resource_type, None, query, patch, access)
+
+
+@router.patch(
+    "/{resource_type}/{resource_id}",
+    summary="Patch (JSON Patch, FHIRPath Patch or JSON Merge Patch)",
+    openapi_extra=PATCH_BODY,
+)
+async def patch(
+    resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
+    check_type(resource_type)
+    check_id(resource_id)
+    _refuse_query(request, "A patch")
+    patch = await _read_patch(request)
+    return await _run_sync(
+        request, _patch, request, resource_type, resource_id, None, patch, access
+    )
+
+
+async def _read_patch(request: Request) -> Any:
+    ctype = check_json_content_type(request, also=(JSON_PATCH, MERGE_PATCH))
+    body = await read_json_body(request)
+    return patch_of(ctype, body)
+
+
+def _patch(
+    request: Request,
+    resource_type: str,
+    resource_id: str | None,
+    query: str | None,
+    patch: Any,
+    access: Access,
+) -> Response:
+    st = _state(request)
+    if_match = _if_match(request)
+    if resource_id is None:
+        assert query is not None
+        if access.search_restriction(resource_type):
+            raise BadRequest("Conditional patch is not allowed with a patient-context token")
+        resource_id = st.svc.conditional_patch_target(resource_type, query)
+
+    def check(current: dict[str, Any], patched: dict[str, Any]) -> None:
+        access.require(resource_type, "update", current)
+        access.require(resource_type, "update", patched)
+
+    outcome = st.svc.patch(resource_type, resource_id, patch, if_match=if_match, check=check)
+    access.audit("U", outcome.resource)
+    return resource_response(outcome.resource, 200, request=request, base_url=st.base_url)
+
+
 @router.get("/{resource_type}/{resource_id}/_history", summary="Instance history")
 def instance_history(
     resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
@@ -347,6 +450,7 @@ def instance_history(
     st = _state(request)
     check_type(resource_type)
     check_id(resource_id)
+    _refuse_query(request, "History", ("_count", "_offset"))
     entries = st.svc.store.history(resource_type, resource_id)
     latest = next((e["resource"] for e in entries if "resource" in e), None)
     access.require(resource_type, "history-instance", latest)
@@ -370,6 +474,7 @@ def vread(
     access: Access = Depends(get_access),
 ) -> Response:
     st = _state(request)
+    _refuse_query(request, "A version read")
     resource = st.svc.vread(resource_type, resource_id, version_id)
     access.require(resource_type, "vread", resource)
     access.audit("R", resource)

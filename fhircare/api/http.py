@@ -5,18 +5,32 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from datetime import datetime
+from contextvars import ContextVar
 from email.utils import format_datetime
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from fhircare.fhir.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from fhircare.fhir.datetimes import parse_datetime
+from fhircare.fhir.errors import BadRequest, FhirError, PayloadTooLarge, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
+XML_TYPES = ("application/fhir+xml", "application/xml", "application/xml+fhir", "text/xml")
 MAX_DEPTH = 64
+
+# How the current request wants its FHIR JSON: media type and indentation (set by
+# `negotiate`, read when a response renders; contextvars follow the request into threads).
+RESPONSE_MEDIA_TYPE: ContextVar[str] = ContextVar("fhir_media_type", default=FHIR_JSON)
+RESPONSE_PRETTY: ContextVar[bool] = ContextVar("fhir_pretty", default=False)
+
+
+class NotAcceptable(FhirError):
+    """406: the client accepts no format this server produces."""
+
+    status = 406
+    code = "not-supported"
 
 
 # ---- OpenAPI documentation of FHIR exchanges (what schemathesis and clients rely on) --------
@@ -79,6 +93,18 @@ OPTIONAL_FHIR_BODY: dict[str, Any] = {
         "content": {"application/fhir+json": {"schema": RESOURCE_SCHEMA}},
     }
 }
+PATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json-patch+json": {
+                "schema": {"type": "array", "items": {"type": "object"}}
+            },
+            "application/fhir+json": {"schema": RESOURCE_SCHEMA},
+            "application/merge-patch+json": {"schema": {"type": "object"}},
+        },
+    }
+}
 FORM_BODY: dict[str, Any] = {
     "requestBody": {
         "required": False,
@@ -92,10 +118,82 @@ FORM_BODY: dict[str, Any] = {
 
 
 class FhirJSONResponse(JSONResponse):
+    """FHIR JSON in the media type and layout (`_pretty`) the request negotiated."""
+
     media_type = FHIR_JSON
 
+    def __init__(self, content: Any, status_code: int = 200, **kwargs: Any) -> None:
+        kwargs.setdefault("media_type", RESPONSE_MEDIA_TYPE.get())
+        super().__init__(content, status_code, **kwargs)
+
     def render(self, content: Any) -> bytes:
+        if RESPONSE_PRETTY.get():
+            return json.dumps(content, ensure_ascii=False, indent=2).encode("utf-8")
         return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+# ---- content negotiation (FHIR R4 http.html#mime-type) --------------------------------------
+
+# fhir.resources can write XML only through its R4B models, which change instants
+# ('...715Z' -> '...715000Z'), rewrite narrative XHTML and fail on some R4 examples: it does
+# not round-trip R4, so XML is refused (406/415) instead of being served wrong.
+_FORMAT_ALIASES = {
+    "json": FHIR_JSON,
+    "application/json": "application/json",
+    "application/fhir+json": FHIR_JSON,
+    "application/json+fhir": FHIR_JSON,
+}
+
+
+def negotiate(query: list[tuple[str, str]], accept: str | None) -> tuple[str, bool]:
+    """The response media type and `_pretty` flag for a request; NotAcceptable (406) when the
+    client asks only for a format this server does not write (XML, HTML...)."""
+    pretty = next((v for k, v in reversed(query) if k == "_pretty"), "false")
+    if pretty not in ("true", "false"):
+        raise BadRequest(f"_pretty must be true or false, not {pretty[:40]!r}", code="value")
+    fmt = next((v for k, v in reversed(query) if k == "_format"), None)
+    if fmt is not None:
+        media = _FORMAT_ALIASES.get(fmt.split(";")[0].strip().lower())
+        if media is None:
+            raise NotAcceptable(
+                f"_format {fmt[:60]!r} is not served: this server writes FHIR JSON only "
+                "(_format=json or application/fhir+json); XML is not supported"
+            )
+        return media, pretty == "true"
+    return _media_from_accept(accept), pretty == "true"
+
+
+def _media_from_accept(accept: str | None) -> str:
+    if not accept or not accept.strip():
+        return FHIR_JSON
+    best: tuple[float, str] | None = None
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for f in fields[1:]:
+            if f.lower().startswith("q="):
+                try:
+                    q = float(f[2:])
+                except ValueError:
+                    q = 0.0
+        if q <= 0:
+            continue
+        served = {
+            FHIR_JSON: FHIR_JSON,
+            "application/json+fhir": FHIR_JSON,
+            "application/json": "application/json",
+            "*/*": FHIR_JSON,
+            "application/*": FHIR_JSON,
+        }.get(media)
+        if served and (best is None or q > best[0]):
+            best = (q, served)
+    if best is None:
+        raise NotAcceptable(
+            f"Accept {accept[:80]!r} names no format this server writes: it serves "
+            "application/fhir+json (XML is not supported)"
+        )
+    return best[1]
 
 
 async def read_json_body(request: Request) -> Any:
@@ -104,15 +202,25 @@ async def read_json_body(request: Request) -> Any:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"The body is {length} bytes; the limit is {limit}")
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype and ctype not in JSON_TYPES and not ctype.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"Content-Type {ctype!r} is not supported: send application/fhir+json"
-        )
+    check_json_content_type(request)
     raw = await read_body(request)
     if not raw.strip():
         raise BadRequest("The request has no body")
     return parse_json(raw)
+
+
+def check_json_content_type(request: Request, also: tuple[str, ...] = ()) -> str:
+    """The request's JSON media type; 415 for XML or any other non-JSON body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in XML_TYPES or ctype.endswith("+xml"):
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype!r}: XML is not supported, send application/fhir+json"
+        )
+    if ctype and ctype not in JSON_TYPES and ctype not in also and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type {ctype!r} is not supported: send application/fhir+json"
+        )
+    return ctype
 
 
 async def read_body(request: Request) -> bytes:
@@ -226,14 +334,14 @@ def resource_response(
         lu = resource["meta"].get("lastUpdated")
         if lu:
             headers["Last-Modified"] = format_datetime(
-                datetime.fromisoformat(lu.replace("Z", "+00:00")), usegmt=True
+                parse_datetime(lu), usegmt=True
             )
+        versioned = f"{base_url}/{resource['resourceType']}/{resource['id']}/_history/{vid}"
         if location and vid:
-            headers["Location"] = (
-                f"{base_url}/{resource['resourceType']}/{resource['id']}/_history/{vid}"
-            )
-            headers["Content-Location"] = headers["Location"]
-    if request.method in ("POST", "PUT"):
+            headers["Location"] = versioned
+        if vid and request.method in ("POST", "PUT", "PATCH"):
+            headers["Content-Location"] = versioned  # the version the write produced
+    if request.method in ("POST", "PUT", "PATCH"):
         mode = prefer_return(request)
         if mode == "minimal":
             return Response(status_code=status, headers=headers)

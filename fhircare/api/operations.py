@@ -102,9 +102,11 @@ def run_operation(
         where = "/".join(p for p in (resource_type, resource_id) if p) or "the system level"
         raise NotFound(f"Unknown operation ${name} at {where}", code="not-supported")
     if request.method == "GET" and op.affects_state:
-        raise BadRequest(
+        error = BadRequest(
             f"${name} changes data: invoke it with POST", status=405, code="not-supported"
         )
+        error.allow = ["POST"]  # type: ignore[attr-defined]
+        raise error
     if body is not None and not isinstance(body, dict):
         raise BadRequest("An operation body must be a FHIR resource (usually Parameters)")
     call = OpCall(

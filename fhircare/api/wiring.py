@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from fhircare.api import auth, care_routes, event_routes, fhir_routes
+from fhircare.api import auth, care_routes, event_routes, fhir_routes, middleware, ops_routes
 from fhircare.api.capability import CapabilityProvider
+from fhircare.api.operation_routes import operation_router
 from fhircare.services.audit import AuditRecorder
 from fhircare.services.background import sweep_loop, sync_loop
 from fhircare.services.intake import Hl7Intake
@@ -39,7 +40,10 @@ def install(app: FastAPI, container: Container) -> None:
         wake = asyncio.Event()
         app.state.sync_trigger = wake
         container.background.append(sync_loop(container, wake))
+    app.include_router(ops_routes.router)
     app.include_router(auth.router)
     app.include_router(event_routes.router)
     app.include_router(care_routes.router)
+    app.include_router(operation_router(container.operations))  # before the generic routes
     app.include_router(fhir_routes.router)
+    middleware.install(app, settings)

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fhircare.care import definitions
+from fhircare.fhir.datetimes import parse_datetime  # noqa: F401 - re-exported
 from fhircare.fhir.errors import Unprocessable
 from fhircare.store.base import Store, WriteOp
 
@@ -54,15 +55,6 @@ def fhir_datetime(dt: datetime) -> str:
 
 def fhir_date(d: date | datetime) -> str:
     return (d.date() if isinstance(d, datetime) else d).isoformat()
-
-
-def parse_datetime(text: str) -> datetime:
-    """A FHIR date or dateTime as an aware datetime (dates at 00:00 UTC)."""
-    if len(text) == 10:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC)
-    if len(text) in (4, 7):  # year or year-month
-        return datetime.fromisoformat((text + "-01-01")[:10]).replace(tzinfo=UTC)
-    return utcnow(datetime.fromisoformat(text.replace("Z", "+00:00")))
 
 
 _UNIT_DAYS = {"d": 1, "wk": 7, "mo": 30, "a": 365, "h": 1 / 24, "min": 1 / 1440}

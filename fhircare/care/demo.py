@@ -1,39 +1,26 @@
-"""`fhircare demo`: the whole care-management cycle on a sample patient it creates.
+"""The sample record of `fhircare demo` (pure data, nothing written here).
 
-Intake, PHQ-9 and AHC HRSN responses are extracted by the assessment module (when
-installed); then a diabetes care plan from its PlanDefinition, a social-needs referral
-worked through its Task state machine (rejected -> alternative proposed), a follow-up call,
-education delivered, and a new HbA1c moving goal progress. Prints a rich summary and returns
-counts.
+A patient with type 2 diabetes and hypertension, her care manager and PCP, a community food
+pantry, a recent inpatient stay, a first HbA1c, and completed intake, PHQ-9 and AHC HRSN
+responses (food and transportation needs positive). `fhircare.commands.demo` sends them to
+a fhircare server and runs the cycle through its REST API.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from fhircare.care import definitions, goals, tasks
-from fhircare.care.common import Resource, coding, commit, update_op
-from fhircare.care.education import record_education_delivered
-from fhircare.care.eligibility import assess_eligibility
-from fhircare.care.followup import document_call, schedule_followups
-from fhircare.care.plans import apply_plan_definition
-from fhircare.care.worklist import worklist
-from fhircare.store.base import Store, WriteOp
+from fhircare.care.common import Resource, coding
 
+PATIENT = "Patient/demo-patient"
 CM = "Practitioner/demo-care-manager"
 LOINC = "http://loinc.org"
 INTAKE = "http://fhircare.org/fhir/CodeSystem/care-intake"
 
 
-def _seed(store: Store, now: datetime) -> str:
-    """Definitions from profiles/ (when absent) and the sample patient's record."""
-    ops = [
-        WriteOp("update", r["resourceType"], id=r["id"], resource=r)
-        for r in definitions.load_profiles_dir()
-        if not store.exists(r["resourceType"], r["id"])
-    ]
+def sample_record(now: datetime) -> list[Resource]:
+    """Practitioners, the pantry, the patient, her stay, Conditions and a first HbA1c."""
     day = timedelta(days=1)
     resources: list[Resource] = [
         {
@@ -123,13 +110,11 @@ def _seed(store: Store, now: datetime) -> str:
                 "subject": {"reference": "Patient/demo-patient"},
             }
         )
-    resources.append(_hba1c("demo-a1c-1", 9.2, now - 30 * day))
-    ops += [WriteOp("update", r["resourceType"], id=r["id"], resource=r) for r in resources]
-    store.commit(ops)
-    return "Patient/demo-patient"
+    resources.append(hba1c("demo-a1c-1", 9.2, now - 30 * day))
+    return resources
 
 
-def _hba1c(oid: str, value: float, when: datetime) -> Resource:
+def hba1c(oid: str, value: float, when: datetime) -> Resource:
     return {
         "resourceType": "Observation",
         "id": oid,
@@ -144,7 +129,7 @@ def _hba1c(oid: str, value: float, when: datetime) -> Resource:
             }
         ],
         "code": {"coding": [coding(LOINC, "4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood")]},
-        "subject": {"reference": "Patient/demo-patient"},
+        "subject": {"reference": PATIENT},
         "effectiveDateTime": when.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "valueQuantity": {
             "value": value,
@@ -159,7 +144,7 @@ def _choice(system: str, code: str) -> dict[str, Any]:
     return {"valueCoding": {"system": system, "code": code}}
 
 
-def _responses(patient: str, now: datetime) -> list[Resource]:
+def responses(patient: str, now: datetime) -> list[Resource]:
     """Completed intake, PHQ-9 and AHC HRSN responses (food and transportation positive)."""
     stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
     base = {
@@ -261,129 +246,3 @@ def _responses(patient: str, now: datetime) -> list[Resource]:
         ],
     }
     return [intake, phq9, ahc]
-
-
-def _assess(store: Store, patient: str, now: datetime, log: list[str]) -> list[Resource]:
-    try:
-        from fhircare.care import assessment
-    except ImportError:
-        log.append("assessment module not installed: skipped intake, PHQ-9 and AHC HRSN")
-        return []
-    out: list[Resource] = []
-    for qr in _responses(patient, now):
-        store.commit([WriteOp("update", "QuestionnaireResponse", id=qr["id"], resource=qr)])
-        try:
-            made = assessment.extract(store, qr["id"], now=now)
-        except Exception as exc:  # the demo goes on; the summary says what failed
-            log.append(f"{qr['id']}: extraction failed ({type(exc).__name__}: {exc})")
-            continue
-        out += made
-        log.append(f"{qr['id']}: {len(made)} resources extracted")
-    return out
-
-
-def run_demo(store: Store, console: Any, *, now: datetime | None = None) -> dict[str, int]:
-    """Run the cycle on a new sample patient; print a summary; return counts by type."""
-    from rich.table import Table
-
-    at = (now or datetime.now(UTC)).replace(microsecond=0)
-    log: list[str] = []
-    written: list[Resource] = []
-    patient = _seed(store, at)
-    written += _assess(store, patient, at, log)
-
-    elig = assess_eligibility(store, patient, now=at)
-    log.append(
-        f"eligibility: CCM {'yes' if elig.ccm_eligible else 'no'}, tier {elig.tier}; "
-        + "; ".join(elig.reasons)
-    )
-
-    plan_out = apply_plan_definition(
-        store,
-        "t2dm",
-        patient,
-        practitioner_ref=CM,
-        now=at,
-        preferences={"declined_activities": ["dietitian-referral"]},
-    )
-    written += plan_out
-    plan = plan_out[0]
-    log.append(
-        f"care plan '{plan['title']}': {len(plan.get('goal', []))} goals, "
-        f"{len(plan['activity'])} activities (dietitian referral declined)"
-    )
-
-    # the social-needs referral made by the assessment (or none): the pantry rejects it
-    referral = next(
-        (
-            t
-            for t in store.search(
-                "Task",
-                [
-                    ("patient", patient),
-                    ("code", "http://hl7.org/fhir/CodeSystem/task-code|fulfill"),
-                ],
-            )
-            if t["status"] == "requested" and t.get("owner")
-        ),
-        None,
-    )
-    if referral is not None:
-        tasks.transition(store, referral["id"], "received", now=at)
-        rejected = tasks.transition(
-            store, referral["id"], "rejected", reason="Pantry is outside the patient's area", now=at
-        )
-        written.append(rejected)
-        alt = store.search("Task", [("focus", f"Task/{referral['id']}")])
-        written += alt
-        log.append(
-            f"referral '{rejected['description']}' rejected -> "
-            f"'{alt[0]['code']['text']}' for the care manager"
-        )
-
-    calls = schedule_followups(store, patient, elig.tier, start=at, count=2, owner=CM, now=at)
-    written += calls
-    written += document_call(
-        store,
-        calls[0]["id"],
-        summary="Reviewed glucose log and pantry options; no hypoglycaemia.",
-        topics=["glucose", "food access"],
-        now=at + timedelta(days=6),
-    )
-    log.append(f"{len(calls)} follow-up calls scheduled ({elig.tier} risk); first call documented")
-
-    index = next(i for i, a in enumerate(plan["activity"]) if a["id"] == "diabetes-education")
-    written += record_education_delivered(
-        store,
-        plan["id"],
-        index,
-        material={
-            "title": "NIDDK: Managing Diabetes",
-            "url": "https://www.niddk.nih.gov/health-information/diabetes/overview/managing-diabetes",
-        },
-        now=at,
-    )
-
-    (a1c,) = commit(store, [update_op(_hba1c("demo-a1c-2", 7.8, at + timedelta(days=7)))])
-    written += goals.on_observation(store, a1c, now=at)
-    hba1c_goal = next(
-        g
-        for g in store.search("Goal", [("patient", patient)])
-        if g.get("identifier", [{}])[0].get("value") == "t2dm/hba1c"
-    )
-    status = hba1c_goal["achievementStatus"]["coding"][0]["code"]
-    log.append(f"HbA1c 9.2% -> 7.8%: goal 'HbA1c below 7%' is {status}")
-
-    items = worklist(store, CM, now=at)
-    table = Table(title=f"Worklist of {CM} ({len(items)} open tasks)")
-    for col in ("due", "task", "why"):
-        table.add_column(col)
-    for item in items[:8]:
-        table.add_row(item.due[:10] if item.due else "-", item.title, item.reason)
-    console.rule("[bold]fhircare demo: care-management cycle")
-    for line in log:
-        console.print(f"• {line}")
-    console.print(table)
-    counts = Counter(r["resourceType"] for r in written)
-    counts["worklist"] = len(items)
-    return dict(counts)

@@ -100,6 +100,8 @@ def apply_plan_definition(
     *,
     preferences: dict[str, Any] | None = None,
     practitioner_ref: str | None = None,
+    organization_ref: str | None = None,
+    care_manager_ref: str | None = None,
     encounter_ref: str | None = None,
     program_kind: ProgramKind = "long-term",
     episode_end: datetime | None = None,
@@ -108,7 +110,7 @@ def apply_plan_definition(
     """Apply a PlanDefinition to a patient; returns every resource written (CarePlan first).
 
     Raises NotFound (unknown PlanDefinition, ActivityDefinition or subject) and Unprocessable
-    (bad reference, unknown preference ids, unknown program kind, no care manager).
+    (bad reference, unknown preference ids, unknown program kind, nobody accountable).
     """
     resources = plan_definition_resources(
         store,
@@ -116,6 +118,8 @@ def apply_plan_definition(
         subject_ref,
         preferences=preferences,
         practitioner_ref=practitioner_ref,
+        organization_ref=organization_ref,
+        care_manager_ref=care_manager_ref,
         encounter_ref=encounter_ref,
         program_kind=program_kind,
         episode_end=episode_end,
@@ -131,13 +135,23 @@ def plan_definition_resources(
     *,
     preferences: dict[str, Any] | None = None,
     practitioner_ref: str | None = None,
+    organization_ref: str | None = None,
+    care_manager_ref: str | None = None,
     encounter_ref: str | None = None,
     program_kind: ProgramKind = "long-term",
     episode_end: datetime | None = None,
     now: datetime | None = None,
 ) -> list[Resource]:
     """What `apply_plan_definition` writes (CarePlan first, ids assigned), without writing it,
-    so a caller can commit it together with other writes."""
+    so a caller can commit it together with other writes.
+
+    `practitioner_ref` (R4 `$apply` `practitioner`, optional) applies the plan: it authors
+    the plan and owns its Tasks. Without it the Tasks are unassigned (no owner: the patient's
+    care team sees them on its worklist) and are requested by whoever is accountable: the
+    `organization_ref`, else the patient's care manager (active CareTeam, else general
+    practitioner), else `care_manager_ref` (FHIRCARE_CARE_MANAGER), else the patient's
+    managing organization. With nobody accountable the plan is refused (Unprocessable).
+    """
     at = utcnow(now)
     pd = load_plan_definition(store, plan_definition_id)
     _, patient_id = split_ref(subject_ref, "Patient")
@@ -152,13 +166,11 @@ def plan_definition_resources(
             expression=["programKind"],
         )
     program = programs[program_kind]
-    manager = practitioner_ref or _default_manager(store, patient)
-    if manager is None:
-        raise Unprocessable(
-            "A care manager is needed: give practitioner_ref or set Patient.generalPractitioner",
-            expression=["practitioner"],
-        )
-    read_ref(store, manager)
+    for given in (practitioner_ref, organization_ref):
+        if given:
+            read_ref(store, given)
+    assignee = practitioner_ref
+    manager = _accountable(store, patient, practitioner_ref, organization_ref, care_manager_ref)
     if encounter_ref:
         read_ref(store, encounter_ref, "Encounter")
 
@@ -190,7 +202,7 @@ def plan_definition_resources(
     for gid, gdef in goal_defs.items():
         if gid not in chosen:
             continue
-        goal = _goal(pd, gdef, subject_ref, manager, addresses, at)
+        goal = _goal(pd, gdef, subject_ref, _expresser(manager), addresses, at)
         goal_refs[gid] = f"Goal/{goal['id']}"
         to_create.append(goal)
 
@@ -207,6 +219,7 @@ def plan_definition_resources(
             ad,
             subject_ref,
             manager,
+            assignee,
             careplan_ref,
             encounter_ref,
             at,
@@ -225,14 +238,14 @@ def plan_definition_resources(
             )
         period["end"] = fhir_datetime(utcnow(end))
     for spec in program.get("required_tasks") or []:
-        task = _program_task(spec, subject_ref, manager, careplan_ref, encounter_ref, at)
+        task = _program_task(spec, subject_ref, manager, assignee, careplan_ref, encounter_ref, at)
         activities.append(
             {"id": f"program-{spec['code']}", "reference": {"reference": f"Task/{task['id']}"}}
         )
         to_create.append(task)
 
     # CareTeam
-    team, team_new = _care_team(store, patient, manager, at)
+    team, team_new = _care_team(store, patient, assignee or manager, at, reuse_any=not assignee)
     if team_new:
         to_create.extend(team_new)
 
@@ -278,10 +291,38 @@ def _by_ref(resources: list[Resource]) -> dict[str, Resource]:
     return {f"{r['resourceType']}/{r['id']}": r for r in resources}
 
 
-def _default_manager(store: Store, patient: Resource) -> str | None:
+def _accountable(
+    store: Store,
+    patient: Resource,
+    practitioner_ref: str | None,
+    organization_ref: str | None,
+    care_manager_ref: str | None,
+) -> str:
+    """Who authors the plan and requests its work (see `plan_definition_resources`)."""
     from fhircare.care.tasks import care_manager_of
 
-    return care_manager_of(store, f"Patient/{patient['id']}")
+    found = (
+        practitioner_ref
+        or organization_ref
+        or care_manager_of(store, f"Patient/{patient['id']}")
+        or care_manager_ref
+        or (patient.get("managingOrganization") or {}).get("reference")
+    )
+    if not found:
+        raise Unprocessable(
+            "Nobody is accountable for this plan: give practitioner or organization, or set "
+            "FHIRCARE_CARE_MANAGER, a care team, Patient.generalPractitioner or "
+            "Patient.managingOrganization",
+            expression=["practitioner"],
+        )
+    read_ref(store, found)
+    return found
+
+
+def _expresser(ref: str) -> str | None:
+    """Goal.expressedBy takes a person (Patient, Practitioner, PractitionerRole,
+    RelatedPerson), not an Organization."""
+    return ref if ref.split("/")[0] != "Organization" else None
 
 
 def _addresses(store: Store, subject_ref: str, plan_id: str) -> list[str]:
@@ -313,7 +354,7 @@ def _goal(
     pd: Resource,
     gdef: Resource,
     subject_ref: str,
-    manager: str,
+    expressed_by: str | None,
     addresses: list[str],
     at: datetime,
 ) -> Resource:
@@ -348,8 +389,9 @@ def _goal(
         "description": gdef["description"],
         "subject": {"reference": subject_ref},
         "startDate": fhir_date(at),
-        "expressedBy": {"reference": manager},
     }
+    if expressed_by:
+        goal["expressedBy"] = {"reference": expressed_by}
     if gdef.get("priority"):
         goal["priority"] = gdef["priority"]
     if targets:
@@ -359,9 +401,11 @@ def _goal(
     return with_profile(goal, "fhircare-goal")
 
 
-def _owner(ad: Resource, subject_ref: str, manager: str) -> str:
+def _owner(ad: Resource, subject_ref: str, assignee: str | None) -> str | None:
+    """The patient for self-care activities, else the practitioner applying the plan
+    (None: unassigned, for the care team to pick up)."""
     types = {p.get("type") for p in ad.get("participant") or []}
-    return subject_ref if types == {"patient"} else manager
+    return subject_ref if types == {"patient"} else assignee
 
 
 def _activity(
@@ -370,6 +414,7 @@ def _activity(
     ad: Resource,
     subject_ref: str,
     manager: str,
+    assignee: str | None,
     careplan_ref: str,
     encounter_ref: str | None,
     at: datetime,
@@ -422,8 +467,10 @@ def _activity(
         "authoredOn": fhir_datetime(at),
         "lastModified": fhir_datetime(at),
         "requester": {"reference": manager},
-        "owner": {"reference": _owner(ad, subject_ref, manager)},
     }
+    owner = _owner(ad, subject_ref, assignee)
+    if owner:
+        task["owner"] = {"reference": owner}
     if ad.get("description"):
         task["note"] = [{"text": ad["description"]}]
     if encounter_ref:
@@ -451,6 +498,7 @@ def _program_task(
     spec: Resource,
     subject_ref: str,
     manager: str,
+    assignee: str | None,
     careplan_ref: str,
     encounter_ref: str | None,
     at: datetime,
@@ -470,11 +518,12 @@ def _program_task(
         "authoredOn": fhir_datetime(at),
         "lastModified": fhir_datetime(at),
         "requester": {"reference": manager},
-        "owner": {"reference": manager},
         "restriction": {
             "period": {"end": fhir_datetime(add_duration(at, *_duration(spec["due"])))}  # type: ignore[misc]
         },
     }
+    if assignee:
+        task["owner"] = {"reference": assignee}
     if encounter_ref:
         task["encounter"] = {"reference": encounter_ref}
     return with_profile(task, "fhircare-task")
@@ -493,11 +542,16 @@ def _care_task_display(code: str) -> str:
 
 
 def _care_team(
-    store: Store, patient: Resource, manager: str, at: datetime
+    store: Store, patient: Resource, manager: str, at: datetime, *, reuse_any: bool = False
 ) -> tuple[str, list[Resource]]:
-    """The patient's active CareTeam with this care manager, or a new one (+ RelatedPersons)."""
+    """The patient's active CareTeam with this care manager (with `reuse_any`, any active
+    CareTeam of the patient), or a new one (+ RelatedPersons). An Organization manager is
+    the new team's managing organization rather than a care-manager member."""
     patient_ref = f"Patient/{patient['id']}"
-    for team in store.search("CareTeam", [("patient", patient_ref), ("status", "active")]):
+    teams = store.search("CareTeam", [("patient", patient_ref), ("status", "active")])
+    if reuse_any and teams:
+        return f"CareTeam/{sorted(teams, key=lambda t: t['id'])[0]['id']}", []
+    for team in teams:
         for part in team.get("participant") or []:
             if (part.get("member") or {}).get("reference") == manager and any(
                 (c.get("system"), c.get("code")) == (CARETEAM_ROLE, "care-manager")
@@ -507,11 +561,18 @@ def _care_team(
                 return f"CareTeam/{team['id']}", []
     made: list[Resource] = []
     name = _name(patient)
-    participants = [
-        {
-            "role": [{"coding": [ROLE_CARE_MANAGER], "text": "Care manager"}],
-            "member": {"reference": manager},
-        },
+    is_org = manager.startswith("Organization/")
+    participants = (
+        []
+        if is_org
+        else [
+            {
+                "role": [{"coding": [ROLE_CARE_MANAGER], "text": "Care manager"}],
+                "member": {"reference": manager},
+            }
+        ]
+    )
+    participants += [
         {
             "role": [{"coding": [ROLE_PATIENT], "text": "Patient"}],
             "member": {"reference": patient_ref, "display": name}
@@ -546,6 +607,8 @@ def _care_team(
         "period": {"start": fhir_datetime(at)},
         "participant": participants,
     }
+    if is_org:
+        team["managingOrganization"] = [{"reference": manager}]
     with_profile(team, "fhircare-careteam")
     return f"CareTeam/{team['id']}", [team, *made]
 

@@ -1,9 +1,10 @@
 """The care manager's worklist: open Tasks to act on, most pressing first.
 
-Includes Tasks owned by the practitioner, Tasks owned by a CareTeam on which the practitioner
-is care manager, and unassigned open Tasks of those CareTeams' patients. Order: overdue
-first, then by due date (none last), then patient risk (high first), then Task priority.
-Each item says why it is on the list.
+Includes Tasks owned by the practitioner, Tasks owned by an active CareTeam the practitioner
+is a member of (any role), and unassigned open Tasks (no owner, e.g. from a `$apply` without
+a practitioner) of those CareTeams' patients. Order: overdue first, then by due date (none
+last), then patient risk (high first), then Task priority. Each item says why it is on the
+list.
 """
 
 from __future__ import annotations
@@ -50,15 +51,18 @@ class WorklistItem:
 
 
 def _teams(store: Store, practitioner_ref: str) -> list[Resource]:
+    """The active CareTeams the practitioner is a member of (care manager first)."""
     out = []
     for team in store.search("CareTeam", [("participant", practitioner_ref), ("status", "active")]):
-        for part in team.get("participant") or []:
-            if (part.get("member") or {}).get("reference") == practitioner_ref and any(
-                has_code(r, CARETEAM_ROLE, "care-manager") for r in part.get("role") or []
-            ):
-                out.append(team)
-                break
-    return out
+        roles = [
+            part.get("role") or []
+            for part in team.get("participant") or []
+            if (part.get("member") or {}).get("reference") == practitioner_ref
+        ]
+        if roles:
+            manager = any(has_code(r, CARETEAM_ROLE, "care-manager") for rs in roles for r in rs)
+            out.append((not manager, team["id"], team))
+    return [team for *_, team in sorted(out, key=lambda t: t[:2])]
 
 
 def worklist(

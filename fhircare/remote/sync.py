@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from fhircare.fhir.datetimes import parse_datetime
 from fhircare.fhir.errors import FhirError, NotFound
 from fhircare.fhir.meta import without_server_meta
 from fhircare.remote.client import FhirClient, parse_etag, version_from_location
@@ -425,8 +426,7 @@ class PullReport:
 
 
 def _parse_instant(value: str) -> datetime:
-    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+    return parse_datetime(value)
 
 
 def _format_instant(dt: datetime) -> str:

@@ -10,8 +10,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from fhircare.observability import metrics
+
 if TYPE_CHECKING:
     from fhircare.bootstrap import Container
+    from fhircare.config import Settings
 
 log = logging.getLogger("fhircare.sync")
 
@@ -61,8 +64,10 @@ def sync_loop(container: Container, wake: asyncio.Event) -> Callable[[], Awaitab
         while True:
             try:
                 counts = await asyncio.to_thread(sync_cycle, container)
+                metrics.SYNC_LAST_SUCCESS.set_to_current_time()
                 log.info("sync: %s", counts)
             except Exception as exc:  # keep looping: the outbox keeps what was not pushed
+                metrics.SYNC_FAILURES.inc()
                 log.warning("sync failed (%s); retrying in %.0f s", type(exc).__name__, interval)
             wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -82,5 +87,56 @@ def sweep_loop(container: Container) -> Callable[[], Awaitable[None]]:
             except Exception as exc:  # keep sweeping; nothing acknowledged depends on it
                 log.warning("discharge sweep failed (%s)", type(exc).__name__)
             await asyncio.sleep(interval)
+
+    return loop
+
+
+def register_subscription(settings: Settings) -> dict:
+    """Create (once) the rest-hook Subscription of FHIRCARE_SUBSCRIBE_ENDPOINT on HAPI."""
+    from fhircare.remote.factory import remote_client
+    from fhircare.remote.sync import subscribe
+
+    secret = settings.webhook_secret
+    client = remote_client(settings)
+    try:
+        return subscribe(
+            client,
+            criteria=settings.subscribe_criteria,
+            endpoint=str(settings.subscribe_endpoint),
+            header=f"Authorization: Bearer {secret}" if secret else None,
+        )
+    finally:
+        client.close()
+
+
+def subscription_loop(
+    container: Container, report: Callable[[str], None], *, max_delay: float = 60.0
+) -> Callable[[], Awaitable[None]]:
+    """At start: register the Subscription, retrying with backoff while HAPI is not up
+    yet (as in docker compose); `report` gets the state for /ready."""
+
+    async def loop() -> None:
+        delay = 1.0
+        while True:
+            try:
+                sub = await asyncio.to_thread(register_subscription, container.settings)
+            except Exception as exc:  # HAPI still starting, or refusing: retried
+                report(f"pending ({type(exc).__name__})")
+                log.warning(
+                    "Subscription not registered yet (%s); retrying in %.0f s",
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+                continue
+            report(f"active (Subscription/{sub['id']})")
+            log.info(
+                "Subscription/%s active: %s -> %s",
+                sub["id"],
+                container.settings.subscribe_criteria,
+                container.settings.subscribe_endpoint,
+            )
+            return
 
     return loop

@@ -13,17 +13,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from fhircare.fhir.errors import BadRequest, FhirError, MethodNotAllowed, NotFound
+from fhircare.fhir.errors import BadRequest, FhirError, NotFound, PreconditionFailed, Unprocessable
+from fhircare.fhir.meta import without_server_meta
 from fhircare.fhir.references import rewrite_references
 from fhircare.fhir.search import parse_query
 from fhircare.fhir.validation import check_id, check_type
+from fhircare.services.patching import apply_patch, patch_in_bundle
 from fhircare.services.resources import ResourceService, entry_error, parse_etag
 from fhircare.services.searching import Paging, history_bundle, search_bundle
 from fhircare.store.base import WriteOp
 
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 # Transaction processing order (FHIR R4 http.html#trules): DELETE, POST, PUT, then reads.
-ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3, "HEAD": 3}
+# PATCH goes with PUT (both update an existing resource).
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 
 
 @dataclass
@@ -78,8 +81,12 @@ def check_bundle(bundle: Any, max_entries: int) -> list[dict[str, Any]]:
                 f"Bundle.entry[{i}].request.method {method!r} is not an HTTP verb",
                 expression=[f"Bundle.entry[{i}].request.method"],
             )
-        if method == "PATCH":
-            raise MethodNotAllowed(f"Bundle.entry[{i}]: PATCH is not supported")
+        if method == "PATCH" and not isinstance(entry.get("resource"), dict):
+            raise BadRequest(
+                f"Bundle.entry[{i}] (PATCH) needs the patch as its resource: a Binary "
+                "(JSON Patch) or a Parameters (FHIRPath Patch)",
+                expression=[f"Bundle.entry[{i}].resource"],
+            )
         full_url = entry.get("fullUrl")
         if full_url is not None:
             # bdl-7: fullUrl is unique in a transaction or batch (references resolve by it)
@@ -130,7 +137,7 @@ class BundleProcessor:
                 plan = self._plan(i, entry, ids)
             except FhirError as exc:
                 raise entry_error(i, exc) from exc
-            if plan.method in ("POST", "PUT", "DELETE") and plan.existing is None:
+            if plan.method in ("POST", "PUT", "PATCH", "DELETE") and plan.existing is None:
                 target = f"{plan.resource_type}/{plan.id}"
                 if target in targets:
                     raise BadRequest(f"Bundle.entry[{i}]: {target} is written twice")
@@ -147,7 +154,7 @@ class BundleProcessor:
         pending = set(targets)
         ops: list[WriteOp] = []
         for plan in sorted(planned, key=lambda p: ORDER[p.method]):
-            if plan.method in ("POST", "PUT") and plan.existing is None:
+            if plan.method in ("POST", "PUT", "PATCH") and plan.existing is None:
                 assert plan.resource is not None
                 try:
                     rewrite_references(plan.resource, mapping)
@@ -158,6 +165,10 @@ class BundleProcessor:
                         id=plan.id,
                         pending=pending,
                     )
+                except BadRequest as exc:
+                    if plan.method == "PATCH":  # the patch made the resource invalid
+                        exc = Unprocessable(exc.diagnostics, expression=exc.expression)
+                    raise entry_error(plan.index, exc) from exc
                 except FhirError as exc:
                     raise entry_error(plan.index, exc) from exc
                 exists = self.svc.store.current_version(plan.resource_type, plan.id or "")
@@ -234,7 +245,7 @@ class BundleProcessor:
         check_type(rtype)
         full_url = entry.get("fullUrl")
         resource = copy.deepcopy(entry.get("resource")) if entry.get("resource") else None
-        if resource is not None and resource.get("resourceType") != rtype:
+        if method != "PATCH" and resource is not None and resource.get("resourceType") != rtype:
             raise BadRequest(
                 f"request.url type {rtype} does not match resourceType "
                 f"{resource.get('resourceType')}"
@@ -253,6 +264,12 @@ class BundleProcessor:
             if full_url:
                 ids[full_url] = f"{rtype}/{new_id}"
             return _Planned(i, method, rtype, new_id, resource)
+        if method == "PATCH":
+            plan = self._plan_patch(request, rtype, parts, query, if_match, entry.get("resource"))
+            plan.index = i
+            if full_url:
+                ids[full_url] = f"{rtype}/{plan.id}"
+            return plan
         if method == "PUT":
             if len(parts) == 2:
                 check_id(parts[1])
@@ -275,6 +292,31 @@ class BundleProcessor:
             existing = self.svc.find_one(rtype, query)
             return _Planned(i, method, rtype, existing["id"] if existing else None)
         raise BadRequest(f"DELETE url must be Type/id or Type?query, not {request['url']!r}")
+
+    def _plan_patch(
+        self,
+        request: dict[str, Any],
+        rtype: str,
+        parts: list[str],
+        query: str,
+        if_match: str | None,
+        body: Any,
+    ) -> _Planned:
+        """A PATCH entry becomes an update of the version it applies to (If-Match that
+        version, so a concurrent write fails the transaction instead of being lost)."""
+        if len(parts) == 2:
+            check_id(parts[1])
+            rid = parts[1]
+        elif len(parts) == 1 and query:
+            rid = self.svc.conditional_patch_target(rtype, query)
+        else:
+            raise BadRequest(f"PATCH url must be Type/id or Type?query, not {request['url']!r}")
+        current = self.svc.read(rtype, rid)
+        vid = current["meta"]["versionId"]
+        if if_match is not None and if_match != vid:
+            raise PreconditionFailed(f"{rtype}/{rid} is at version {vid}, not {if_match}")
+        patched = apply_patch(without_server_meta(current), patch_in_bundle(body))
+        return _Planned(-1, "PATCH", rtype, rid, patched, if_match=vid)
 
     # ---- batch ---------------------------------------------------------------------------------
 
@@ -305,6 +347,9 @@ class BundleProcessor:
             outcome = self.svc.update(rtype, parts[1], resource, if_match=if_match)
         elif method == "PUT" and query:
             outcome = self.svc.conditional_update(rtype, query, resource, if_match=if_match)
+        elif method == "PATCH" and (len(parts) == 2 or query):
+            rid = parts[1] if len(parts) == 2 else self.svc.conditional_patch_target(rtype, query)
+            outcome = self.svc.patch(rtype, rid, patch_in_bundle(resource), if_match=if_match)
         elif method == "DELETE" and len(parts) == 2:
             outcome = self.svc.delete(rtype, parts[1], if_match=if_match)
         elif method == "DELETE" and query:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from typing import Any
 
 from fhircare.fhir.errors import FhirError
+from fhircare.observability.events import hl7_message
 from fhircare.services.bundles import BundleProcessor
 from fhircare.services.resources import ResourceService
 from fhircare.store.base import WriteOp
@@ -29,13 +31,19 @@ class Hl7Intake:
         self.store = bundles.svc.store
         self.default_tz = default_tz
 
-    def handle(self, raw: bytes) -> bytes:
-        """Process one ER7 message; returns the encoded ACK (AA, AE or AR)."""
+    def handle(self, raw: bytes, transport: str = "http") -> bytes:
+        """Process one ER7 message; returns the encoded ACK (AA, AE or AR). One log line
+        and one metric per message: transport, message type, control id, ACK code."""
+        ack, message_type, control_id = self._answer(raw)
+        hl7_message(transport, message_type, control_id, ack_code(ack))
+        return ack
+
+    def _answer(self, raw: bytes) -> tuple[bytes, str, str]:
         try:
             adt = parse_adt(raw, default_tz=self.default_tz)
         except Hl7Error as exc:
-            log.info("HL7 v2 message refused: %s", exc.code)
-            return encode_ack(ack_for_error(raw, exc), raw)
+            return encode_ack(ack_for_error(raw, exc), raw), *peek_msh(raw)
+        kind = f"{adt.message_type}^{adt.trigger_event}"
         key = (
             "hl7.ack."
             + hashlib.sha256(
@@ -45,7 +53,7 @@ class Hl7Intake:
         digest = hashlib.sha256(adt.raw.encode()).hexdigest()
         seen = self.store.get_meta(key)
         if seen and seen.get("digest") == digest:
-            return encode_ack(seen["ack"], raw)
+            return encode_ack(seen["ack"], raw), kind, adt.control_id
         failures_before = self.bundles.svc.bus.failure_count
         try:
             from fhircare.transitions.hl7v2 import adt_to_transaction
@@ -54,17 +62,40 @@ class Hl7Intake:
         except FhirError as exc:
             log.info("HL7 v2 message not stored: %s", type(exc).__name__)
             ack = build_ack(adt, "AE", f"Not stored: {exc.diagnostics}"[:200], error_code="207")
-            return encode_ack(ack, raw)
+            return encode_ack(ack, raw), kind, adt.control_id
         if self.bundles.svc.bus.failure_count != failures_before:
             # Stored, but discharge processing failed: ask for a resend (it is idempotent)
             # rather than acknowledge work that did not happen.
             ack = build_ack(
                 adt, "AE", "Stored, but follow-up processing failed; resend", error_code="207"
             )
-            return encode_ack(ack, raw)
+            return encode_ack(ack, raw), kind, adt.control_id
         ack = build_ack(adt, "AA")
         self.store.set_meta(key, {"digest": digest, "ack": ack})
-        return encode_ack(ack, raw)
+        return encode_ack(ack, raw), kind, adt.control_id
+
+
+_MSA = re.compile(rb"MSA\|(A[AER]|C[AER])")
+
+
+def ack_code(ack: bytes) -> str:
+    """MSA-1 of an encoded ACK ("?" when it has none)."""
+    found = _MSA.search(ack)
+    return found.group(1).decode() if found else "?"
+
+
+def peek_msh(raw: bytes) -> tuple[str, str]:
+    """(MSH-9 message type, MSH-10 control id) of a message that may not parse: for the
+    log line of a refused message ("-" for what cannot be read)."""
+    text = raw.decode("utf-8", errors="replace").lstrip("\ufeff\x0b \r\n")
+    if not text.startswith("MSH") or len(text) < 4:
+        return "-", "-"
+    fields = re.split(r"[\r\n]", text, maxsplit=1)[0].split(text[3])
+    kind = fields[8] if len(fields) > 8 else "-"
+    control = fields[9] if len(fields) > 9 else "-"
+    component = text[4] if len(text) > 4 else "^"
+    kind = component.join(kind.split(component)[:2]) if kind else "-"
+    return kind[:20] or "-", control[:40] or "-"
 
 
 def receive_remote(svc: ResourceService, resource: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fhircare.fhir.errors import (
     BadRequest,
+    Conflict,
     FhirError,
     NotFound,
     PreconditionFailed,
     Unprocessable,
 )
+from fhircare.fhir.meta import without_server_meta
 from fhircare.fhir.profiles import check_claimed_profiles
 from fhircare.fhir.references import iter_references, parse_local
 from fhircare.fhir.validation import check_id, check_type, is_resource_type, validate_resource
 from fhircare.services.bus import MessageBus
+from fhircare.services.patching import Patch, apply_patch
 from fhircare.store.base import Store, WriteOp, WriteResult
 
 
@@ -206,6 +210,54 @@ class ResourceService:
                 return self.update(resource_type, data["id"], data, if_match=if_match)
             return self.create(data)
         return self.update(resource_type, existing["id"], resource, if_match=if_match)
+
+    def patch(
+        self,
+        resource_type: str,
+        id: str,
+        patch: Patch,
+        *,
+        if_match: str | None = None,
+        check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    ) -> Outcome:
+        """Apply a patch and write the result as an update of the version it was applied to.
+
+        Validated like any update (an invalid result is a 422 and nothing changes). Without
+        If-Match a concurrent write between read and commit makes the patch re-apply to the
+        new version (a few times), so no write is lost; with If-Match it is a 412.
+        `check(current, patched)` runs before the write (access to both versions)."""
+        for _attempt in range(5):
+            current = self.read(resource_type, id)
+            vid = current["meta"]["versionId"]
+            if if_match is not None and if_match != vid:
+                raise PreconditionFailed(
+                    f"{resource_type}/{id} is at version {vid}, not {if_match}",
+                    code="conflict",
+                )
+            result = apply_patch(without_server_meta(current), patch)
+            if check is not None:
+                check(current, result)
+            try:
+                data = self.prepare(result, resource_type=resource_type, id=id)
+            except BadRequest as exc:  # the patch made a well-formed request invalid
+                raise Unprocessable(exc.diagnostics, expression=exc.expression) from exc
+            try:
+                (written,) = self._commit(
+                    [WriteOp("update", resource_type, id=id, resource=data, if_match=vid)]
+                )
+            except (PreconditionFailed, Conflict):
+                if if_match is not None:
+                    raise
+                continue  # someone wrote in between: patch the new version
+            return Outcome(written.resource, 200, written)
+        raise Conflict(f"{resource_type}/{id} kept changing while it was patched; retry")
+
+    def conditional_patch_target(self, resource_type: str, query: str) -> str:
+        """The id PATCH [type]?criteria patches: the one match; none 404, several 412."""
+        existing = self.find_one(resource_type, query)
+        if existing is None:
+            raise NotFound(f"No {resource_type} matches {query} (conditional patch)")
+        return existing["id"]
 
     def delete(
         self, resource_type: str, id: str, *, if_match: str | None = None, cascade: bool = False

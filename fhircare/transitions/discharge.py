@@ -44,6 +44,7 @@ from fhircare.care.common import (
 )
 from fhircare.fhir.errors import FhirError, NotFound, Unprocessable
 from fhircare.fhir.references import parse_local, rewrite_references
+from fhircare.observability.events import reported_discharge
 from fhircare.services.bus import MessageBus
 from fhircare.store.base import Store, WriteOp
 from fhircare.transitions import lace as lace_mod
@@ -466,6 +467,7 @@ def _owner(store: Store, patient_ref: str, care_manager: str | None) -> str | No
     return None
 
 
+@reported_discharge  # one log line and one metric per discharge handled
 def process_discharge(
     store: Store,
     encounter: Resource,

@@ -8,7 +8,6 @@ route) comes from FHIR Dosage, falling back to its free text.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,9 +17,10 @@ from typing import Any
 
 import yaml
 
+from fhircare.paths import mappings_dir
+
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SNOMED = "http://snomed.info/sct"
-MAPPINGS_ENV = "FHIRCARE_MAPPINGS"
 
 Resource = dict[str, Any]
 Resolver = Callable[[str], Resource | None]
@@ -72,10 +72,8 @@ class Tables:
 
 
 def mappings_path() -> Path:
-    """Where medications.yaml lives: $FHIRCARE_MAPPINGS or the repository's mappings/."""
-    env = os.environ.get(MAPPINGS_ENV)
-    base = Path(env) if env else Path(__file__).resolve().parents[2] / "mappings"
-    return base / "medications.yaml"
+    """Where medications.yaml lives (fhircare.paths: $FHIRCARE_MAPPINGS or the package's)."""
+    return mappings_dir() / "medications.yaml"
 
 
 def _words(text: str) -> str:

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from fhircare.fhir.datetimes import parse_datetime_lenient
 from fhircare.transitions.medications import (
     Dose,
     Identity,
@@ -138,16 +139,7 @@ def _ref_of(r: Resource, full_url: str | None, n: int) -> str:
 
 
 def _dt(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            d = datetime.fromisoformat(value[:10])
-        except ValueError:
-            return None
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
+    return parse_datetime_lenient(value)
 
 
 def _codes(ccs: Iterable[Resource] | None) -> set[str]:

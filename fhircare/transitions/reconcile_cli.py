@@ -8,6 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from fhircare.fhir.datetimes import parse_datetime_lenient
 from fhircare.fhir.errors import BadRequest
 from fhircare.transitions.medrec import ReconciliationResult, reconcile
 
@@ -23,16 +24,7 @@ _SUBJECT_FIELD = {
 
 
 def _when(value: str | None) -> datetime:
-    if not value:
-        return datetime.min.replace(tzinfo=UTC)
-    try:
-        d = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            d = datetime.fromisoformat(value[:10])
-        except ValueError:
-            return datetime.min.replace(tzinfo=UTC)
-    return d if d.tzinfo else d.replace(tzinfo=UTC)
+    return parse_datetime_lenient(value) or datetime.min.replace(tzinfo=UTC)
 
 
 def _aliases(resource: Resource, full_url: str | None) -> set[str]:

@@ -4,16 +4,12 @@ first). Runs last (see conftest): it checks what the other tests produced."""
 
 from __future__ import annotations
 
-import io
-from datetime import UTC, datetime
-
 import httpx
 import pytest
-from rich.console import Console
 
-from fhircare.care.demo import run_demo
+from fhircare.commands.demo import local_client, run_demo
+from fhircare.config import Settings
 from fhircare.conformance import load_conformance_resources, sample, validate
-from fhircare.store.embedded import EmbeddedStore
 from tests.conftest import PRODUCED
 
 pytestmark = [pytest.mark.hapi, pytest.mark.conformance]
@@ -23,11 +19,8 @@ OWN = "http://fhircare.org/fhir/StructureDefinition/"
 
 def test_resources_written_by_the_suite_conform(hapi_base_url: str, tmp_path) -> None:
     # The demo runs the whole cycle, so the check never depends on which tests were selected.
-    store = EmbeddedStore(tmp_path / "demo")
-    try:
-        run_demo(store, Console(file=io.StringIO()), now=datetime.now(UTC))
-    finally:
-        store.close()
+    with local_client(Settings(data=tmp_path / "demo", sweep_interval=0)) as client:
+        run_demo(client)
     produced = [r for r in PRODUCED if r.get("resourceType") != "AuditEvent"]
     own = [
         r

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,9 @@ from tests.conftest import ROOT, ServerProcess
 pytestmark = pytest.mark.slow
 
 
-def _run_and_kill(folder: Path, prefix: str, compact: int, seconds: float) -> list[str]:
+def _run_and_kill(folder: Path, prefix: str, compact: int, kill_after: int) -> list[str]:
+    """Start the writer, kill -9 it once it has acknowledged `kill_after` commits (read
+    from its stdout, so the kill lands mid-write, whatever the machine's load)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.helpers.writer", str(folder), prefix, str(compact)],
         cwd=ROOT,
@@ -28,18 +29,15 @@ def _run_and_kill(folder: Path, prefix: str, compact: int, seconds: float) -> li
         text=True,
     )
     acked: list[str] = []
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            acked.append(line.strip())
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    time.sleep(seconds)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        acked.append(line.strip())
+        if len(acked) >= kill_after:
+            break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    t.join(5)
+    acked += [line.strip() for line in proc.stdout]  # acknowledged before the kill landed
+    assert len(acked) >= kill_after, f"the writer exited early: {proc.stderr.read()[-2000:]}"
     return acked
 
 
@@ -49,8 +47,7 @@ def test_sigkill_never_loses_an_acknowledged_write(tmp_path: Path, compact: int)
     rng = random.Random(7)
     all_acked: list[str] = []
     for round_no in range(6):
-        acked = _run_and_kill(folder, f"r{round_no}", compact, rng.uniform(0.8, 2.0))
-        assert acked, "the writer acknowledged nothing before the kill"
+        acked = _run_and_kill(folder, f"r{round_no}", compact, rng.randint(20, 120))
         all_acked += acked
         store = EmbeddedStore(folder)  # must open after every kill
         try:
@@ -63,43 +60,53 @@ def test_sigkill_never_loses_an_acknowledged_write(tmp_path: Path, compact: int)
     assert len(all_acked) > 100
 
 
+def _write_until_killed(srv: ServerProcess, kill_after: int, family: str) -> list[str]:
+    """Three writers POST Patients; once `kill_after` creates were acknowledged (201), the
+    server is killed with SIGKILL while the writers keep going. Returns the acknowledged ids."""
+    acked: list[str] = []
+    lock = threading.Lock()
+    enough = threading.Event()
+
+    def writer() -> None:
+        with httpx.Client(base_url=srv.base, timeout=30) as c:
+            while True:
+                try:
+                    r = c.post(
+                        "/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}
+                    )
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if r.status_code == 201:
+                    with lock:
+                        acked.append(r.json()["id"])
+                        if len(acked) >= kill_after:
+                            enough.set()
+
+    threads = [threading.Thread(target=writer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    while not enough.wait(1):  # a writer that died early must not hang the test
+        assert any(t.is_alive() for t in threads), f"writers stopped after {len(acked)} creates"
+    srv.kill()
+    for t in threads:
+        t.join(60)
+    return acked
+
+
 def test_kill_9_of_the_server_under_http_writes(tmp_path: Path) -> None:
     """Acknowledged (201) creates over HTTP survive a SIGKILL of `fhircare serve`."""
     data = tmp_path / "srv"
+    rng = random.Random(11)
     acked: list[str] = []
     for _ in range(3):
-        srv = ServerProcess(data).start()
-        stop = time.monotonic() + random.uniform(1.0, 2.0)
-        errors = 0
-
-        def writer(stop: float = stop, srv: ServerProcess = srv) -> None:
-            nonlocal errors
-            with httpx.Client(base_url=srv.base, timeout=5) as c:
-                while time.monotonic() < stop + 5:
-                    try:
-                        r = c.post(
-                            "/Patient", json={"resourceType": "Patient", "name": [{"family": "K"}]}
-                        )
-                    except httpx.HTTPError:
-                        errors += 1
-                        return
-                    if r.status_code == 201:
-                        acked.append(r.json()["id"])
-
-        threads = [threading.Thread(target=writer) for _ in range(3)]
-        for t in threads:
-            t.start()
-        time.sleep(max(0.0, stop - time.monotonic()))
-        srv.kill()
-        for t in threads:
-            t.join(10)
+        acked += _write_until_killed(ServerProcess(data).start(), rng.randint(10, 40), "K")
     srv = ServerProcess(data).start()
     try:
         with httpx.Client(base_url=srv.base, timeout=10) as c:
             missing = [i for i in acked if c.get(f"/Patient/{i}").status_code != 200]
     finally:
         srv.stop()
-    assert len(acked) > 20
+    assert len(acked) >= 30
     assert not missing, f"{len(missing)} acknowledged creates lost"
 
 
@@ -115,30 +122,10 @@ def test_kill_9_with_hapi_as_the_store(hapi_base_url: str, tmp_path: Path) -> No
     }
     tag = f"k9-{random.randrange(10**9)}"
     acked: list[str] = []
-    for _ in range(2):
+    for kill_after in (8, 15):
         srv = ServerProcess(tmp_path / "unused", env=env).start()
-        stop = time.monotonic() + random.uniform(1.5, 3.0)
-
-        def writer(srv: ServerProcess = srv, stop: float = stop) -> None:
-            with httpx.Client(base_url=srv.base, timeout=10) as c:
-                while time.monotonic() < stop + 5:
-                    try:
-                        r = c.post(
-                            "/Patient", json={"resourceType": "Patient", "name": [{"family": tag}]}
-                        )
-                    except httpx.HTTPError:
-                        return
-                    if r.status_code == 201:
-                        acked.append(r.json()["id"])
-
-        threads = [threading.Thread(target=writer) for _ in range(3)]
-        for t in threads:
-            t.start()
-        time.sleep(max(0.0, stop - time.monotonic()))
-        srv.kill()
-        for t in threads:
-            t.join(15)
-    assert len(acked) > 10
+        acked += _write_until_killed(srv, kill_after, tag)
+    assert len(acked) >= 23
     with httpx.Client(base_url=hapi_base_url, timeout=30) as hapi:
         missing = [i for i in acked if hapi.get(f"/Patient/{i}").status_code != 200]
         found = hapi.get("/Patient", params={"family": tag, "_summary": "count"}).json()

@@ -68,8 +68,13 @@ def test_care_cycle_with_hapi_as_the_store(hapi_base_url: str, tmp_path) -> None
             params={"subject": f"Patient/{pid}", "practitioner": f"Practitioner/{cm}"},
         )
         assert r.status_code == 201, r.text
-        written = {e["resource"]["resourceType"] for e in r.json()["entry"]}
-        assert {"CarePlan", "Goal", "Task"} <= written
+        careplan = r.json()
+        assert careplan["resourceType"] == "CarePlan"  # R4 $apply returns the CarePlan
+        assert careplan["goal"] and any("reference" in a for a in careplan["activity"])
+        written = [g["reference"] for g in careplan["goal"]]
+        written.append(careplan["careTeam"][0]["reference"])
+        for ref in written:
+            assert c.get(f"/fhir/{ref}").status_code == 200, ref
     with httpx.Client(base_url=hapi_base_url, timeout=30) as hapi:
         plans = hapi.get("/CarePlan", params={"subject": f"Patient/{pid}"}).json()
         assert plans["total"] == 1

@@ -12,7 +12,16 @@ from fhircare.care.plans import apply_plan_definition
 from fhircare.care.revisions import revise_careplan
 from fhircare.fhir.errors import NotFound, PreconditionFailed, Unprocessable
 from fhircare.fhir.validation import validate_resource
-from tests.unit.care_helpers import CM, NOW, PCP, assert_valid, condition, make_store, seed_patient
+from tests.unit.care_helpers import (
+    CM,
+    NOW,
+    PCP,
+    assert_valid,
+    condition,
+    make_store,
+    put,
+    seed_patient,
+)
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 
@@ -254,15 +263,55 @@ def test_revision_writes_version_and_provenance(store):
         revise_careplan(store, plan["id"], {"status": "finished"}, author=CM, if_match="2")
 
 
-def test_demo_runs_the_cycle_and_writes_valid_resources(store):
-    from rich.console import Console
+def test_without_a_practitioner_tasks_are_unassigned_and_on_the_care_teams_worklist(store):
+    """R4 makes $apply's practitioner optional: the Tasks then have no owner (self-care
+    ones stay the patient's), are requested by the patient's care manager, stay valid
+    against the fhircare Task profile, and every member of the care team sees them."""
+    from fhircare.care.worklist import worklist
+    from fhircare.fhir.profiles import check_claimed_profiles
 
-    from fhircare.care.demo import run_demo
+    patient = seed_patient(store)
+    out = apply_plan_definition(store, "t2dm", patient, now=NOW)
+    assert_valid(out)
+    tasks = by_type(out, "Task")
+    assert tasks
+    for task in tasks:
+        check_claimed_profiles(task)  # fta-1: an owner or a requester
+        assert task["requester"] == {"reference": PCP}  # the patient's general practitioner
+        owner = (task.get("owner") or {}).get("reference")
+        assert owner in (None, patient), task["description"]
+    unassigned = {t["id"] for t in tasks if "owner" not in t and t["status"] == "requested"}
+    assert unassigned
+    plan = out[0]
+    assert plan["author"] == {"reference": PCP}
+    team = store.read("CareTeam", plan["careTeam"][0]["reference"].split("/")[1])
+    members = {p["member"]["reference"] for p in team["participant"]}
+    assert PCP in members
+    listed = {i.task_id: i for i in worklist(store, PCP, now=NOW)}
+    assert unassigned <= set(listed)
+    assert all("unassigned" in listed[t].reason for t in unassigned)
+    assert not worklist(store, CM, now=NOW)  # not on this patient's care team
 
-    console = Console(record=True, width=120)
-    counts = run_demo(store, console, now=NOW)
-    assert counts["CarePlan"] >= 1 and counts["Communication"] == 2 and counts["worklist"] >= 1
-    text = console.export_text()
-    assert "HbA1c 9.2% -> 7.8%: goal 'HbA1c below 7%' is improving" in text
-    for rtype in ("CarePlan", "Goal", "Task", "ServiceRequest", "CareTeam", "Communication"):
-        assert_valid(list(store.iter_resources(rtype)))
+
+def test_an_organization_can_be_accountable_and_nobody_is_refused(store):
+    patient = seed_patient(store, "p2")
+    bare = store.read("Patient", "p2")
+    bare.pop("generalPractitioner")
+    put(store, bare)
+    before = store.last_seq
+    with pytest.raises(Unprocessable) as exc:
+        apply_plan_definition(store, "t2dm", patient, now=NOW)
+    assert exc.value.expression == ["practitioner"]
+    assert store.last_seq == before  # nothing written
+    put(store, {"resourceType": "Organization", "id": "clinic", "name": "Clinic"})
+    out = apply_plan_definition(
+        store, "t2dm", patient, organization_ref="Organization/clinic", now=NOW
+    )
+    assert_valid(out)
+    assert out[0]["author"] == {"reference": "Organization/clinic"}
+    for task in by_type(out, "Task"):
+        assert task["requester"] == {"reference": "Organization/clinic"}
+    for goal in by_type(out, "Goal"):
+        assert "expressedBy" not in goal  # Goal.expressedBy takes a person, not an Organization
+    team = next(r for r in out if r["resourceType"] == "CareTeam")
+    assert team["managingOrganization"] == [{"reference": "Organization/clinic"}]

@@ -1,0 +1,351 @@
+"""The same FHIR HTTP workload against `fhircare serve` and the real HAPI FHIR server, taking
+turns in one run: creates, reads, patient searches, token searches, 500-entry transactions
+and Patient/$everything. Prints `name=value` lines: median and p99 latency per target and the
+HAPI/fhircare ratio of each (above 1: fhircare is faster).
+
+    python benchmarks/bench_api.py                       # starts both servers on free ports
+    python benchmarks/bench_api.py --hapi URL --fhircare URL [--rounds 4 --scale 1]
+
+Both servers run with their stock settings (fhircare: embedded store, fsync and audit on;
+HAPI: `scripts/hapi`, H2 in memory). Each phase runs in rounds; in every round both targets
+do the same number of requests, the one going first alternating, after an unmeasured warm-up
+(the JVM's JIT). Search and `$everything` requests use a different patient each time, so
+neither server answers from a cache of the same query.
+
+The workload is a list of `Phase`s, each making independent single-request `Op`s: a runner
+with several clients (`--clients N`, issue 13) can share them out over threads unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+MRN = "http://fhircare.org/fhir/sid/bench-mrn"
+LOINC_WEIGHT = {"system": "http://loinc.org", "code": "29463-7", "display": "Body weight"}
+JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+
+# ---- targets ------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One FHIR server under test and what the workload created on it."""
+
+    name: str
+    base: str
+    http: httpx.Client
+    patients: list[tuple[str, str]] = field(default_factory=list)  # (id, mrn)
+    rich: list[str] = field(default_factory=list)  # patients with observations
+
+    def request(self, method: str, path: str, expect: int, **kwargs: Any) -> httpx.Response:
+        r = self.http.request(method, f"{self.base}/{path}", headers=JSON, **kwargs)
+        if r.status_code != expect:
+            raise RuntimeError(f"{self.name}: {method} {path} -> {r.status_code} {r.text[:300]}")
+        return r
+
+
+Op = Callable[[Target], None]  # one request; raises on a wrong answer
+
+
+@dataclass
+class Phase:
+    """A named kind of request; `ops(target, n)` makes n requests' worth of work."""
+
+    name: str
+    make: Callable[[Target, int, random.Random], Iterator[Op]]
+    per_round: int
+    warmup: int = 5
+
+
+def _patient(mrn: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "identifier": [{"system": MRN, "value": mrn}],
+        "name": [{"family": f"Bench{mrn[:6]}", "given": ["Api"]}],
+        "gender": "female",
+        "birthDate": "1958-07-14",
+    }
+
+
+def _observation(subject: str, value: float) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [LOINC_WEIGHT]},
+        "subject": {"reference": subject},
+        "effectiveDateTime": "2024-05-01T09:30:00Z",
+        "valueQuantity": {
+            "value": value,
+            "unit": "kg",
+            "system": "http://unitsofmeasure.org",
+            "code": "kg",
+        },
+    }
+
+
+def transaction(patients: int = 100, per_patient: int = 4) -> dict[str, Any]:
+    """A transaction of `patients` new Patients and `per_patient` Observations each
+    (500 entries by default), linked by urn:uuid references."""
+    entries = []
+    for i in range(patients):
+        full = f"urn:uuid:{uuid.uuid4()}"
+        mrn = uuid.uuid4().hex[:16]
+        entries.append(
+            {
+                "fullUrl": full,
+                "resource": _patient(mrn),
+                "request": {"method": "POST", "url": "Patient"},
+            }
+        )
+        entries += [
+            {
+                "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                "resource": _observation(full, 60 + (i + j) % 30),
+                "request": {"method": "POST", "url": "Observation"},
+            }
+            for j in range(per_patient)
+        ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+# ---- the workload -------------------------------------------------------------------------
+
+
+def creates(target: Target, n: int, rng: random.Random) -> Iterator[Op]:
+    for _ in range(n):
+        mrn = uuid.uuid4().hex[:16]
+
+        def op(t: Target, mrn: str = mrn) -> None:
+            made = t.request("POST", "Patient", 201, json=_patient(mrn)).json()
+            t.patients.append((made["id"], mrn))
+
+        yield op
+
+
+def reads(target: Target, n: int, rng: random.Random) -> Iterator[Op]:
+    for pid, _ in rng.sample(target.patients, min(n, len(target.patients))):
+        yield lambda t, pid=pid: _check_id(t.request("GET", f"Patient/{pid}", 200), pid)
+
+
+def patient_searches(target: Target, n: int, rng: random.Random) -> Iterator[Op]:
+    for pid in _distinct(target.rich, n, rng):
+        yield lambda t, pid=pid: _check_total(
+            t.request("GET", "Observation", 200, params={"subject": f"Patient/{pid}"}), 4
+        )
+
+
+def token_searches(target: Target, n: int, rng: random.Random) -> Iterator[Op]:
+    for _, mrn in _distinct(target.patients, n, rng):
+        yield lambda t, mrn=mrn: _check_total(
+            t.request("GET", "Patient", 200, params={"identifier": f"{MRN}|{mrn}"}), 1
+        )
+
+
+def transactions(target: Target, n: int, rng: random.Random) -> Iterator[Op]:
+    for _ in range(n):
+        bundle = transaction()
+
+        def op(t: Target, bundle: dict[str, Any] = bundle) -> None:
+            out = t.request("POST", "", 200, json=bundle).json()
+            ids = [e["response"]["location"].split("/")[1] for e in out["entry"]]
+            if len(ids) != len(bundle["entry"]):
+                raise RuntimeError(f"{t.name}: transaction answered {len(ids)} entries")
+            t.rich += [ids[i] for i in range(0, len(ids), 5)]  # the Patients (every 5th)
+
+        yield op
+
+
+def everything(target: Target, n: int, rng: random.Random) -> Iterator[Op]:
+    for pid in _distinct(target.rich, n, rng):
+        yield lambda t, pid=pid: _check_entries(
+            t.request("GET", f"Patient/{pid}/$everything", 200), 5
+        )
+
+
+def _distinct(items: list[Any], n: int, rng: random.Random) -> list[Any]:
+    return rng.sample(items, min(n, len(items)))
+
+
+def _check_id(r: httpx.Response, pid: str) -> None:
+    if r.json().get("id") != pid:
+        raise RuntimeError(f"read answered {r.json().get('id')} for {pid}")
+
+
+def _check_total(r: httpx.Response, want: int) -> None:
+    got = len(r.json().get("entry") or [])
+    if got != want:
+        raise RuntimeError(f"{r.request.url} found {got}, expected {want}")
+
+
+def _check_entries(r: httpx.Response, want: int) -> None:
+    got = sum(
+        1
+        for e in r.json().get("entry") or []
+        if e["resource"]["resourceType"] != "OperationOutcome"
+    )
+    if got < want:
+        raise RuntimeError(f"{r.request.url} returned {got} resources, expected {want}")
+
+
+def phases(scale: float) -> list[Phase]:
+    """The workload, in order (later phases use what earlier ones created)."""
+
+    def k(n: int) -> int:
+        return max(1, round(n * scale))
+
+    return [
+        Phase("create", creates, k(75)),
+        Phase("read", reads, k(100)),
+        Phase("transaction_500", transactions, k(2), warmup=1),
+        Phase("search_patient", patient_searches, k(60)),
+        Phase("search_token", token_searches, k(60)),
+        Phase("everything", everything, k(40)),
+    ]
+
+
+# ---- running --------------------------------------------------------------------------------
+
+
+def run_phase(
+    phase: Phase, targets: list[Target], rounds: int, seed: int
+) -> dict[str, list[float]]:
+    """Latencies (ms) per target; the targets take turns, round by round."""
+    rng = random.Random(seed)
+    for t in targets:  # warm-up, not measured
+        for op in phase.make(t, phase.warmup, rng):
+            op(t)
+    times: dict[str, list[float]] = {t.name: [] for t in targets}
+    for r in range(rounds):
+        order = targets if r % 2 == 0 else list(reversed(targets))
+        for t in order:
+            for op in phase.make(t, phase.per_round, rng):
+                start = time.perf_counter()
+                op(t)
+                times[t.name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def p99(values: list[float]) -> float:
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+
+def report(name: str, times: dict[str, list[float]]) -> None:
+    fc, hapi = times["fhircare"], times["hapi"]
+    print(f"{name}_requests={len(fc)}")
+    for who, values in (("fhircare", fc), ("hapi", hapi)):
+        print(f"{name}_{who}_median_ms={statistics.median(values):.2f}")
+        print(f"{name}_{who}_p99_ms={p99(values):.2f}")
+    print(f"{name}_ratio_median={statistics.median(hapi) / statistics.median(fc):.2f}")
+    print(f"{name}_ratio_p99={p99(hapi) / p99(fc):.2f}")
+    sys.stdout.flush()
+
+
+# ---- servers ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+def start_fhircare(data: Path) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fhircare", "serve", "--port", str(port), "--data", str(data)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
+    base = f"http://127.0.0.1:{port}/fhir"
+    wait_ready(f"{base}/metadata", 120, proc)
+    return base, proc
+
+
+def start_hapi() -> tuple[str, int]:
+    port = free_port()
+    subprocess.run([str(ROOT / "scripts" / "hapi"), "start", str(port)], check=True, timeout=1800)
+    return f"http://127.0.0.1:{port}/fhir", port
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hapi", help="base URL of a running HAPI FHIR server (else one is started)")
+    ap.add_argument("--fhircare", help="base URL of a running fhircare (else one is started)")
+    ap.add_argument("--rounds", type=int, default=4, help="turns each target takes per phase")
+    ap.add_argument("--scale", type=float, default=1.0, help="requests per round multiplier")
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+
+    started: list[Callable[[], None]] = []
+    try:
+        fc_base = args.fhircare
+        if not fc_base:
+            folder = tempfile.TemporaryDirectory(prefix="bench-api-")
+            fc_base, proc = start_fhircare(Path(folder.name) / "data")
+            started.append(folder.cleanup)
+            started.append(lambda: (proc.terminate(), proc.wait(30)))
+        hapi_base = args.hapi
+        if not hapi_base:
+            hapi_base, port = start_hapi()
+            script = str(ROOT / "scripts" / "hapi")
+            started.append(lambda: subprocess.run([script, "stop", str(port)], check=False))
+        timeout = httpx.Timeout(300.0)
+        targets = [
+            Target("fhircare", fc_base.rstrip("/"), httpx.Client(timeout=timeout)),
+            Target("hapi", hapi_base.rstrip("/"), httpx.Client(timeout=timeout)),
+        ]
+        print(f"rounds={args.rounds}")
+        print(f"scale={args.scale}")
+        for phase in phases(args.scale):
+            report(phase.name, run_phase(phase, targets, args.rounds, args.seed))
+    finally:
+        for stop in reversed(started):
+            stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CLI command groups and the helpers commands share (each group: a `typer.Typer()` `app`)."""

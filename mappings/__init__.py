@@ -1,0 +1,1 @@
+"""Mappings and reference tables shipped as package data (read through fhircare.paths)."""

@@ -1,0 +1,1 @@
+"""FHIR knowledge artifacts shipped as package data (read through fhircare.paths)."""
