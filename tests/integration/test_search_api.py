@@ -200,7 +200,12 @@ def test_transaction_delete_keeps_integrity(api: TestClient) -> None:
         {
             "resourceType": "Bundle",
             "type": "collection",
-            "entry": [{"resource": {"resourceType": "Patient", "active": True}}],
+            "entry": [
+                {
+                    "fullUrl": "urn:uuid:0b2c8c3e-8d2b-4c3b-9f3e-3c3f1d7e7a11",
+                    "resource": {"resourceType": "Patient", "active": True},
+                }
+            ],
         },
         {
             "resourceType": "OperationOutcome",

@@ -100,7 +100,7 @@ def _data(tag: str) -> list[dict[str, Any]]:
             "active": True,
             "identifier": [
                 {
-                    "system": "urn:oid:1.2.3",
+                    "system": "urn:oid:2.16.840.1.113883.19.5",
                     "value": "MRN-1",
                     "type": {
                         "coding": [
@@ -126,7 +126,7 @@ def _data(tag: str) -> list[dict[str, Any]]:
             "resourceType": "Patient",
             "id": f"{p}-bob",
             "active": True,
-            "identifier": [{"system": "urn:oid:1.2.3", "value": "MRN-2"}],
+            "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-2"}],
             "name": [{"family": "Smythe", "given": ["Bob"]}],
             "gender": "male",
             "birthDate": "1980",
@@ -417,9 +417,9 @@ def _written_corpus(p: str) -> list[str]:
         "Patient?gender:not=male",
         "Patient?active=true",
         "Patient?active=false",
-        "Patient?identifier=urn:oid:1.2.3|MRN-1",
+        "Patient?identifier=urn:oid:2.16.840.1.113883.19.5|MRN-1",
         "Patient?identifier=MRN-2",
-        "Patient?identifier=urn:oid:1.2.3|",
+        "Patient?identifier=urn:oid:2.16.840.1.113883.19.5|",
         "Patient?identifier=|MRN-1",
         "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|MRN-1",
         "Patient?telecom=555-0100",
