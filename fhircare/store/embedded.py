@@ -42,6 +42,9 @@ from fhircare.store.index import SearchIndex
 from fhircare.store.journal import Journal, apply_record
 
 META = "_meta"
+# Records about other resources that must outlive them: their references never block a delete
+# (HAPI's enforce_referential_integrity_on_delete_disable_for_paths serves the same end).
+INTEGRITY_EXEMPT = frozenset({"AuditEvent", "Provenance"})
 HISTORY = "._history"
 DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
 
@@ -353,7 +356,7 @@ class EmbeddedStore:
             rtype, rid = queue.pop()
             for holder in self.referenced_by(rtype, rid or ""):
                 htype, hid = holder.split("/", 1)
-                if (htype, hid) not in seen:
+                if htype not in INTEGRITY_EXEMPT and (htype, hid) not in seen:
                     seen.add((htype, hid))
                     out.append(WriteOp("delete", htype, id=hid))
                     queue.append((htype, hid))
@@ -387,8 +390,13 @@ class EmbeddedStore:
         for target in sorted(deleted):
             holders = set()
             for htype, ids in self._index.referrer_types(target):
-                holders |= {(htype, h) for h in ids if (htype, h) not in written}
-            holders |= {key for key, refs in new_refs.items() if target in refs}
+                if htype not in INTEGRITY_EXEMPT:
+                    holders |= {(htype, h) for h in ids if (htype, h) not in written}
+            holders |= {
+                key
+                for key, refs in new_refs.items()
+                if target in refs and key[0] not in INTEGRITY_EXEMPT
+            }
             holders.discard(tuple(target.split("/", 1)))  # type: ignore[arg-type]
             if holders:
                 names = ", ".join(f"{t}/{i}" for t, i in sorted(holders)[:20])

@@ -357,3 +357,25 @@ def test_token_search_uses_the_index(data: EmbeddedStore, monkeypatch: pytest.Mo
     monkeypatch.setattr(data, "body", spy)
     assert ids(data, "Observation", [("code", "8462-4")]) == ["o1"]
     assert seen.count("o0") == 0 and seen.count("o2") == 0
+
+
+def test_audit_trail_does_not_block_a_delete(data: EmbeddedStore) -> None:
+    put(
+        data,
+        {
+            "resourceType": "AuditEvent",
+            "id": "ae",
+            "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+            "recorded": "2021-01-01T00:00:00Z",
+            "agent": [{"who": {"reference": "Practitioner/doc"}, "requestor": True}],
+            "source": {"observer": {"reference": "Practitioner/doc"}},
+            "entity": [{"what": {"reference": "Organization/org"}}],
+        },
+    )
+    bob = data.read("Patient", "bob")
+    bob.pop("managingOrganization", None)
+    ann = data.read("Patient", "ann")
+    ann.pop("managingOrganization")
+    put(data, ann, bob)
+    data.commit([WriteOp("delete", "Organization", id="org", cascade=True)])
+    assert data.exists("AuditEvent", "ae")  # kept, not cascaded
