@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import ValidationError, model_validator
+from pydantic import PositiveInt, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     # clinical defaults
     default_tz: str = "UTC"  # for HL7 v2 timestamps without an offset
     care_manager: str | None = None  # Practitioner/x who owns transitional-care Tasks
+    # discharges older than this many days open no follow-up (default: mappings, 30 = TCM)
+    followup_window_days: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

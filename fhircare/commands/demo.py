@@ -123,6 +123,14 @@ def run_demo(http: httpx.Client, *, now: datetime | None = None) -> DemoReport:
     )
     report.add(sample_record(at))
     report.steps.append("sample patient Dana Sample with type 2 diabetes and hypertension")
+    # its stay ended 9 days ago: discharge processing opened the transitional-care follow-up
+    stay = "Encounter/demo-admission"
+    for rtype, params in (
+        ("CareTeam", {"patient": PATIENT}),
+        ("CarePlan", {"encounter": stay}),
+        ("Task", {"encounter": stay}),
+    ):
+        report.add(api.search(rtype, "the discharge follow-up", **params))
 
     # 2. assessments: each completed response is extracted
     for qr in responses(PATIENT, at):

@@ -178,8 +178,8 @@ class ResourceService:
             existing = self.find_one(rtype, if_none_exist.split("?", 1)[-1])
             if existing is not None:
                 return Outcome(existing, 200)
-        data = self.prepare(data)
-        body = {k: v for k, v in data.items() if k != "id"}
+        # The server chooses the id of a create: a client's id is ignored (and not checked).
+        body = self.prepare({k: v for k, v in data.items() if k != "id"})
         (result,) = self._commit([WriteOp("create", rtype, resource=body)])
         return Outcome(result.resource, 201, result)
 
