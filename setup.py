@@ -10,5 +10,10 @@ setup(
     packages=find_namespace_packages(include=["fhircare", "fhircare.*"], exclude=["*.__pycache__"])
     + list(KNOWLEDGE),
     package_dir=KNOWLEDGE,
-    package_data={"fhircare.profiles": ["*.json"], "fhircare.mappings": ["*.yaml"]},
+    package_data={
+        "fhircare.profiles": ["*.json"],
+        "fhircare.mappings": ["*.yaml"],
+        # the FHIR R4 registry derived from hl7.fhir.r4.core 4.0.1 (CC0; fhircare/fhir/r4/)
+        "fhircare.fhir": ["r4/*.json.gz", "r4/README.md"],
+    },
 )

@@ -66,7 +66,11 @@ def open_store(settings: Settings) -> Store:
         return remote_store(settings)
     from fhircare.store.embedded import EmbeddedStore
 
-    return EmbeddedStore(settings.data, fsync=settings.fsync)
+    return EmbeddedStore(
+        settings.data,
+        fsync=settings.fsync,
+        referential_integrity=settings.enforce_referential_integrity_on_delete,
+    )
 
 
 def use_local_terminology(settings: Settings) -> None:

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     fsync: bool = True
     seed_definitions: bool = True  # load profiles/ (Questionnaires, PlanDefinitions...) at start
     audit: bool = True  # AuditEvents for reads and writes of patient data
+    # deleting a resource that live resources reference: 409 (as HAPI by default)
+    enforce_referential_integrity_on_delete: bool = True
+    allow_cascading_deletes: bool = False  # DELETE ...?_cascade=delete (off, as HAPI)
 
     # limits
     max_body_bytes: int = 10 * 1024 * 1024

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from fhircare.api import auth, care_routes, event_routes, fhir_routes, middleware, ops_routes
-from fhircare.api.capability import capability_statement
+from fhircare.api.capability import CapabilityProvider
 from fhircare.api.operation_routes import operation_router
 from fhircare.services.audit import AuditRecorder
 from fhircare.services.background import sweep_loop, sync_loop
@@ -26,9 +26,11 @@ def install(app: FastAPI, container: Container) -> None:
     app.state.audit = recorder
     if settings.auth == "smart":
         app.state.access_factory = auth.access_factory(settings, recorder, container.store)
-    app.state.capability = capability_statement(
+    app.state.capability = CapabilityProvider(
+        app,
         base_url=container.base_url,
         operations=container.operations,
+        search_registry=container.store.registry,
         security=auth.security_section(settings),
     )
     app.state.hl7 = Hl7Intake(container.bundles, default_tz=settings.default_tz)

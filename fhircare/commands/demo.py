@@ -161,8 +161,12 @@ def run_demo(http: httpx.Client, *, now: datetime | None = None) -> DemoReport:
             },
         )
     )
-    report.add(applied)
     plan = next(r for r in applied if r["resourceType"] == "CarePlan")
+    # R4 $apply answers with the CarePlan; what it wrote with it is referenced from it
+    for part in plan.get("careTeam", []) + plan.get("goal", []):
+        if isinstance(part.get("reference"), str):
+            applied.append(api.send("GET", f"/fhir/{part['reference']}", "the care plan's parts"))
+    report.add(applied)
     report.steps.append(
         f"care plan '{plan.get('title')}': {len(plan.get('goal', []))} goals, "
         f"{len(plan.get('activity', []))} activities (dietitian referral declined)"

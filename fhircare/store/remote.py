@@ -26,10 +26,11 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from fhircare.fhir import registry
 from fhircare.fhir.errors import Conflict, Gone, NotFound, PreconditionFailed
 from fhircare.fhir.search import CONTROL_PARAMS
 from fhircare.remote.client import FhirClient, parse_etag, version_from_location
-from fhircare.store.base import Change, WriteOp, WriteResult
+from fhircare.store.base import Change, SearchResult, WriteOp, WriteResult
 
 META_ID_PREFIX = "fhircare-meta-"
 LEGACY_META_ID = "fhircare-meta"
@@ -82,6 +83,7 @@ class RemoteStore:
 
     def __init__(self, client: FhirClient) -> None:
         self.client = client
+        self.registry = registry.R4  # the server keeps (and indexes) its own SearchParameters
         self._legacy: dict[str, Any] | None = None
 
     # ---- reads ------------------------------------------------------------------------------
@@ -116,6 +118,18 @@ class RemoteStore:
         criteria = [(k, v) for k, v in params if k == "_sort" or k not in CONTROL_PARAMS]
         criteria.append(("_count", str(PAGE_SIZE)))
         return list(self.client.search(resource_type, criteria))
+
+    def search_page(
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        offset: int = 0,
+        count: int | None = None,
+    ) -> SearchResult:
+        found = self.search(resource_type, params)
+        end = None if count is None else offset + count
+        return SearchResult(total=len(found), resources=found[offset:end])
 
     def iter_resources(self, resource_type: str) -> Iterable[dict[str, Any]]:
         return self.client.search(resource_type, [("_count", str(PAGE_SIZE))])
