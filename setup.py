@@ -17,5 +17,7 @@ setup(
         "fhircare.profiles": ["*.json"],
         "fhircare.mappings": ["*.yaml"],
         "fhircare.webapp": ["**/*"],
+        # the FHIR R4 registry derived from hl7.fhir.r4.core 4.0.1 (CC0; fhircare/fhir/r4/)
+        "fhircare.fhir": ["r4/*.json.gz", "r4/README.md"],
     },
 )

@@ -1,7 +1,8 @@
 """End-to-end discharge latency: an ADT^A03 sent over MLLP on loopback until its ACK comes
 back, with the Patient/Encounter stored and discharge processing (medication reconciliation,
-LACE, transitional-care Tasks, CarePlan) committed. Baseline in the same run: parsing the
-same message and building its ACK, with nothing stored (the floor of any HL7 receiver).
+LACE, transitional-care Tasks, CarePlan) committed; then the A13 that cancels each discharge
+(Tasks cancelled, List retired, one commit). Baseline in the same run: parsing the A03 and
+building its ACK, with nothing stored (the floor of any HL7 receiver).
 
 Prints `name=value` lines. Run: `python benchmarks/bench_discharge.py [--n 100]`.
 """
@@ -15,6 +16,7 @@ import statistics
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fhircare.bootstrap import build_container
@@ -25,6 +27,12 @@ from fhircare.transitions.hl7v2 import parse_adt
 from fhircare.transitions.hl7v2_ack import build_ack
 from fhircare.transitions.mllp import MllpDecoder, frame, serve_mllp
 
+# Times of a stay that ended an hour ago: within the follow-up window whenever this runs.
+_ENDED = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+SENT = (_ENDED + timedelta(minutes=30)).strftime("%Y%m%d%H%M%S")
+ADMITTED = (_ENDED - timedelta(days=5)).strftime("%Y%m%d%H%M%S")
+ENDED = _ENDED.strftime("%Y%m%d%H%M%S")
+
 MEDS = [("197361", "amlodipine 5 MG Oral Tablet"), ("314076", "lisinopril 10 MG Oral Tablet"),
         ("860975", "metformin hydrochloride 500 MG Extended Release Oral Tablet"),
         ("310798", "hydrochlorothiazide 25 MG Oral Tablet")]
@@ -32,12 +40,22 @@ MEDS = [("197361", "amlodipine 5 MG Oral Tablet"), ("314076", "lisinopril 10 MG 
 
 def a03(n: int) -> bytes:
     return (
-        f"MSH|^~\\&|ADT|GENHOSP|FHIRCARE|CM|20261120103000||ADT^A03^ADT_A03|BENCH{n}|P|2.5.1\r"
-        f"EVN|A03|20261120103000\r"
+        f"MSH|^~\\&|ADT|GENHOSP|FHIRCARE|CM|{SENT}||ADT^A03^ADT_A03|BENCH{n}|P|2.5.1\r"
+        f"EVN|A03|{SENT}\r"
         f"PID|1||MRN{n}^^^GENHOSP^MR||Bench^Patient{n}||19500101|F\r"
         f"PV1|1|I|W1^101^A||||||||||||||||V{n}^^^GENHOSP^VN|||||||||||||||||01|||||||"
-        f"|20261115080000|20261120100000\r"
+        f"|{ADMITTED}|{ENDED}\r"
         f"DG1|1||I50.9^Heart failure, unspecified^I10|||A\r"
+    ).encode()
+
+
+def a13(n: int) -> bytes:
+    """The cancel of discharge n, as some feeds send it (no admit or discharge time)."""
+    return (
+        f"MSH|^~\\&|ADT|GENHOSP|FHIRCARE|CM|{SENT}||ADT^A13^ADT_A01|BENCHC{n}|P|2.5.1\r"
+        f"EVN|A13|{SENT}\r"
+        f"PID|1||MRN{n}^^^GENHOSP^MR||Bench^Patient{n}||19500101|F\r"
+        f"PV1|1|I|W1^101^A||||||||||||||||V{n}^^^GENHOSP^VN\r"
     ).encode()
 
 
@@ -102,6 +120,13 @@ def main() -> None:
             acks_ok += b"MSA|AA|" in ack
         tasks = container.store.count("Task")
         lists = container.store.count("List")
+        cancel = []
+        for i in range(args.n):
+            t = time.perf_counter()
+            ack = send(port, a13(i))
+            cancel.append((time.perf_counter() - t) * 1000)
+            acks_ok += b"MSA|AA|" in ack
+        cancelled = len(container.store.search("Task", [("status", "cancelled")]))
         base = []
         for i in range(args.n):
             t = time.perf_counter()
@@ -110,13 +135,16 @@ def main() -> None:
         container.close()
     med, p99 = statistics.median(e2e), sorted(e2e)[int(0.99 * (len(e2e) - 1))]
     print(f"discharges={args.n}")
-    print(f"acks_aa={acks_ok}")
+    print(f"acks_aa={acks_ok}")  # of the A03s and A13s
     print(f"tasks_written={tasks}")
     print(f"reconciled_lists_written={lists}")
     print(f"discharge_e2e_median_ms={med:.1f}")
     print(f"discharge_e2e_p99_ms={p99:.1f}")
+    print(f"tasks_cancelled_by_a13={cancelled}")
+    print(f"cancel_e2e_median_ms={statistics.median(cancel):.1f}")
     print(f"baseline_parse_ack_median_ms={statistics.median(base):.2f}")
     print(f"ratio_e2e_over_parse_ack={med / statistics.median(base):.1f}")
+    print(f"ratio_cancel_over_parse_ack={statistics.median(cancel) / statistics.median(base):.1f}")
     print(f"target_under_100ms={'yes' if med < 100 else 'no'}")
 
 

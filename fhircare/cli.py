@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from fhircare import __version__
+from fhircare.commands import sync as sync_commands
+from fhircare.commands import terminology
 from fhircare.config import Settings, config_errors
 
 app = typer.Typer(
@@ -22,8 +24,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-sync_app = typer.Typer(help="Two-way sync with a HAPI FHIR server.", no_args_is_help=True)
-app.add_typer(sync_app, name="sync")
+app.add_typer(sync_commands.app, name="sync")
+app.add_typer(terminology.app, name="terminology")
 
 console = Console()
 err = Console(stderr=True)
@@ -203,6 +205,7 @@ def reconcile(
     from fhircare.transitions.reconcile_cli import render_table, run_reconcile
 
     data = load_json_file(bundle)
+    _use_local_terminology(_settings().data)
     try:
         validate_resource(data, "Bundle")  # a malformed Bundle is refused, never reconciled
         result = run_reconcile(data)
@@ -212,6 +215,17 @@ def reconcile(
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         console.print(render_table(result))
+
+
+def _use_local_terminology(data_dir: Path) -> None:
+    """Reconcile with the data folder's RxNorm index (`fhircare terminology load-rxnorm`)."""
+    from fhircare.terminology.rxnorm import open_local_index
+    from fhircare.transitions.medications import use_local_index
+
+    try:
+        use_local_index(open_local_index(data_dir))
+    except ValueError as exc:
+        err.print(f"[yellow]warning:[/] {escape(str(exc))}; using the built-in drug table")
 
 
 @app.command()
@@ -249,203 +263,6 @@ def mllp(
         pass
     finally:
         container.close()
-
-
-def _sync_setup(data: Path | None, hapi_url: str | None):  # noqa: ANN202
-    from fhircare.bootstrap import build_container
-    from fhircare.fhir.errors import StoreLocked
-    from fhircare.remote.factory import remote_client
-
-    settings = _settings(data=data, hapi_url=hapi_url)
-    if not settings.hapi_url:
-        _fail("no HAPI server: set FHIRCARE_HAPI_URL or pass --hapi-url")
-    if settings.store == "hapi":
-        _fail("FHIRCARE_STORE=hapi: HAPI is the store itself, there is nothing to sync")
-    try:
-        container = build_container(settings)
-    except StoreLocked as exc:
-        _fail(f"{exc} (stop `fhircare serve` or let its background sync run)")
-    return settings, container, remote_client(settings)
-
-
-HapiOpt = Annotated[str | None, typer.Option("--hapi-url", help="HAPI base (FHIRCARE_HAPI_URL)")]
-
-
-def _progress(label: str):  # noqa: ANN202 - a rich Progress plus its callback
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-    )
-    task = bar.add_task(label, total=None)
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total or None)
-
-    return bar, update
-
-
-@sync_app.command("push")
-def sync_push(data: DataOpt = None, hapi_url: HapiOpt = None) -> None:
-    """Send local changes to HAPI (durable outbox, transaction Bundles, dependency order)."""
-    from fhircare.fhir.errors import FhirError
-    from fhircare.remote.sync import push
-
-    settings, container, client = _sync_setup(data, hapi_url)
-    bar, update = _progress("push")
-    try:
-        with bar:
-            report = push(
-                container.store, client, batch_size=settings.sync_batch_size, progress=update
-            )
-    except FhirError as exc:
-        _fail(f"push stopped, nothing acknowledged was lost; run it again: {exc.diagnostics}", 1)
-    finally:
-        client.close()
-        container.close()
-    console.print(
-        f"pushed {report.pushed} resources, {report.deleted} deletions in "
-        f"{report.bundles} Bundles ({report.seconds:.1f} s); held by conflicts: "
-        f"{len(report.held)}"
-    )
-
-
-@sync_app.command("pull")
-def sync_pull(
-    data: DataOpt = None,
-    hapi_url: HapiOpt = None,
-    patient: Annotated[list[str] | None, typer.Option(help="Patient/x to pull")] = None,
-) -> None:
-    """Bring HAPI changes since the last pull into the local store (incremental)."""
-    from fhircare.fhir.errors import FhirError
-    from fhircare.remote.sync import pull
-    from fhircare.transitions import discharge
-
-    settings, container, client = _sync_setup(data, hapi_url)
-    types = [t.strip() for t in settings.sync_types.split(",") if t.strip()]
-    bar, update = _progress("pull")
-    try:
-        with bar:
-            report = pull(
-                container.store,
-                client,
-                types=types,
-                patients=patient or None,
-                policy=settings.sync_policy,
-                progress=update,
-            )
-        missed = discharge.find_unprocessed(container.store)
-        for encounter in missed:
-            written = discharge.process_discharge(
-                container.store, encounter, care_manager=settings.care_manager
-            )
-            container.bus.publish(container.store, written)
-    except FhirError as exc:
-        _fail(f"pull stopped (watermarks kept; run it again): {exc.diagnostics}", 1)
-    finally:
-        client.close()
-        container.close()
-    console.print(
-        f"pulled {report.fetched} resources ({report.created} new, {report.updated} "
-        f"updated, {len(report.conflicts)} conflicts) in {report.seconds:.1f} s; "
-        f"discharges processed: {len(missed)}"
-    )
-
-
-@sync_app.command("status")
-def sync_status(data: DataOpt = None) -> None:
-    """Outbox size, watermarks and open conflicts."""
-    from fhircare.bootstrap import build_container
-    from fhircare.fhir.errors import StoreLocked
-    from fhircare.remote.sync import status
-
-    settings = _settings(data=data, seed_definitions=False)
-    try:
-        container = build_container(settings)
-    except StoreLocked as exc:
-        sys.stdout.write(json.dumps(_ask_server(settings, "/sync/status", exc), indent=2) + "\n")
-        return
-    try:
-        sys.stdout.write(json.dumps(status(container.store), indent=2) + "\n")
-    finally:
-        container.close()
-
-
-def _ask_server(settings: Settings, path: str, locked: Exception) -> Any:
-    """GET `path` from the `fhircare serve` that holds the data folder (read-only
-    commands work while it runs)."""
-    import httpx
-
-    from fhircare.commands.running import running_server
-
-    url = running_server(settings.data)
-    if url is None:
-        _fail(str(locked))
-    try:
-        response = httpx.get(f"{url}{path}", timeout=30)
-    except httpx.HTTPError as exc:
-        _fail(f"the data folder is held by `fhircare serve` at {url}, which did not answer ({exc})")
-    if response.status_code != 200:
-        _fail(f"`fhircare serve` at {url} answered {response.status_code} to {path}")
-    return response.json()
-
-
-@sync_app.command("resolve")
-def sync_resolve(
-    reference: Annotated[str, typer.Argument(help="Type/id of a flagged conflict")],
-    keep: Annotated[str, typer.Option(help="local or remote")] = "local",
-    data: DataOpt = None,
-    hapi_url: HapiOpt = None,
-) -> None:
-    """Close a flagged sync conflict, keeping the local or the remote version."""
-    from fhircare.fhir.errors import FhirError
-    from fhircare.remote.sync import resolve
-
-    if keep not in ("local", "remote") or reference.count("/") != 1:
-        _fail("usage: fhircare sync resolve Type/id --keep local|remote")
-    _, container, client = _sync_setup(data, hapi_url)
-    rtype, rid = reference.split("/")
-    try:
-        resolve(container.store, client, rtype, rid, keep)  # type: ignore[arg-type]
-    except FhirError as exc:
-        _fail(exc.diagnostics)
-    finally:
-        client.close()
-        container.close()
-    console.print(f"{reference}: kept the {keep} version")
-
-
-@sync_app.command("subscribe")
-def sync_subscribe(
-    endpoint: Annotated[
-        str, typer.Option(help="fhircare's webhook base, e.g. http://host:8000/events/hapi")
-    ],
-    criteria: Annotated[str, typer.Option(help="Subscription criteria")] = (
-        "Encounter?status=finished"
-    ),
-    hapi_url: HapiOpt = None,
-) -> None:
-    """Register a rest-hook Subscription on HAPI so its discharges reach fhircare."""
-    from fhircare.fhir.errors import FhirError
-    from fhircare.remote.factory import remote_client
-    from fhircare.remote.sync import subscribe
-
-    settings = _settings(hapi_url=hapi_url)
-    if not settings.hapi_url:
-        _fail("no HAPI server: set FHIRCARE_HAPI_URL or pass --hapi-url")
-    client = remote_client(settings)
-    header = f"Authorization: Bearer {settings.webhook_secret}" if settings.webhook_secret else None
-    try:
-        sub = subscribe(client, criteria=criteria, endpoint=endpoint, header=header)
-    except FhirError as exc:
-        _fail(f"could not subscribe: {exc.diagnostics}", 1)
-    finally:
-        client.close()
-    console.print(f"Subscription/{sub['id']} is {sub.get('status')}: {criteria} -> {endpoint}")
 
 
 def load_json_file(path: Path) -> Any:

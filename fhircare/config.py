@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import ValidationError, model_validator
+from pydantic import PositiveInt, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     fsync: bool = True
     seed_definitions: bool = True  # load profiles/ (Questionnaires, PlanDefinitions...) at start
     audit: bool = True  # AuditEvents for reads and writes of patient data
+    # deleting a resource that live resources reference: 409 (as HAPI by default)
+    enforce_referential_integrity_on_delete: bool = True
+    allow_cascading_deletes: bool = False  # DELETE ...?_cascade=delete (off, as HAPI)
 
     # limits
     max_body_bytes: int = 10 * 1024 * 1024
@@ -83,6 +86,8 @@ class Settings(BaseSettings):
     # clinical defaults
     default_tz: str = "UTC"  # for HL7 v2 timestamps without an offset
     care_manager: str | None = None  # Practitioner/x who owns transitional-care Tasks
+    # discharges older than this many days open no follow-up (default: mappings, 30 = TCM)
+    followup_window_days: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

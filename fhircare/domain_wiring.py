@@ -17,7 +17,16 @@ def register(container: Container) -> None:
     assessment.register(bus)  # QuestionnaireResponse: validate; completed -> $extract
     tasks.register(bus)  # Task: refuse illegal transitions; side effects
     goals.register(bus)  # Observation: goal progress
-    discharge.register(bus, care_manager=container.settings.care_manager)  # finished Encounter
+    settings = container.settings
+    discharge.register(  # Encounter finished or no longer; Patient deceased
+        bus,
+        care_manager=settings.care_manager,
+        window_days=settings.followup_window_days,
+    )
+    if settings.hapi_url and settings.store == "embedded":
+        from fhircare.remote import ids
+
+        ids.register(bus)  # new ids HAPI accepts (no digits-only client ids)
 
     generic_operations.register(container.operations)
     care_operations.register(container.operations)

@@ -139,10 +139,9 @@ def served_fhircare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 HAPI_PORT = int(os.environ.get("FHIRCARE_TEST_HAPI_PORT") or 0)
 
 
-@pytest.fixture(scope="session")
-def hapi_base_url() -> Iterator[str]:
-    """Start HAPI (built with Maven on first use) for the session; fail loudly if impossible."""
-    external = os.environ.get("FHIRCARE_TEST_HAPI_URL")
+def start_hapi(profile: str, env_url: str, port: int = 0) -> Iterator[str]:
+    """One `scripts/hapi` server of `profile` for the session (or the URL in `env_url`)."""
+    external = os.environ.get(env_url)
     if external:
         wait_http(f"{external.rstrip('/')}/metadata", 30)
         yield external.rstrip("/")
@@ -151,12 +150,12 @@ def hapi_base_url() -> Iterator[str]:
         if shutil.which(tool) is None:
             pytest.fail(
                 f"'{tool}' is not installed: the HAPI tests need Java 17+ and Maven "
-                "(or set FHIRCARE_TEST_HAPI_URL to a running HAPI FHIR server)"
+                f"(or set {env_url} to a running HAPI FHIR server)"
             )
     script = ROOT / "scripts" / "hapi"
-    port = HAPI_PORT or free_port()
+    port = port or free_port()
     run = subprocess.run(
-        [str(script), "start", str(port)], capture_output=True, text=True, timeout=1800
+        [str(script), "start", str(port), profile], capture_output=True, text=True, timeout=1800
     )
     if run.returncode != 0:
         pytest.fail(
@@ -167,6 +166,24 @@ def hapi_base_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/fhir"
     finally:
         subprocess.run([str(script), "stop", str(port)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def hapi_base_url() -> Iterator[str]:
+    """HAPI with the official image's stock defaults (60 s search cache, ALPHANUMERIC client
+    ids, 409 on a stale If-Match, no Subscription channel, no $export): what most tests see.
+    Started once per session on first use; FHIRCARE_TEST_HAPI_URL points at one you run."""
+    yield from start_hapi("stock", "FHIRCARE_TEST_HAPI_URL", HAPI_PORT)
+
+
+@pytest.fixture(scope="session")
+def hapi_recommended_url() -> Iterator[str]:
+    """HAPI with the README's recommended settings: stock, plus rest-hook Subscriptions and
+    Bulk Data export. Everything a client sees is stock (cache, ids, 409) except that
+    Subscriptions become active and `$export` exists, so the tests that need a Subscription
+    run here ("stock + rest-hook"). A second JVM, started only when a test asks for it
+    (FHIRCARE_TEST_HAPI_RECOMMENDED_URL points at one you run)."""
+    yield from start_hapi("recommended", "FHIRCARE_TEST_HAPI_RECOMMENDED_URL")
 
 
 # ---- what the suite writes, for the conformance check --------------------------------------

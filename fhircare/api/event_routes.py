@@ -109,7 +109,9 @@ async def rest_hook(resource_type: str, resource_id: str, request: Request) -> F
     if _syncs_with_remote(st):
         # Pull from the server that notified us: the patient's other resources arrive with
         # the Encounter, so the discharge is reconciled on complete data, then pushed back.
-        counts = await run_in_threadpool(sync_cycle, st.container)
+        version = (body.get("meta") or {}).get("versionId")
+        notified = (resource_type, resource_id, version if isinstance(version, str) else None)
+        counts = await run_in_threadpool(sync_cycle, st.container, notified)
         summary = f"{counts['pulled']} pulled, {counts['discharges']} discharges processed"
     else:
         written = await run_in_threadpool(receive_remote, st.svc, body)

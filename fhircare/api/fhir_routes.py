@@ -23,6 +23,7 @@ from fhircare.api.http import (
 )
 from fhircare.api.operations import run_operation
 from fhircare.fhir.errors import BadRequest, MethodNotAllowed, NotFound, PreconditionFailed
+from fhircare.fhir.summary import check_summary, parse_elements, subset
 from fhircare.fhir.validation import check_id, check_type
 from fhircare.services.patching import JSON_PATCH, MERGE_PATCH, patch_of
 from fhircare.services.resources import parse_etag
@@ -42,6 +43,11 @@ def _state(request: Request) -> Any:
 
 FORMAT_PARAMS = ("_format", "_pretty")
 HISTORY_PARAMS = ("_count", "_offset", "_since")
+
+
+def _lenient(request: Request) -> bool:
+    """Prefer: handling=lenient (unknown search parameters ignored, as HAPI does)."""
+    return "handling=lenient" in request.headers.get("prefer", "").replace(" ", "")
 
 
 def _params(request: Request) -> list[tuple[str, str]]:
@@ -68,7 +74,7 @@ def _if_match(request: Request) -> str | None:
 
 @router.get("/metadata", summary="CapabilityStatement")
 def metadata(request: Request) -> Response:
-    return FhirJSONResponse(_state(request).capability)
+    return FhirJSONResponse(_state(request).capability())
 
 
 @router.get("/_history", summary="System history")
@@ -111,6 +117,7 @@ def search(resource_type: str, request: Request, access: Access = Depends(get_ac
         base_url=st.base_url,
         paging=st.paging,
         restrict=access.search_restriction(resource_type),
+        lenient=_lenient(request),
     )
     access.filter_bundle(bundle)
     access.audit_search(resource_type, request.url.query, bundle)
@@ -242,6 +249,7 @@ async def search_post(
         base_url=st.base_url,
         paging=st.paging,
         restrict=access.search_restriction(resource_type),
+        lenient=_lenient(request),
     )
     access.filter_bundle(bundle)
     access.audit_search(resource_type, urllib.parse.urlencode(params), bundle)
@@ -256,13 +264,18 @@ def read(
     if resource_id.startswith("$"):
         check_type(resource_type)
         return run_operation(request, access, resource_id[1:], resource_type, None, None)
-    _refuse_query(request, "A read")
+    _refuse_query(request, "A read", ("_summary", "_elements"))
     resource = st.svc.read(resource_type, resource_id)
     access.require(resource_type, "read", resource)
     access.audit("R", resource)
     etag = request.headers.get("if-none-match")
     if etag and parse_etag(etag) == resource["meta"]["versionId"]:
         return Response(status_code=304)
+    summary = check_summary(request.query_params.get("_summary"))
+    elements = parse_elements(request.query_params.getlist("_elements"), resource_type)
+    if summary == "count":
+        raise BadRequest("_summary=count applies to searches, not reads", code="value")
+    resource = subset(resource, summary=summary, elements=elements)
     return resource_response(resource, 200, request=request, base_url=st.base_url)
 
 
@@ -333,7 +346,7 @@ def delete(
     st = _state(request)
     check_type(resource_type)
     check_id(resource_id)
-    _refuse_query(request, "A delete")
+    _refuse_query(request, "A delete", ("_cascade",))
     if_match = _if_match(request)
     if st.svc.store.exists(resource_type, resource_id):
         current = st.svc.store.read(resource_type, resource_id)
@@ -341,7 +354,20 @@ def delete(
         access.audit("D", current)
     else:
         access.require(resource_type, "delete")
-    st.svc.delete(resource_type, resource_id, if_match=if_match)
+    cascade = request.query_params.get("_cascade")
+    if cascade is not None and cascade != "delete":
+        raise BadRequest(f"_cascade takes 'delete', not {cascade[:40]!r}", code="value")
+    if cascade and not st.settings.allow_cascading_deletes:
+        raise BadRequest(
+            "Cascading deletes are disabled on this server (FHIRCARE_ALLOW_CASCADING_DELETES)",
+            code="not-supported",
+        )
+    st.svc.delete(
+        resource_type,
+        resource_id,
+        if_match=if_match,
+        cascade=bool(cascade),
+    )
     return FhirJSONResponse(
         {
             "resourceType": "OperationOutcome",

@@ -16,7 +16,7 @@ from fhircare.api import (
     ops_routes,
     webapp,
 )
-from fhircare.api.capability import capability_statement
+from fhircare.api.capability import CapabilityProvider
 from fhircare.api.operation_routes import operation_router
 from fhircare.services.audit import AuditRecorder
 from fhircare.services.background import sweep_loop, sync_loop
@@ -34,9 +34,11 @@ def install(app: FastAPI, container: Container) -> None:
     app.state.audit = recorder
     if settings.auth == "smart":
         app.state.access_factory = auth.access_factory(settings, recorder, container.store)
-    app.state.capability = capability_statement(
+    app.state.capability = CapabilityProvider(
+        app,
         base_url=container.base_url,
         operations=container.operations,
+        search_registry=container.store.registry,
         security=auth.security_section(settings),
     )
     app.state.hl7 = Hl7Intake(container.bundles, default_tz=settings.default_tz)

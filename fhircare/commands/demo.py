@@ -123,6 +123,14 @@ def run_demo(http: httpx.Client, *, now: datetime | None = None) -> DemoReport:
     )
     report.add(sample_record(at))
     report.steps.append("sample patient Dana Sample with type 2 diabetes and hypertension")
+    # its stay ended 9 days ago: discharge processing opened the transitional-care follow-up
+    stay = "Encounter/demo-admission"
+    for rtype, params in (
+        ("CareTeam", {"patient": PATIENT}),
+        ("CarePlan", {"encounter": stay}),
+        ("Task", {"encounter": stay}),
+    ):
+        report.add(api.search(rtype, "the discharge follow-up", **params))
 
     # 2. assessments: each completed response is extracted
     for qr in responses(PATIENT, at):
@@ -153,8 +161,12 @@ def run_demo(http: httpx.Client, *, now: datetime | None = None) -> DemoReport:
             },
         )
     )
-    report.add(applied)
     plan = next(r for r in applied if r["resourceType"] == "CarePlan")
+    # R4 $apply answers with the CarePlan; what it wrote with it is referenced from it
+    for part in plan.get("careTeam", []) + plan.get("goal", []):
+        if isinstance(part.get("reference"), str):
+            applied.append(api.send("GET", f"/fhir/{part['reference']}", "the care plan's parts"))
+    report.add(applied)
     report.steps.append(
         f"care plan '{plan.get('title')}': {len(plan.get('goal', []))} goals, "
         f"{len(plan.get('activity', []))} activities (dietitian referral declined)"

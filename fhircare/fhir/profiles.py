@@ -8,6 +8,7 @@ validator (the HAPI conformance check).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -16,7 +17,6 @@ from fhirpathpy import evaluate
 from fhirpathpy.models import models
 
 from fhircare.fhir.errors import Unprocessable
-from fhircare.fhir.search import values_at
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,21 @@ def _rules() -> dict[str, tuple[str, tuple[Rule, ...]]]:
                     )
         out[sd["url"]] = (sd["type"], tuple(rules))
     return out
+
+
+def values_at(resource: dict[str, Any], path: str) -> Iterator[Any]:
+    """Every value at a dotted path, flattening lists at each step."""
+    current: list[Any] = [resource]
+    for part in path.split("."):
+        nxt: list[Any] = []
+        for item in current:
+            if isinstance(item, dict) and part in item:
+                value = item[part]
+                nxt.extend(value if isinstance(value, list) else [value])
+        current = nxt
+        if not current:
+            return
+    yield from current
 
 
 def _present(node: Any, name: str) -> bool:

@@ -1,4 +1,10 @@
-"""Validate FHIR R4 JSON with fhir.resources (R4B classes) and report FHIRPath-like paths."""
+"""Validate FHIR R4 JSON and report FHIRPath-like paths.
+
+Types whose fhir.resources R4B model matches R4 are validated with the model (plus a check
+that refuses the few R4B-only elements); the others (types R4B removed or restructured)
+from the R4 element definitions (`structure.py`). Required code bindings are checked from
+the R4 value sets for every type.
+"""
 
 from __future__ import annotations
 
@@ -10,57 +16,21 @@ from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
-from fhir.resources.R4B.resource import Resource
 from pydantic import BaseModel, ValidationError
 
+from fhircare.fhir import registry, structure
 from fhircare.fhir.errors import BadRequest, FhirError, NotFound, Unprocessable
 
-# The resource types this service stores and serves.
-SUPPORTED_TYPES: tuple[str, ...] = (
-    "Patient",
-    "Practitioner",
-    "PractitionerRole",
-    "Organization",
-    "RelatedPerson",
-    "Location",
-    "CareTeam",
-    "Encounter",
-    "EpisodeOfCare",
-    "Condition",
-    "Observation",
-    "Goal",
-    "CarePlan",
-    "Task",
-    "ServiceRequest",
-    "Questionnaire",
-    "QuestionnaireResponse",
-    "PlanDefinition",
-    "ActivityDefinition",
-    "MedicationRequest",
-    "MedicationStatement",
-    "Medication",
-    "AllergyIntolerance",
-    "List",
-    "DetectedIssue",
-    "Communication",
-    "DocumentReference",
-    "Provenance",
-    "AuditEvent",
-    "Subscription",
-    "StructureDefinition",
-    "ValueSet",
-    "CodeSystem",
-    "ConceptMap",
-    "Basic",
-)
+# Every R4 resource type is stored and served (the registry's list, from the specification).
+SUPPORTED_TYPES: tuple[str, ...] = registry.resource_types()
 SUPPORTED = frozenset(SUPPORTED_TYPES)
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 def check_type(resource_type: str) -> None:
-    """Raise NotFound for a type this server does not serve."""
-    if resource_type not in SUPPORTED:
+    """Raise NotFound for a name that is not an R4 resource type."""
+    if not registry.is_resource_type(resource_type):
         raise NotFound(
             f"Unknown or unsupported resource type '{resource_type}'", code="not-supported"
         )
@@ -80,13 +50,9 @@ def model_class(resource_type: str) -> type[BaseModel]:
     return get_fhir_model_class(resource_type)
 
 
-@cache
 def is_resource_type(name: str) -> bool:
-    """True for the name of a FHIR R4 resource type (served here or not)."""
-    try:
-        return issubclass(model_class(name), Resource)
-    except ValueError:
-        return False
+    """True for the name of a FHIR R4 resource type."""
+    return registry.is_resource_type(name)
 
 
 def _expression(resource_type: str, loc: tuple[Any, ...]) -> str:
@@ -114,8 +80,8 @@ def validate_resource(data: Any, expected_type: str | None = None) -> dict[str, 
         raise BadRequest(
             f"resourceType '{rtype}' does not match the endpoint's type '{expected_type}'"
         )
-    if rtype not in SUPPORTED and rtype not in ("Bundle", "Parameters"):
-        raise BadRequest(f"Unsupported resourceType '{rtype}'", code="not-supported")
+    if not registry.is_resource_type(rtype):
+        raise BadRequest(f"Unknown resourceType '{rtype}'", code="not-supported")
     if "id" in data and (not isinstance(data["id"], str) or not ID_RE.match(data["id"])):
         raise Unprocessable(
             "Invalid resource id: ids are 1-64 of [A-Za-z0-9-.]", expression=[f"{rtype}.id"]
@@ -126,14 +92,20 @@ def validate_resource(data: Any, expected_type: str | None = None) -> dict[str, 
             f'{empty}: FHIR elements must not be empty (no [], {{}}, "" or null)',
             expression=[empty],
         )
-    try:
-        model = model_class(rtype).model_validate(data)
-    except ValidationError as exc:
-        raise _unprocessable(rtype, exc) from exc
-    except (ValueError, TypeError) as exc:  # raised by some root validators
-        raise Unprocessable(f"Invalid {rtype}: {exc}", expression=[rtype]) from exc
-    problems = list(_json_type_problems(model, data, rtype))
-    problems += list(_binding_problems(model, rtype))
+    if rtype in registry.r4b_model_types():
+        try:
+            model = model_class(rtype).model_validate(data)
+        except ValidationError as exc:
+            raise _unprocessable(rtype, exc) from exc
+        except (ValueError, TypeError) as exc:  # raised by some root validators
+            raise Unprocessable(f"Invalid {rtype}: {exc}", expression=[rtype]) from exc
+        problems = list(_r4b_only(data, rtype))
+        problems += list(_json_type_problems(model, data, rtype))
+        problems += structure.problems(data, rtype, bindings_only=True, contained=_contained)
+    else:
+        problems = structure.problems(data, rtype, contained=_contained)
+    if rtype == "SearchParameter" and not problems:
+        problems = search_parameter_problems(data)
     if problems:
         first_path, first_msg = problems[0]
         raise Unprocessable(
@@ -145,6 +117,55 @@ def validate_resource(data: Any, expected_type: str | None = None) -> dict[str, 
             ],
         )
     return data
+
+
+def _contained(resource: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    """Problems of a resource inside another (contained, Bundle entries, parameters)."""
+    try:
+        validate_resource(resource)
+    except FhirError as exc:
+        return [(where, f"{where}: {exc.diagnostics}")]
+    return []
+
+
+def _r4b_only(data: dict[str, Any], rtype: str):  # noqa: ANN202 - generator
+    """Elements the R4B model has that R4 does not (refused: they are not FHIR R4)."""
+    for path in registry.r4b_only_elements().get(rtype, ()):
+        name = path.split(".", 1)[1]
+        if name in data or f"_{name}" in data:
+            yield path, f"{path}: Unknown element (not in FHIR R4)"
+
+
+def search_parameter_problems(sp: dict[str, Any]) -> list[tuple[str, str]]:
+    """A SearchParameter fhircare can index: known bases, a supported type, an expression
+    it can evaluate, components that name known parameters."""
+    from fhircare.fhir.fhirpath import UnsupportedExpression, compile_expression
+
+    out: list[tuple[str, str]] = []
+    for i, base in enumerate(sp.get("base") or []):
+        if base not in ("Resource", "DomainResource") and not registry.is_resource_type(base):
+            out.append((f"SearchParameter.base[{i}]", f"'{base}' is not a resource type"))
+    if sp.get("type") == "special":
+        return out
+    expression = sp.get("expression")
+    if not expression:
+        out.append(("SearchParameter.expression", "An expression is needed to index it"))
+        return out
+    for base in sp.get("base") or []:
+        try:
+            compile_expression(expression, base)
+        except UnsupportedExpression as exc:
+            out.append(("SearchParameter.expression", f"Cannot evaluate the expression: {exc}"))
+            break
+    for i, comp in enumerate(sp.get("component") or []):
+        if not registry.R4.by_url(comp.get("definition", "")):
+            out.append(
+                (
+                    f"SearchParameter.component[{i}].definition",
+                    f"Unknown component parameter {comp.get('definition')}",
+                )
+            )
+    return out
 
 
 def _first_empty(node: Any, path: str) -> str | None:
@@ -233,21 +254,3 @@ def _json_type_problems(model: BaseModel, raw: Any, path: str):  # noqa: ANN202 
                 yield from _json_type_problems(item, ritem, sub)
             elif not isinstance(item, list) and not _json_kind_ok(item, ritem):
                 yield sub, f"{sub}: {json.dumps(ritem)[:40]} has the wrong JSON type"
-
-
-def _binding_problems(model: BaseModel, path: str):  # noqa: ANN202 - generator
-    """Values of `code` elements outside their required (closed) value set."""
-    for name, field in type(model).model_fields.items():
-        value = getattr(model, name, None)
-        if value is None:
-            continue
-        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        enum = extra.get("enum_values")
-        alias = field.alias or name
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            sub = f"{path}.{alias}" + (f"[{i}]" if isinstance(value, list) else "")
-            if isinstance(item, BaseModel):
-                yield from _binding_problems(item, sub)
-            elif enum and "+" not in enum and isinstance(item, str) and item not in enum:
-                yield sub, f"{sub}: '{item}' is not one of {', '.join(enum)}"

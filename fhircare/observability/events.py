@@ -35,8 +35,9 @@ def hl7_message(transport: str, message_type: str, control_id: str, ack: str) ->
 
 def reported_discharge(fn: F) -> F:
     """Wrap `process_discharge(store, encounter, ...)`: a line and a count per call,
-    `processed` (resources written), `skipped` (nothing to write: already processed, or no
-    follow-up for the disposition) or `failed` (the exception goes on)."""
+    `processed` (follow-up work written), `no-follow-up` (only the AuditEvent that says why:
+    the patient died, or the discharge is outside the follow-up window), `skipped` (nothing
+    to write: already processed) or `failed` (the exception goes on)."""
 
     @functools.wraps(fn)
     def wrapper(store: Any, encounter: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
@@ -53,7 +54,7 @@ def reported_discharge(fn: F) -> F:
                 extra={"encounter": ref, "outcome": "failed"},
             )
             raise
-        outcome = "processed" if written else "skipped"
+        outcome = _outcome(written)
         metrics.DISCHARGES.labels(outcome).inc()
         ms = (time.perf_counter() - started) * 1000
         discharge_log.info(
@@ -67,3 +68,11 @@ def reported_discharge(fn: F) -> F:
         return written
 
     return wrapper  # type: ignore[return-value]
+
+
+def _outcome(written: list[dict[str, Any]]) -> str:
+    if not written:
+        return "skipped"
+    if all(r.get("resourceType") == "AuditEvent" for r in written):
+        return "no-follow-up"
+    return "processed"

@@ -35,7 +35,7 @@ HL7_MESSAGES = Counter(
 )
 DISCHARGES = Counter(
     "fhircare_discharges",
-    "Discharges handled, by outcome (processed, skipped, failed)",
+    "Discharges handled, by outcome (processed, no-follow-up, skipped, failed)",
     ["outcome"],
 )
 SYNC_OUTBOX = Gauge(

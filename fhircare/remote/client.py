@@ -4,6 +4,12 @@ One method, `_request`, sends every call: it retries what may safely be retried 
 `retry.py`) and turns every HTTP status into a typed `FhirError` carrying the server's
 OperationOutcome. Searches and histories page lazily by following the server's `next` link
 exactly as given (absolute, or relative to the base URL).
+
+Every request carries `Cache-Control: no-cache`. HAPI FHIR answers a search repeated within
+60 s (its stock `reuse_cached_search_results_millis`) from the first one's results unless
+the request says `no-cache`; everything fhircare reads from the server decides something
+(what to pull, whether a discharge is processed, what a reconciliation sees), so no read may
+be older than the request. (`no-store` is not used: HAPI would stop paging at 100 results.)
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from fhircare.remote.retry import (
 )
 
 FHIR_JSON = "application/fhir+json"
+# Fresh answers only: bypasses HAPI's search cache (and any HTTP cache on the way).
+NO_CACHE = {"Cache-Control": "no-cache"}
 Params = Mapping[str, str | int] | Iterable[tuple[str, str | int]] | None
 
 
@@ -178,7 +186,7 @@ class FhirClient:
             transport=transport, auth=auth, timeout=timeout, follow_redirects=False
         )
         self._auth = auth if http is not None else None  # an injected client keeps its own
-        self._headers = {"Accept": FHIR_JSON, **(headers or {})}
+        self._headers = {"Accept": FHIR_JSON, **NO_CACHE, **(headers or {})}
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -221,6 +229,8 @@ class FhirClient:
                 if self._auth is not None:
                     kwargs["auth"] = self._auth
                 response = self._http.request(method, url, **kwargs)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                raise RemoteUnavailable(f"{method} {url}: not a usable URL ({exc})") from exc
             except httpx.TransportError as exc:
                 if last or not is_retryable_error(exc, idempotent):
                     maybe = not is_retryable_error(exc, False)

@@ -19,9 +19,14 @@ called; "remote-wins" overwrites the local copy; "local-wins" keeps local and le
 push overwrite the server.
 
 Push sends PUTs with the stable local ids inside transaction Bundles, so a retry after an
-ambiguous failure cannot duplicate anything. Pushes overwrite the server unconditionally:
-run `pull` before `push` (as `sync_once` does) so remote edits are seen first. Pull uses
-search with `_lastUpdated`, so deletions made on the server are not pulled.
+ambiguous failure cannot duplicate anything. Each PUT of a resource seen on the server before
+carries `ifMatch` with the remote version last seen, so an edit made on the server since is
+never overwritten: the server refuses the Bundle (HAPI answers 409, FHIR says 412; both are
+read as a conflict), the Bundle is split until the resource is found, and the conflict is
+settled under the policy, as pull does. HAPI ignores If-Match on DELETE, so a delete is sent
+only after a read shows the remote version is still the one last seen. Pull uses search with
+`_lastUpdated`, so deletions made on the server are not pulled. Every read bypasses HAPI's
+search cache (the client sends `Cache-Control: no-cache`).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from fhircare.fhir.datetimes import parse_datetime
-from fhircare.fhir.errors import FhirError, NotFound
+from fhircare.fhir.errors import FhirError, Gone, NotFound
 from fhircare.fhir.meta import without_server_meta
 from fhircare.remote.client import FhirClient, parse_etag, version_from_location
 from fhircare.store.base import Change, Store, WriteOp
@@ -51,7 +56,9 @@ CONFLICTS = "sync.conflicts"
 REJECTED = "sync.rejected"
 # Statuses that mean "this content is refused", not "the server is unwell": the Bundle is
 # split to find the resources at fault, which are recorded and retried on later pushes.
-REJECT_STATUSES = frozenset({400, 404, 409, 410, 422})
+REJECT_STATUSES = frozenset({400, 404, 409, 410, 412, 422})
+# A stale If-Match: HAPI answers 409 (HAPI-0989), the FHIR specification 412.
+CONFLICT_STATUSES = frozenset({409, 412})
 
 # Fallback order when references inside a batch do not decide it: what others point at
 # goes first. Types not listed rank 3.
@@ -211,6 +218,9 @@ class PushReport:
     deleted: int = 0
     skipped: int = 0  # remote-origin or already pushed
     held: list[str] = field(default_factory=list)  # open conflicts not pushed
+    conflicts: list[str] = field(default_factory=list)  # edited on the server too, flagged now
+    remote_wins: int = 0  # conflicts settled by taking the server's version
+    local_wins: int = 0  # conflicts settled by overwriting the server's version
     rejected: dict[str, str] = field(default_factory=dict)  # ref -> the server's diagnostics
     bundles: int = 0
     seq: int = 0  # the push watermark after this push
@@ -314,8 +324,11 @@ def _clean(resource: dict[str, Any]) -> dict[str, Any]:
     return without_server_meta(resource)
 
 
-def push_bundle(chunk: Sequence[Change], base_url: str) -> dict[str, Any]:
-    """A transaction Bundle of idempotent PUT/DELETE entries for `chunk`."""
+def push_bundle(
+    chunk: Sequence[Change], base_url: str, if_match: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A transaction Bundle of idempotent PUT/DELETE entries for `chunk`; a PUT whose
+    'Type/id' is in `if_match` carries `ifMatch` with that remote version."""
     entries: list[dict[str, Any]] = []
     for c in chunk:
         url = f"{c.resource_type}/{c.id}"
@@ -323,14 +336,161 @@ def push_bundle(chunk: Sequence[Change], base_url: str) -> dict[str, Any]:
             entries.append({"request": {"method": "DELETE", "url": url}})
         else:
             assert c.resource is not None
+            request: dict[str, Any] = {"method": "PUT", "url": url}
+            if if_match and if_match.get(url):
+                request["ifMatch"] = f'W/"{if_match[url]}"'
             entries.append(
-                {
-                    "fullUrl": f"{base_url}/{url}",
-                    "resource": _clean(c.resource),
-                    "request": {"method": "PUT", "url": url},
-                }
+                {"fullUrl": f"{base_url}/{url}", "resource": _clean(c.resource), "request": request}
             )
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def remote_state(client: FhirClient, resource_type: str, id: str) -> tuple[str | None, Any]:
+    """(current remote versionId, the resource; None when deleted) or (None, None) when the
+    server never had it. A read: never answered from a search cache."""
+    try:
+        resource = client.read(resource_type, id)
+    except NotFound:
+        return None, None
+    except Gone:
+        for entry in client.history(resource_type, id, count=1):
+            resp = entry.get("response") or {}
+            return parse_etag(resp.get("etag")) or version_from_location(resp.get("location")), None
+        return None, None
+    return (resource.get("meta") or {}).get("versionId"), resource
+
+
+def _same_content(local: dict[str, Any] | None, remote: dict[str, Any] | None) -> bool:
+    if local is None or remote is None:
+        return local is None and remote is None
+    return _clean(local) == _clean(remote)
+
+
+class _Push:
+    """One push run: the Bundles, their bookkeeping and the conflicts met on the way."""
+
+    def __init__(self, store: Store, client: FhirClient, policy: Policy, report: PushReport):
+        self.store = store
+        self.client = client
+        self.policy = policy
+        self.report = report
+        self.refused = rejected(store)
+        self.open_conflicts = conflicts(store)
+
+    def expected(self, chunk: Sequence[Change]) -> dict[str, str]:
+        """'Type/id' -> the remote version last seen, for the resources seen before."""
+        out = {}
+        for c in chunk:
+            vid = self.store.get_meta(remote_key(c.resource_type, c.id))
+            if vid:
+                out[f"{c.resource_type}/{c.id}"] = str(vid)
+        return out
+
+    def send(self, chunk: Sequence[Change]) -> list[Sequence[Change]]:
+        """Push one chunk; the halves to push instead when the server refused it."""
+        expected = self.expected(chunk)
+        stale = [c for c in chunk if c.deleted and self._delete_is_stale(c, expected)]
+        if stale:
+            for c in stale:
+                self.settle(c, expected.get(f"{c.resource_type}/{c.id}"))
+            chunk = [c for c in chunk if c not in stale]
+            if not chunk:
+                return []
+        bundle = push_bundle(chunk, self.client.base_url, expected)
+        try:
+            response = self.client.transaction(bundle, prefer="return=minimal")
+        except FhirError as exc:
+            status = getattr(exc, "http_status", None)
+            if status not in REJECT_STATUSES:
+                raise
+            if len(chunk) > 1:
+                half = len(chunk) // 2
+                return [chunk[:half], chunk[half:]]
+            [c] = chunk
+            ref = f"{c.resource_type}/{c.id}"
+            if status in CONFLICT_STATUSES and self.settle(c, expected.get(ref)):
+                return []
+            self.refused[ref] = {"version": c.version_id, "diagnostics": exc.diagnostics}
+            self.report.rejected[ref] = exc.diagnostics
+            _set_meta(self.store, {REJECTED: self.refused})
+            return []
+        meta: dict[str, Any] = {}
+        for c, entry in zip(chunk, response["entry"], strict=True):
+            resp = entry.get("response") or {}
+            vid = parse_etag(resp.get("etag")) or version_from_location(resp.get("location"))
+            meta.update(self._in_sync(c.resource_type, c.id, vid, c.version_id))
+            if c.deleted:
+                self.report.deleted += 1
+            else:
+                self.report.pushed += 1
+        for c in chunk:
+            self.refused.pop(f"{c.resource_type}/{c.id}", None)
+        meta[REJECTED] = self.refused
+        _set_meta(self.store, meta)
+        self.report.bundles += 1
+        return []
+
+    def _delete_is_stale(self, c: Change, expected: dict[str, str]) -> bool:
+        seen = expected.get(f"{c.resource_type}/{c.id}")
+        if seen is None:
+            return False
+        current, resource = remote_state(self.client, c.resource_type, c.id)
+        return current is not None and current != seen and resource is not None
+
+    @staticmethod
+    def _in_sync(rtype: str, rid: str, remote_vid: str | None, local_vid: str | None) -> dict:
+        return {remote_key(rtype, rid): remote_vid, local_key(rtype, rid): local_vid}
+
+    def settle(self, c: Change, seen: str | None) -> bool:
+        """A write the server refused as stale: our own earlier write (an answer lost), or
+        an edit made on the server since `seen`, settled under the policy. False when the
+        remote version is still `seen` (the refusal was about something else)."""
+        rtype, rid, ref = c.resource_type, c.id, f"{c.resource_type}/{c.id}"
+        current, remote = remote_state(self.client, rtype, rid)
+        if current is not None and current == seen:
+            return False
+        if _same_content(None if c.deleted else c.resource, remote):
+            _set_meta(self.store, self._in_sync(rtype, rid, current, c.version_id))
+            if c.deleted:
+                self.report.deleted += 1
+            else:
+                self.report.pushed += 1
+            return True
+        if self.policy == "remote-wins":
+            self._take_remote(c, current, remote)
+            self.report.remote_wins += 1
+        elif self.policy == "local-wins":
+            self._overwrite_remote(c, current)
+            self.report.local_wins += 1
+        else:
+            self.open_conflicts[ref] = {
+                "local_version": c.version_id,
+                "remote_version": current,
+                "remote_last_updated": ((remote or {}).get("meta") or {}).get("lastUpdated"),
+                "detected": _format_instant(datetime.now(UTC)),
+                "found_by": "push",
+            }
+            self.report.conflicts.append(ref)
+            self.report.held.append(ref)
+            _set_meta(self.store, {CONFLICTS: self.open_conflicts})
+        return True
+
+    def _take_remote(self, c: Change, current: str | None, remote: dict | None) -> None:
+        rtype, rid = c.resource_type, c.id
+        if remote is not None:
+            op = WriteOp("update", rtype, id=rid, resource=remote, origin="remote")
+        else:
+            op = WriteOp("delete", rtype, id=rid, origin="remote")
+        [res] = self.store.commit([op])
+        _set_meta(self.store, self._in_sync(rtype, rid, current, res.version_id))
+
+    def _overwrite_remote(self, c: Change, current: str | None) -> None:
+        rtype, rid, ref = c.resource_type, c.id, f"{c.resource_type}/{c.id}"
+        bundle = push_bundle([c], self.client.base_url, {ref: current} if current else None)
+        answer = self.client.transaction(bundle, prefer="return=minimal")
+        resp = (answer.get("entry") or [{}])[0].get("response") or {}
+        vid = parse_etag(resp.get("etag")) or version_from_location(resp.get("location"))
+        _set_meta(self.store, self._in_sync(rtype, rid, vid, c.version_id))
 
 
 def push(
@@ -338,6 +498,7 @@ def push(
     client: FhirClient,
     *,
     batch_size: int = 500,
+    policy: Policy = "flag",
     progress: Progress | None = None,
 ) -> PushReport:
     """Send local changes after the watermark to the server in transaction Bundles.
@@ -345,10 +506,16 @@ def push(
     The watermark advances only after every Bundle was acknowledged; each acknowledged
     Bundle records the remote versions at once, so a resumed push skips what was sent.
     Outages and server errors stop the push (nothing is lost: it resumes next time). A
-    Bundle the server refuses (400/404/409/410/422) is split in halves until the refused
-    resources are isolated; they are recorded in `sync.rejected` and tried again on every
-    later push, while the rest goes through.
+    Bundle the server refuses (400/404/409/410/412/422) is split in halves until the refused
+    resources are isolated. A resource edited on the server since it was last seen (a stale
+    If-Match) is a conflict settled under `policy` ("flag": recorded in `sync.conflicts` and
+    held back until `resolve`; "remote-wins": the server's version replaces the local one;
+    "local-wins": sent again against the server's current version). Other refused resources
+    are recorded in `sync.rejected` and tried again on every later push, while the rest goes
+    through.
     """
+    if policy not in ("flag", "remote-wins", "local-wins"):
+        raise ValueError(f"unknown conflict policy {policy!r}")
     started = time.perf_counter()
     todo, held, skipped, read, last = pending_changes(store)
     report = PushReport(changes=read, skipped=skipped, held=held)
@@ -358,46 +525,15 @@ def push(
     total = len(ordered)
     if progress:
         progress(0, total)
-    refused = rejected(store)
+    run = _Push(store, client, policy, report)
     queue = deque(ordered[i : i + batch_size] for i in range(0, total, batch_size))
     done = 0
     while queue:
         chunk = queue.popleft()
-        try:
-            response = client.transaction(
-                push_bundle(chunk, client.base_url), prefer="return=minimal"
-            )
-        except FhirError as exc:
-            if getattr(exc, "http_status", None) not in REJECT_STATUSES:
-                raise
-            if len(chunk) > 1:
-                half = len(chunk) // 2
-                queue.extendleft([chunk[half:], chunk[:half]])
-                continue
-            [c] = chunk
-            ref = f"{c.resource_type}/{c.id}"
-            refused[ref] = {"version": c.version_id, "diagnostics": exc.diagnostics}
-            report.rejected[ref] = exc.diagnostics
-            _set_meta(store, {REJECTED: refused})
-            done += 1
-            if progress:
-                progress(done, total)
+        halves = run.send(chunk)
+        if halves:
+            queue.extendleft(reversed(halves))
             continue
-        meta: dict[str, Any] = {}
-        for c, entry in zip(chunk, response["entry"], strict=True):
-            resp = entry.get("response") or {}
-            vid = parse_etag(resp.get("etag")) or version_from_location(resp.get("location"))
-            meta[remote_key(c.resource_type, c.id)] = vid
-            meta[local_key(c.resource_type, c.id)] = c.version_id
-            if c.deleted:
-                report.deleted += 1
-            else:
-                report.pushed += 1
-        for c in chunk:
-            refused.pop(f"{c.resource_type}/{c.id}", None)
-        meta[REJECTED] = refused
-        _set_meta(store, meta)
-        report.bundles += 1
         done += len(chunk)
         if progress:
             progress(done, total)
@@ -519,7 +655,7 @@ def _merge_page(
     open_conflicts: dict[str, dict[str, Any]],
     report: PullReport,
     watermark: str | None,
-    wkey: str,
+    wkey: str | None,
     keys: list[str],
 ) -> str | None:
     ops: list[WriteOp] = []
@@ -573,7 +709,7 @@ def _merge_page(
             report.created += 1
         else:
             report.updated += 1
-    if watermark:
+    if watermark and wkey:
         meta[wkey] = watermark
         if wkey not in keys:
             keys.append(wkey)
@@ -588,6 +724,32 @@ def _merge_page(
     }
     _set_meta(store, fixes)
     return watermark
+
+
+def pull_resource(
+    store: Store,
+    client: FhirClient,
+    resource_type: str,
+    id: str,
+    *,
+    version: str | None = None,
+    policy: Policy = "flag",
+) -> PullReport:
+    """Bring one resource from the server unless the store already holds remote `version`
+    of it (or a later one): what a notification names is then at least as new locally as
+    the notification. A read, so never an answer from a search cache; conflicts are settled
+    under `policy` as in `pull`. No watermark moves."""
+    report = PullReport()
+    seen = str(store.get_meta(remote_key(resource_type, id)) or "")
+    if version and seen.isdigit() and version.isdigit() and int(seen) >= int(version):
+        report.unchanged += 1
+        return report
+    try:
+        resource = client.read(resource_type, id)
+    except (NotFound, Gone):
+        return report
+    _merge_page(store, resource_type, [resource], policy, conflicts(store), report, None, None, [])
+    return report
 
 
 def resolve(
@@ -617,8 +779,10 @@ def resolve(
         )
         return
     # keep local: the held local version (behind the push watermark) or deletion is sent
-    # now, and both versions are recorded as in sync.
+    # now, against the server's current version (a newer edit there fails it again), and
+    # both versions are recorded as in sync.
     meta: dict[str, Any] = {CONFLICTS: open_conflicts}
+    current, _ = remote_state(client, resource_type, id)
     if store.exists(resource_type, id):
         local = store.read(resource_type, id)
         change = Change(
@@ -631,7 +795,8 @@ def resolve(
             local["meta"]["lastUpdated"],
             local,
         )
-        answer = client.transaction(push_bundle([change], client.base_url))
+        expected = {ref: current} if current else None
+        answer = client.transaction(push_bundle([change], client.base_url, expected))
         response = (answer.get("entry") or [{}])[0].get("response") or {}
         meta[remote_key(resource_type, id)] = parse_etag(
             response.get("etag")
@@ -653,7 +818,7 @@ def sync_once(
 ) -> tuple[PullReport, PushReport]:
     """Pull (so remote edits are seen and conflicts flagged), then push."""
     pulled = pull(store, client, types=types, policy=policy)
-    pushed = push(store, client, batch_size=batch_size)
+    pushed = push(store, client, batch_size=batch_size, policy=policy)
     return pulled, pushed
 
 
@@ -682,6 +847,16 @@ def subscription_key(criteria: str, endpoint: str) -> str:
     return hashlib.sha256(f"{criteria}\n{endpoint}".encode()).hexdigest()[:32]
 
 
+RESTHOOK_SETTING = "hapi.fhir.subscription.resthook_enabled"
+
+
+class SubscriptionNotActive(FhirError):
+    """The server accepted the Subscription but did not activate it."""
+
+    status = 503
+    code = "not-supported"
+
+
 def subscribe(
     client: FhirClient,
     *,
@@ -691,6 +866,7 @@ def subscribe(
     timeout: float = 30.0,
     poll: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Create (once) a rest-hook Subscription and wait until the server activates it.
 
@@ -698,6 +874,10 @@ def subscribe(
     `meta.tag` and the create is conditional on it (`If-None-Exist: _tag=...`): calling this
     again returns the existing Subscription. `header` (e.g. "Authorization: Bearer s3cret")
     is sent by the server with each notification.
+
+    The status is polled until `timeout`. A Subscription still "requested" then (HAPI keeps
+    it so when rest-hook is not enabled, its default) or in "error" is deleted, so nothing
+    is left half set up, and SubscriptionNotActive names the setting to turn on.
     """
     code = subscription_key(criteria, endpoint)
     channel: dict[str, Any] = {
@@ -721,14 +901,27 @@ def subscribe(
         if not found:
             raise NotFound("the server accepted the Subscription but it cannot be found")
         sub = found[0]
-    deadline = time.monotonic() + timeout
+    deadline = clock() + timeout
     while sub.get("status") != "active":
-        if sub.get("status") == "error":
-            raise RuntimeError(f"Subscription/{sub['id']} is in error: {sub.get('error')}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(
-                f"Subscription/{sub['id']} not active after {timeout}s (status {sub.get('status')})"
-            )
+        if sub.get("status") == "error" or clock() >= deadline:
+            raise SubscriptionNotActive(_not_active(client, sub, timeout))
         sleep(poll)
         sub = client.read("Subscription", sub["id"])
     return sub
+
+
+def _not_active(client: FhirClient, sub: dict[str, Any], timeout: float) -> str:
+    """Delete a Subscription that did not become active; the reason, in one line."""
+    ref = f"Subscription/{sub['id']}"
+    if sub.get("status") == "error":
+        why = f"{ref} is in error ({sub.get('error') or 'no reason given'})"
+    else:
+        why = (
+            f"{ref} is still '{sub.get('status')}' after {timeout:g} s: enable rest-hook "
+            f"Subscriptions on the HAPI server ({RESTHOOK_SETTING}=true; off by default)"
+        )
+    try:
+        client.delete("Subscription", sub["id"])
+    except FhirError as exc:
+        return f"{why}; deleting it failed ({exc.diagnostics}): delete {ref} yourself"
+    return f"{why}; {ref} was deleted"

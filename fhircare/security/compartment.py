@@ -1,10 +1,11 @@
-"""The FHIR R4 patient compartment: membership tests and search restrictions.
+"""The FHIR R4 compartments: membership tests and search restrictions.
 
-Source: CompartmentDefinition/patient of FHIR R4 4.0.1
-(https://hl7.org/fhir/R4/compartmentdefinition-patient.html), with each search parameter
-resolved to its element path from the R4 SearchParameter definitions. Every R4 search
-parameter the compartment uses is a reference parameter; a ``.where(resolve() is Patient)``
-filter is implied here because only references to ``Patient/<id>`` are matched.
+The data comes from the registry (`fhircare.fhir.registry`): the CompartmentDefinitions of
+FHIR R4 4.0.1 (Patient, Encounter, RelatedPerson, Practitioner, Device) say which search
+parameters put a resource of each type in a compartment, and each parameter is evaluated
+from its own R4 SearchParameter expression. Membership, `patient=` searches and
+`$everything` therefore read one definition and agree (an AuditEvent whose patient is only
+in `agent.who` is in the compartment and is found by `AuditEvent?patient=`).
 
 Types the R4 definition lists without parameters (Task, Device, Questionnaire,
 Medication, Practitioner...) are never in the compartment. Note that R4 does **not** put
@@ -16,114 +17,16 @@ data; `fhircare.security.context` lets patient-context tokens read them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fhircare.fhir import registry
 from fhircare.fhir.errors import Forbidden
+from fhircare.fhir.search import values as search_values
+from fhircare.fhir.search.match import extract
 
-# resource type -> ((search parameter, element path), ...) per R4 4.0.1
-PATIENT_COMPARTMENT: dict[str, tuple[tuple[str, str], ...]] = {
-    "Account": (("subject", "subject"),),
-    "AdverseEvent": (("subject", "subject"),),
-    "AllergyIntolerance": (
-        ("patient", "patient"),
-        ("recorder", "recorder"),
-        ("asserter", "asserter"),
-    ),
-    "Appointment": (("actor", "participant.actor"),),
-    "AppointmentResponse": (("actor", "actor"),),
-    "AuditEvent": (("patient", "agent.who"), ("patient", "entity.what")),
-    "Basic": (("patient", "subject"), ("author", "author")),
-    "BodyStructure": (("patient", "patient"),),
-    "CarePlan": (("patient", "subject"), ("performer", "activity.detail.performer")),
-    "CareTeam": (("patient", "subject"), ("participant", "participant.member")),
-    "ChargeItem": (("subject", "subject"),),
-    "Claim": (("patient", "patient"), ("payee", "payee.party")),
-    "ClaimResponse": (("patient", "patient"),),
-    "ClinicalImpression": (("subject", "subject"),),
-    "Communication": (
-        ("subject", "subject"),
-        ("sender", "sender"),
-        ("recipient", "recipient"),
-    ),
-    "CommunicationRequest": (
-        ("subject", "subject"),
-        ("sender", "sender"),
-        ("recipient", "recipient"),
-        ("requester", "requester"),
-    ),
-    "Composition": (
-        ("subject", "subject"),
-        ("author", "author"),
-        ("attester", "attester.party"),
-    ),
-    "Condition": (("patient", "subject"), ("asserter", "asserter")),
-    "Consent": (("patient", "patient"),),
-    "Coverage": (
-        ("policy-holder", "policyHolder"),
-        ("subscriber", "subscriber"),
-        ("beneficiary", "beneficiary"),
-        ("payor", "payor"),
-    ),
-    "CoverageEligibilityRequest": (("patient", "patient"),),
-    "CoverageEligibilityResponse": (("patient", "patient"),),
-    "DetectedIssue": (("patient", "patient"),),
-    "DeviceRequest": (("subject", "subject"), ("performer", "performer")),
-    "DeviceUseStatement": (("subject", "subject"),),
-    "DiagnosticReport": (("subject", "subject"),),
-    "DocumentManifest": (
-        ("subject", "subject"),
-        ("author", "author"),
-        ("recipient", "recipient"),
-    ),
-    "DocumentReference": (("subject", "subject"), ("author", "author")),
-    "Encounter": (("patient", "subject"),),
-    "EnrollmentRequest": (("subject", "candidate"),),
-    "EpisodeOfCare": (("patient", "patient"),),
-    "ExplanationOfBenefit": (("patient", "patient"), ("payee", "payee.party")),
-    "FamilyMemberHistory": (("patient", "patient"),),
-    "Flag": (("patient", "subject"),),
-    "Goal": (("patient", "subject"),),
-    "Group": (("member", "member.entity"),),
-    "ImagingStudy": (("patient", "subject"),),
-    "Immunization": (("patient", "patient"),),
-    "ImmunizationEvaluation": (("patient", "patient"),),
-    "ImmunizationRecommendation": (("patient", "patient"),),
-    "Invoice": (("subject", "subject"), ("patient", "subject"), ("recipient", "recipient")),
-    "List": (("subject", "subject"), ("source", "source")),
-    "MeasureReport": (("patient", "subject"),),
-    "Media": (("subject", "subject"),),
-    "MedicationAdministration": (
-        ("patient", "subject"),
-        ("performer", "performer.actor"),
-        ("subject", "subject"),
-    ),
-    "MedicationDispense": (
-        ("subject", "subject"),
-        ("patient", "subject"),
-        ("receiver", "receiver"),
-    ),
-    "MedicationRequest": (("subject", "subject"),),
-    "MedicationStatement": (("subject", "subject"),),
-    "MolecularSequence": (("patient", "patient"),),
-    "NutritionOrder": (("patient", "patient"),),
-    "Observation": (("subject", "subject"), ("performer", "performer")),
-    "Patient": (("link", "link.other"),),
-    "Person": (("patient", "link.target"),),
-    "Procedure": (("patient", "subject"), ("performer", "performer.actor")),
-    "Provenance": (("patient", "target"),),
-    "QuestionnaireResponse": (("subject", "subject"), ("author", "author")),
-    "RelatedPerson": (("patient", "patient"),),
-    "RequestGroup": (("subject", "subject"), ("participant", "action.participant")),
-    "ResearchSubject": (("individual", "individual"),),
-    "RiskAssessment": (("subject", "subject"),),
-    "Schedule": (("actor", "actor"),),
-    "ServiceRequest": (("subject", "subject"), ("performer", "performer")),
-    "Specimen": (("subject", "subject"),),
-    "SupplyDelivery": (("patient", "patient"),),
-    "SupplyRequest": (("subject", "deliverTo"),),
-    "VisionPrescription": (("patient", "patient"),),
-}
+# resource type -> the search parameters that link it to a patient (R4 CompartmentDefinition)
+PATIENT_COMPARTMENT: Mapping[str, tuple[str, ...]] = registry.compartment("Patient").params
 
 # Types with no patient data that a patient-context app may read (definitions, directory
 # and terminology). Anything neither here nor in PATIENT_COMPARTMENT is denied to
@@ -174,22 +77,41 @@ def patient_id_of(reference: str, bases: Iterable[str] = ()) -> str | None:
     return m["id"]
 
 
-def _values(node: Any, path: list[str]) -> Iterator[Any]:
-    if isinstance(node, list):
-        for item in node:
-            yield from _values(item, path)
-        return
-    if not path:
-        yield node
-        return
-    if isinstance(node, dict) and path[0] in node:
-        yield from _values(node[path[0]], path[1:])
+def compartment_references(resource: dict[str, Any], compartment: str = "Patient") -> list[str]:
+    """The references ('Patient/x', or absolute) by which a resource is in compartments of
+    the kind (from each compartment parameter's expression)."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        return []
+    out: list[str] = []
+    for code in registry.compartment(compartment).params.get(rtype, ()):
+        param = registry.R4.param(rtype, code)
+        if param is not None:
+            out.extend(search_values.references(extract(param, resource)))
+    return out
 
 
-def _refs(resource: dict[str, Any], path: str) -> Iterator[str]:
-    for value in _values(resource, path.split(".")):
-        if isinstance(value, dict) and isinstance(value.get("reference"), str):
-            yield value["reference"]
+def in_compartment_of(
+    resource: dict[str, Any], compartment: str, owner_id: str, *, bases: Iterable[str] = ()
+) -> bool:
+    """True when `resource` is in the compartment of `compartment`/`owner_id` (R4 rules)."""
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str) or not owner_id:
+        return False
+    if rtype == compartment and resource.get("id") == owner_id:
+        return True
+    bases = tuple(bases)
+    pattern = re.compile(rf"^(?P<base>.*?){compartment}/(?P<id>{_ID})(?:/_history/{_ID})?$")
+    for ref in compartment_references(resource, compartment):
+        m = pattern.match(ref)
+        if m is None:
+            continue
+        base = m["base"]
+        if base and base not in {b.rstrip("/") + "/" for b in bases}:
+            continue
+        if m["id"] == owner_id:
+            return True
+    return False
 
 
 def is_compartment_type(resource_type: str) -> bool:
@@ -199,21 +121,11 @@ def is_compartment_type(resource_type: str) -> bool:
 
 def in_compartment(resource: dict[str, Any], patient_id: str, *, bases: Iterable[str] = ()) -> bool:
     """True when `resource` is in the compartment of Patient/`patient_id` (R4 rules)."""
-    resource_type = resource.get("resourceType")
-    if not isinstance(resource_type, str) or not patient_id:
-        return False
-    if resource_type == "Patient" and resource.get("id") == patient_id:
-        return True
-    bases = tuple(bases)
-    for _param, path in PATIENT_COMPARTMENT.get(resource_type, ()):
-        for ref in _refs(resource, path):
-            if patient_id_of(ref, bases) == patient_id:
-                return True
-    return False
+    return in_compartment_of(resource, "Patient", patient_id, bases=bases)
 
 
 def _primary_param(resource_type: str) -> str:
-    params = [p for p, _ in PATIENT_COMPARTMENT[resource_type]]
+    params = list(PATIENT_COMPARTMENT[resource_type])
     for preferred in ("patient", "subject"):
         if preferred in params:
             return preferred
@@ -242,9 +154,17 @@ def compartment_search_alternatives(
     """One parameter list per compartment link; the union of their results is the compartment."""
     if resource_type not in PATIENT_COMPARTMENT:
         raise Forbidden(f"{resource_type} is not in the patient compartment")
+    return compartment_searches("Patient", patient_id, resource_type)
+
+
+def compartment_searches(
+    compartment: str, owner_id: str, resource_type: str
+) -> list[list[tuple[str, str]]]:
+    """One search per compartment parameter of the type; the union of their results is the
+    type's part of the compartment of `compartment`/`owner_id` (empty: not in it)."""
     alternatives: list[list[tuple[str, str]]] = []
-    if resource_type == "Patient":
-        alternatives.append([("_id", patient_id)])
-    for param in dict.fromkeys(p for p, _ in PATIENT_COMPARTMENT[resource_type]):
-        alternatives.append([(param, f"Patient/{patient_id}")])
+    if resource_type == compartment:
+        alternatives.append([("_id", owner_id)])
+    for param in registry.compartment(compartment).params.get(resource_type, ()):
+        alternatives.append([(param, f"{compartment}/{owner_id}")])
     return alternatives

@@ -18,9 +18,11 @@ from fhircare.observability.events import hl7_message
 from fhircare.services.bundles import BundleProcessor
 from fhircare.services.resources import ResourceService
 from fhircare.store.base import WriteOp
-from fhircare.transitions.hl7v2 import parse_adt
+from fhircare.transitions import discharge
+from fhircare.transitions.hl7v2 import AdtMessage, adt_to_transaction, match_query, parse_adt
 from fhircare.transitions.hl7v2_ack import ack_for_error, build_ack, encode_ack
 from fhircare.transitions.hl7v2_er7 import Hl7Error
+from fhircare.transitions.hl7v2_merge import merge_stored
 
 log = logging.getLogger("fhircare.intake")
 
@@ -56,9 +58,13 @@ class Hl7Intake:
             return encode_ack(seen["ack"], raw), kind, adt.control_id
         failures_before = self.bundles.svc.bus.failure_count
         try:
-            from fhircare.transitions.hl7v2 import adt_to_transaction
-
-            self.bundles.process(adt_to_transaction(adt))
+            stored = self._stored(adt)
+            adt = merge_stored(adt, stored["Patient"], stored["Encounter"])
+            versions = {r: s["meta"]["versionId"] for r, s in stored.items() if s is not None}
+            response = self.bundles.process(adt_to_transaction(adt, if_match=versions))
+        except Hl7Error as exc:
+            log.info("HL7 v2 message refused against the stored visit: %s", exc.code)
+            return encode_ack(ack_for_error(raw, exc), raw), kind, adt.control_id
         except FhirError as exc:
             log.info("HL7 v2 message not stored: %s", type(exc).__name__)
             ack = build_ack(adt, "AE", f"Not stored: {exc.diagnostics}"[:200], error_code="207")
@@ -70,9 +76,30 @@ class Hl7Intake:
                 adt, "AE", "Stored, but follow-up processing failed; resend", error_code="207"
             )
             return encode_ack(ack, raw), kind, adt.control_id
-        ack = build_ack(adt, "AA")
+        ack = build_ack(adt, "AA", self._outcome(adt, response))
         self.store.set_meta(key, {"digest": digest, "ack": ack})
         return encode_ack(ack, raw), kind, adt.control_id
+
+    def _stored(self, adt: AdtMessage) -> dict[str, dict[str, Any] | None]:
+        """The stored Patient and Encounter the message's conditional PUTs will replace."""
+        find = self.bundles.svc.find_one
+        return {
+            r["resourceType"]: find(r["resourceType"], match_query(r))
+            for r in (adt.patient, adt.encounter)
+        }
+
+    def _outcome(self, adt: AdtMessage, response: dict[str, Any]) -> str | None:
+        """MSA-3 text: what happened to the visit's discharge (none for other events)."""
+        if adt.action not in ("discharge", "cancel-discharge", "cancel-admit"):
+            return None
+        location = (response["entry"][1].get("response") or {}).get("location") or ""
+        parts = location.split("/")
+        if (
+            len(parts) < 2
+            or self.store.get_meta(discharge.DISCHARGE_MARKER.format(parts[1])) is None
+        ):
+            return None
+        return discharge.outcome_text(self.store, parts[1])
 
 
 _MSA = re.compile(rb"MSA\|(A[AER]|C[AER])")
@@ -96,7 +123,6 @@ def peek_msh(raw: bytes) -> tuple[str, str]:
     component = text[4] if len(text) > 4 else "^"
     kind = component.join(kind.split(component)[:2]) if kind else "-"
     return kind[:20] or "-", control[:40] or "-"
-
 
 def receive_remote(svc: ResourceService, resource: dict[str, Any]) -> list[dict[str, Any]]:
     """Store a resource delivered by the remote server's Subscription (as a remote change)

@@ -115,7 +115,8 @@ class ResourceService:
             if "id" in data and data["id"] != id:
                 raise BadRequest(f"The resource id '{data['id']}' does not match the URL id '{id}'")
         if self.check_references:
-            self._check_references(data, pending or set())
+            own = {f"{rtype}/{id}"} if id is not None else set()  # a self-reference resolves
+            self._check_references(data, (pending or set()) | own)
         old = None
         if id is not None and self.store.exists(rtype, id):
             old = self.store.read(rtype, id)
@@ -177,8 +178,8 @@ class ResourceService:
             existing = self.find_one(rtype, if_none_exist.split("?", 1)[-1])
             if existing is not None:
                 return Outcome(existing, 200)
-        data = self.prepare(data)
-        body = {k: v for k, v in data.items() if k != "id"}
+        # The server chooses the id of a create: a client's id is ignored (and not checked).
+        body = self.prepare({k: v for k, v in data.items() if k != "id"})
         (result,) = self._commit([WriteOp("create", rtype, resource=body)])
         return Outcome(result.resource, 201, result)
 
@@ -258,10 +259,14 @@ class ResourceService:
             raise NotFound(f"No {resource_type} matches {query} (conditional patch)")
         return existing["id"]
 
-    def delete(self, resource_type: str, id: str, *, if_match: str | None = None) -> Outcome:
+    def delete(
+        self, resource_type: str, id: str, *, if_match: str | None = None, cascade: bool = False
+    ) -> Outcome:
+        """Delete; `cascade` also deletes what references it (in the same commit)."""
         check_type(resource_type)
         check_id(id)
-        (result,) = self._commit([WriteOp("delete", resource_type, id=id, if_match=if_match)])
+        op = WriteOp("delete", resource_type, id=id, if_match=if_match, cascade=cascade)
+        result = self._commit([op])[0]
         return Outcome(None, 200 if result.version_id != "0" else 204, result)
 
     def conditional_delete(self, resource_type: str, query: str) -> Outcome:

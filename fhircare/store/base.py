@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from fhircare.fhir.registry import SearchRegistry
+
 Method = Literal["create", "update", "delete"]
 
 
@@ -30,6 +32,7 @@ class WriteOp:
     if_match: str | None = None
     keep_id: bool = False
     origin: str = "local"  # "local" writes go to the sync outbox; "remote" ones came from sync
+    cascade: bool = False  # delete: also delete what references it (where the store offers it)
 
 
 @dataclass
@@ -41,6 +44,14 @@ class WriteResult:
     created: bool = False
     deleted: bool = False
     resource: dict[str, Any] | None = None
+
+
+@dataclass
+class SearchResult:
+    """One page of a search: every match counted, the page's resources in order."""
+
+    total: int
+    resources: list[dict[str, Any]]
 
 
 @dataclass
@@ -60,6 +71,10 @@ class Change:
 class Store(Protocol):
     """A FHIR resource store with versions, history and atomic multi-resource commits."""
 
+    # The search parameters its searches understand (the specification's, plus the
+    # SearchParameter resources the store indexes itself).
+    registry: SearchRegistry
+
     def read(self, resource_type: str, id: str) -> dict[str, Any]:
         """The current version; raises NotFound or Gone (deleted)."""
 
@@ -77,6 +92,16 @@ class Store(Protocol):
 
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Every live resource of the type matching the FHIR search parameters."""
+
+    def search_page(
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        offset: int = 0,
+        count: int | None = None,
+    ) -> SearchResult:
+        """The matches' total and the resources of one page (`count` None: all)."""
 
     def history(
         self,

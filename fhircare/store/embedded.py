@@ -11,7 +11,11 @@ and only then applied to the TinyDB tables: a failed commit changes nothing, and
 acknowledged one survives a kill -9 (see `journal.py`). Commits are applied to the tables'
 documents directly, by the same code that replays the journal, instead of through TinyDB's
 write path, which rebuilds a whole table per operation. The snapshot is a plain TinyDB JSON
-database. A reference index ("Patient/x" -> ids, per type) narrows reference searches.
+database. Search indexes (`index.py`: references and terms, per type) are built at write
+time from the registry's SearchParameter expressions and narrow every search; the store's
+own `SearchRegistry` adds the active SearchParameter resources it holds (a new one reindexes
+the types it applies to). Deleting a resource that live resources reference is refused with
+409 (referential integrity, on by default as in HAPI), or cascades when asked.
 """
 
 from __future__ import annotations
@@ -28,14 +32,19 @@ from tinydb import TinyDB
 from tinydb.storages import MemoryStorage
 from tinydb.table import Table
 
+from fhircare.fhir import registry
 from fhircare.fhir.errors import Conflict, Gone, NotFound, PreconditionFailed
 from fhircare.fhir.meta import without_server_meta
-from fhircare.fhir.references import iter_references, parse_local
-from fhircare.fhir.search import Criterion, matches, parse_query, sort_resources
-from fhircare.store.base import Change, WriteOp, WriteResult
+from fhircare.fhir.registry import SearchRegistry
+from fhircare.fhir.search import Criterion, execute, parse_query
+from fhircare.store.base import Change, SearchResult, WriteOp, WriteResult
+from fhircare.store.index import SearchIndex
 from fhircare.store.journal import Journal, apply_record
 
 META = "_meta"
+# Records about other resources that must outlive them: their references never block a delete
+# (HAPI's enforce_referential_integrity_on_delete_disable_for_paths serves the same end).
+INTEGRITY_EXEMPT = frozenset({"AuditEvent", "Provenance"})
 HISTORY = "._history"
 DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
 
@@ -63,6 +72,7 @@ class EmbeddedStore:
         *,
         fsync: bool = True,
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
+        referential_integrity: bool = True,
     ) -> None:
         self.folder = Path(folder)
         self._journal = Journal(self.folder, fsync=fsync)
@@ -71,13 +81,17 @@ class EmbeddedStore:
         self._db.storage.memory = tables  # type: ignore[attr-defined]
         self._mem = tables
         self._lock = threading.RLock()
-        # type -> "Type/id" referenced -> ids of live resources holding that reference
-        self._refs: dict[str, dict[str, set[str]]] = {}
+        self.referential_integrity = referential_integrity
+        self.registry = SearchRegistry(registry.R4)
+        for rid, cur in tables.get("SearchParameter", {}).items():
+            if not cur["deleted"]:
+                self.registry.set_custom(rid, self._body("SearchParameter", cur))
+        self._index = SearchIndex(self.registry)
         for name in list(tables):
             if not name.endswith(HISTORY) and name != META:
                 for rid, cur in tables[name].items():
                     if not cur["deleted"]:
-                        self._index(name, rid, self._body(name, cur))
+                        self._index.add(name, rid, self._body(name, cur))
         self._compact_bytes = compact_bytes
         self._last_instant = datetime.now(UTC) - timedelta(days=1)
         self._closed = False
@@ -144,50 +158,32 @@ class EmbeddedStore:
     def _body(self, resource_type: str, cur: dict[str, Any]) -> dict[str, Any]:
         return self._mem[resource_type + HISTORY][f"{cur['id']}/{cur['vid']}"]["resource"]
 
-    def _index(
-        self, resource_type: str, rid: str, resource: dict[str, Any] | None, remove: bool = False
-    ) -> None:
-        if resource is None:
-            return
-        index = self._refs.setdefault(resource_type, {})
-        for _, ref in iter_references(resource):
-            local = parse_local(ref["reference"])
-            if local is None:
-                continue
-            key = f"{local[0]}/{local[1]}"
-            if remove:
-                index.get(key, set()).discard(rid)
-            else:
-                index.setdefault(key, set()).add(rid)
-
-    def _live(
-        self, resource_type: str, ids: Iterable[str] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Live resources of a type (raw, not copied), optionally only the given ids."""
-        current = self._mem.get(resource_type, {})
-        curs = current.values() if ids is None else (current[i] for i in ids if i in current)
-        for cur in curs:
+    def _live(self, resource_type: str) -> Iterator[dict[str, Any]]:
+        """Live resources of a type (raw, not copied)."""
+        for cur in self._mem.get(resource_type, {}).values():
             if not cur["deleted"]:
                 yield self._body(resource_type, cur)
 
-    def _candidates(self, resource_type: str, criteria: list[Criterion]) -> set[str] | None:
-        """Ids that can match, from the reference index; None when no criterion narrows."""
-        best: set[str] | None = None
-        for crit in criteria:
-            if crit.definition.kind != "reference" or crit.modifier:
-                continue
-            if not all("/" in alt for alt in crit.alternatives):
-                continue
-            index = self._refs.get(resource_type, {})
-            found: set[str] = set()
-            for alt in crit.alternatives:
-                local = parse_local(alt)
-                if local is None:
-                    break
-                found |= index.get(f"{local[0]}/{local[1]}", set())
-            else:
-                best = found if best is None else best & found
-        return best
+    # ---- the SearchSource the search engine runs on -------------------------------------------
+
+    def live_ids(self, resource_type: str) -> list[str]:
+        return [i for i, cur in self._mem.get(resource_type, {}).items() if not cur["deleted"]]
+
+    def body(self, resource_type: str, id: str) -> dict[str, Any] | None:
+        cur = self._mem.get(resource_type, {}).get(id)
+        if cur is None or cur["deleted"]:
+            return None
+        return self._body(resource_type, cur)
+
+    def order(self, resource_type: str, ids: Iterable[str]) -> list[str]:
+        current = self._mem.get(resource_type, {})
+        return sorted(ids, key=lambda i: current[i]["seq"])
+
+    def candidates(self, resource_type: str, crit: Criterion) -> set[str] | None:
+        return self._index.candidates(resource_type, crit)
+
+    def referrers(self, resource_type: str, key: str) -> set[str]:
+        return self._index.referrers(resource_type, key)
 
     def iter_resources(self, resource_type: str) -> Iterator[dict[str, Any]]:
         with self._lock:
@@ -199,13 +195,33 @@ class EmbeddedStore:
             return sum(1 for cur in self._mem.get(resource_type, {}).values() if not cur["deleted"])
 
     def search(self, resource_type: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        criteria, sort = parse_query(resource_type, params)
+        return self.search_page(resource_type, params).resources
+
+    def search_page(
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        offset: int = 0,
+        count: int | None = None,
+    ) -> SearchResult:
+        query = parse_query(resource_type, params, registry_=self.registry)
         with self._lock:
-            ids = self._candidates(resource_type, criteria)
-            found = [
-                copy.deepcopy(r) for r in self._live(resource_type, ids) if matches(r, criteria)
-            ]
-        return sort_resources(found, sort) if sort else found
+            found = execute(self, query)
+            end = None if count is None else offset + count
+            page = [copy.deepcopy(r) for r in found[offset:end]]
+        return SearchResult(total=len(found), resources=page)
+
+    def referenced_by(self, resource_type: str, id: str) -> list[str]:
+        """'Type/id' of every live resource holding a reference to this one."""
+        key = f"{resource_type}/{id}"
+        with self._lock:
+            return sorted(
+                f"{t}/{h}"
+                for t, holders in self._index.referrer_types(key)
+                for h in holders
+                if (t, h) != (resource_type, id)
+            )
 
     def history(
         self,
@@ -292,10 +308,15 @@ class EmbeddedStore:
             self._write({META: docs}, self._seq)
 
     def commit(self, ops: list[WriteOp], meta: dict[str, Any] | None = None) -> list[WriteResult]:
-        """Apply every op or none, durably; `meta` values are written in the same commit."""
+        """Apply every op or none, durably; `meta` values are written in the same commit.
+
+        A delete with `cascade` also deletes, in the same commit, every live resource that
+        references the deleted one (recursively). With referential integrity on, a commit
+        that would leave a live resource referencing a deleted one raises Conflict (409)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("store is closed")
+            ops = self._with_cascades(ops)
             now = _instant(self._now())
             seq = self._seq
             pending: dict[tuple[str, str], dict[str, Any]] = {}  # overlay of current docs
@@ -314,6 +335,8 @@ class EmbeddedStore:
                     f"{result.id}/{result.version_id}"
                 ] = version_doc
                 results.append(result)
+            if self.referential_integrity:
+                self._check_integrity(tables)
             if meta:
                 tables.setdefault(META, {}).update(
                     {k: {"id": k, "value": copy.deepcopy(v)} for k, v in meta.items()}
@@ -321,6 +344,70 @@ class EmbeddedStore:
             if tables:
                 self._write(tables, seq)
             return results
+
+    def _with_cascades(self, ops: list[WriteOp]) -> list[WriteOp]:
+        """The ops, with a delete of every resource that references a cascading delete."""
+        if not any(op.method == "delete" and op.cascade for op in ops):
+            return ops
+        out = list(ops)
+        seen = {(op.resource_type, op.id) for op in ops if op.method == "delete"}
+        queue = [(op.resource_type, op.id) for op in ops if op.method == "delete" and op.cascade]
+        while queue:
+            rtype, rid = queue.pop()
+            for holder in self.referenced_by(rtype, rid or ""):
+                htype, hid = holder.split("/", 1)
+                if htype not in INTEGRITY_EXEMPT and (htype, hid) not in seen:
+                    seen.add((htype, hid))
+                    out.append(WriteOp("delete", htype, id=hid))
+                    queue.append((htype, hid))
+        return out
+
+    def _check_integrity(self, tables: dict[str, dict[str, Any]]) -> None:
+        """Refuse a commit after which a live resource would reference a deleted one."""
+        deleted = {
+            f"{rtype}/{rid}"
+            for rtype, docs in tables.items()
+            if not rtype.endswith(HISTORY) and rtype != META
+            for rid, doc in docs.items()
+            if doc["deleted"]
+        }
+        if not deleted:
+            return
+        written = {
+            (rtype, rid): doc
+            for rtype, docs in tables.items()
+            if not rtype.endswith(HISTORY) and rtype != META
+            for rid, doc in docs.items()
+        }
+        new_refs = {
+            (htype, hid): self._index.reference_keys(
+                htype, tables[htype + HISTORY][f"{hid}/{doc['vid']}"]["resource"]
+            )
+            for (htype, hid), doc in written.items()
+            if not doc["deleted"]
+        }
+        problems: list[str] = []
+        for target in sorted(deleted):
+            holders = set()
+            for htype, ids in self._index.referrer_types(target):
+                if htype not in INTEGRITY_EXEMPT:
+                    holders |= {(htype, h) for h in ids if (htype, h) not in written}
+            holders |= {
+                key
+                for key, refs in new_refs.items()
+                if target in refs and key[0] not in INTEGRITY_EXEMPT
+            }
+            holders.discard(tuple(target.split("/", 1)))  # type: ignore[arg-type]
+            if holders:
+                names = ", ".join(f"{t}/{i}" for t, i in sorted(holders)[:20])
+                more = f" and {len(holders) - 20} more" if len(holders) > 20 else ""
+                problems.append(f"{target} is referenced by {names}{more}")
+        if problems:
+            raise Conflict(
+                "Unable to delete: " + "; ".join(problems) + ". Delete or update the "
+                "referencing resources first (or delete with _cascade=delete where enabled)",
+                code="processing",
+            )
 
     def _prepare(
         self,
@@ -395,7 +482,7 @@ class EmbeddedStore:
         return result, cur_doc, version_doc
 
     def _write(self, tables: dict[str, dict[str, Any]], seq: int) -> None:
-        """Journal (durable), then apply to TinyDB; compact when the journal is large."""
+        """Journal (durable), then apply to TinyDB and the indexes; compact when large."""
         meta = tables.setdefault(META, {})
         meta["_store"] = {"id": "_store", "value": {"seq": seq}}
         record = {"seq": seq, "tables": tables}
@@ -403,18 +490,32 @@ class EmbeddedStore:
         for name, docs in tables.items():
             if name.endswith(HISTORY) or name == META:
                 continue
-            for rid in docs:  # drop the old version from the reference index
+            for rid in docs:  # drop the old version from the indexes
                 old = self._mem.get(name, {}).get(rid)
                 if old is not None and not old["deleted"]:
-                    self._index(name, rid, self._body(name, old), remove=True)
+                    self._index.remove(name, rid, self._body(name, old))
         apply_record(self._mem, record)
-        for name, docs in tables.items():
+        for name in tables:
             self._table(name).clear_cache()
-            if name.endswith(HISTORY) or name == META:
+        reindex: set[str] = set()
+        for rid, cur in tables.get("SearchParameter", {}).items():
+            body = None if cur["deleted"] else self._body("SearchParameter", cur)
+            reindex |= self.registry.set_custom(rid, body)
+        for name, docs in tables.items():
+            if name.endswith(HISTORY) or name == META or name in reindex:
                 continue
             for rid, cur in docs.items():
                 if not cur["deleted"]:
-                    self._index(name, rid, self._body(name, cur))
+                    self._index.add(name, rid, self._body(name, cur))
+        for name in sorted(reindex):
+            self._index.rebuild(
+                name,
+                (
+                    (i, self._body(name, c))
+                    for i, c in self._mem.get(name, {}).items()
+                    if not c["deleted"]
+                ),
+            )
         self._seq = seq
         if self._journal.journal_bytes > self._compact_bytes:
             self.compact()

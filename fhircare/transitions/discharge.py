@@ -25,9 +25,9 @@ visit Tasks taken over by the business-day Tasks above.
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -42,11 +42,15 @@ from fhircare.care.common import (
     utcnow,
     with_profile,
 )
+from fhircare.care.tasks import TERMINAL as TERMINAL_TASK
 from fhircare.fhir.errors import FhirError, NotFound, Unprocessable
 from fhircare.fhir.references import parse_local, rewrite_references
 from fhircare.observability.events import reported_discharge
 from fhircare.services.bus import MessageBus
 from fhircare.store.base import Store, WriteOp
+from fhircare.transitions import discharge_close as close
+from fhircare.transitions import discharge_gate as gate
+from fhircare.transitions import discharge_marker as marker_mod
 from fhircare.transitions import lace as lace_mod
 from fhircare.transitions.business_days import (
     business_deadline,
@@ -56,6 +60,9 @@ from fhircare.transitions.business_days import (
 from fhircare.transitions.medrec import reconcile
 from fhircare.transitions.medrec_fhir import ID_SYSTEM as MEDREC_ID_SYSTEM
 from fhircare.transitions.medrec_fhir import build_outputs
+from fhircare.transitions.precision import may_be_on_or_after
+
+commit_with_marker = marker_mod.commit_with_marker
 
 log = logging.getLogger("fhircare.discharge")
 
@@ -173,23 +180,6 @@ def _written(results: list[Any]) -> list[Resource]:
     return [r.resource for r in results if r.resource is not None]
 
 
-def commit_with_marker(store: Store, ops: list[WriteOp], meta: dict[str, Any]) -> list[Any]:
-    """Commit `ops` and the `meta` marker atomically when the store can (EmbeddedStore's
-    `commit(ops, meta=...)`); otherwise ops first, marker second. The fallback is still
-    crash-safe: outputs have deterministic ids and are only created when absent, so a re-run
-    after a crash between the two writes the marker without duplicating anything."""
-    try:
-        accepts_meta = "meta" in inspect.signature(store.commit).parameters
-    except (TypeError, ValueError):
-        accepts_meta = False
-    if accepts_meta:
-        return store.commit(ops, meta=meta)  # type: ignore[call-arg]
-    results = store.commit(ops) if ops else []
-    for k, v in meta.items():
-        store.set_meta(k, v)
-    return results
-
-
 def requester(encounter: Resource, owner: str | None) -> Resource:
     """Who asks for the follow-up: the care manager, else the discharging organisation, else
     the service itself (fhircare-task requires an owner or a requester)."""
@@ -219,9 +209,11 @@ def medication_outputs(
     now: datetime,
     holidays: frozenset[date] = frozenset(),
     with_tasks: bool = True,
+    episode: int = 1,
 ) -> tuple[list[Resource], bool]:
     """The reconciliation's List, DetectedIssues, Tasks and MedicationStatements with
-    deterministic ids and resolved references; and whether an issue is high severity."""
+    deterministic ids (of the discharge `episode`) and resolved references; and whether an
+    issue is high severity."""
     inputs: list[Resource] = []
     for rtype in MED_TYPES:
         inputs += [r for r in store.search(rtype, [("patient", patient_ref)]) if not _own_output(r)]
@@ -238,16 +230,19 @@ def medication_outputs(
     result = reconcile(inputs, encounter, resolve=resolve)
     enc_ref = f"Encounter/{encounter['id']}"
     pairs = build_outputs(result, patient_ref, enc_ref, now=fhir_datetime(now))
-    ids = {
-        full: f"{r['resourceType']}/{full.removeprefix('urn:uuid:')}"
-        for full, r in pairs
-        if full.startswith("urn:uuid:")
-    }
-    end = parse_datetime(encounter["period"]["end"]) if encounter.get("period") else now
-    due = business_deadline(end, 2, holidays)
-    out: list[Resource] = []
+    ids: dict[str, str] = {}
     for full, r in pairs:
-        r["id"] = full.removeprefix("urn:uuid:")
+        rid = full.removeprefix("urn:uuid:")
+        if episode > 1:
+            ident = r["identifier"][0]
+            ident["value"] = marker_mod.episode_value(ident["value"], episode)
+            rid = deterministic_id(ident["system"], ident["value"])
+        r["id"] = rid
+        ids[full] = f"{r['resourceType']}/{rid}"
+    end_text = (encounter.get("period") or {}).get("end")
+    due = business_deadline(parse_datetime(end_text) if end_text else now, 2, holidays)
+    out: list[Resource] = []
+    for _, r in pairs:
         rewrite_references(r, ids.get)
         if r["resourceType"] == "Task":
             if not with_tasks:
@@ -264,6 +259,11 @@ def medication_outputs(
 
 
 # ---- 3. follow-up Tasks --------------------------------------------------------------------
+
+
+def follow_up_value(encounter_id: str, task_key: str, episode: int = 1) -> str:
+    """The identifier value of a follow-up Task."""
+    return marker_mod.episode_value(f"{encounter_id}/follow-up/{task_key}", episode)
 
 
 def _due(spec: Resource, end: datetime, complexity: str, holidays: frozenset[date]) -> str | None:
@@ -287,8 +287,9 @@ def follow_up_tasks(
     careplan_ref: str | None,
     now: datetime,
     holidays: frozenset[date] = frozenset(),
+    episode: int = 1,
 ) -> dict[str, Resource]:
-    """The plan's follow-up Tasks by task key (deterministic ids)."""
+    """The plan's follow-up Tasks by task key (deterministic ids, per discharge episode)."""
     cfg = _config()
     enc_id = encounter["id"]
     end = parse_datetime(encounter["period"]["end"])
@@ -296,7 +297,7 @@ def follow_up_tasks(
     out: dict[str, Resource] = {}
     for key in cfg["plans"][plan]["tasks"]:
         spec = cfg["tasks"][key]
-        value = f"{enc_id}/follow-up/{key}"
+        value = follow_up_value(enc_id, key, episode)
         task: Resource = {
             "resourceType": "Task",
             "id": deterministic_id(ID_SYSTEM, value),
@@ -467,6 +468,68 @@ def _owner(store: Store, patient_ref: str, care_manager: str | None) -> str | No
     return None
 
 
+def _read_local(store: Store, ref: str) -> Resource | None:
+    local = parse_local(ref)
+    if local is None or not store.exists(local[0], local[1]):
+        return None
+    try:
+        return store.read(local[0], local[1])
+    except FhirError:
+        return None
+
+
+def _still_open(store: Store, enc_id: str, tasks: dict[str, Resource], episode: int) -> None:
+    """Put back, in place of a new Task, the Task of an earlier episode that is still open
+    (a person kept working on it through a cancelled discharge): never two of one kind."""
+    for task_key in list(tasks):
+        for earlier in range(episode - 1, 0, -1):
+            tid = deterministic_id(ID_SYSTEM, follow_up_value(enc_id, task_key, earlier))
+            old = _read_local(store, f"Task/{tid}")
+            if old is not None and old.get("status") not in TERMINAL_TASK:
+                tasks[task_key] = old
+                break
+
+
+def _no_follow_up(
+    store: Store,
+    encounter: Resource,
+    patient_ref: str,
+    patient: Resource | None,
+    decision: gate.NoFollowUp,
+    record: Resource,
+    *,
+    care_manager: str | None,
+    at: datetime,
+) -> list[Resource]:
+    """Record why a discharge opens no follow-up (marker, AuditEvent, log); after a death,
+    close what earlier discharges of the patient still have open."""
+    enc_id = encounter["id"]
+    key = marker_mod.episode_key(enc_id, int(record["episode"]))
+    event = gate.audit_event(encounter, patient_ref, decision, key=key, recorded=fhir_datetime(at))
+    ops: list[WriteOp] = []
+    if not store.exists("AuditEvent", event["id"]):
+        ops.append(WriteOp("create", "AuditEvent", id=event["id"], resource=event, keep_id=True))
+    meta: dict[str, Any] = {}
+    if decision.code == gate.DECEASED and patient is not None:
+        recorded = gate.recorded_death(patient) is not None
+        closed, meta = close.death_ops(
+            store,
+            patient,
+            decision.evidence,
+            cause_ref=close.versioned(patient if recorded else encounter),
+            owner=_owner(store, patient_ref, care_manager),
+            now=at,
+            skip=frozenset({enc_id}),
+        )
+        ops += closed.ops
+    record.update(
+        {"state": marker_mod.NO_FOLLOW_UP, "reason": {"code": decision.code, "text": decision.text}}
+    )
+    meta[marker_mod.key(enc_id)] = record
+    log.info("discharge processed: no follow-up (%s)", decision.code)
+    return _written(commit_with_marker(store, ops, meta))
+
+
 @reported_discharge  # one log line and one metric per discharge handled
 def process_discharge(
     store: Store,
@@ -474,24 +537,48 @@ def process_discharge(
     *,
     care_manager: str | None = None,
     now: datetime | None = None,
+    window_days: int | None = None,
 ) -> list[Resource]:
     """Process a discharge once per signature; returns the resources written ([] when the
-    encounter is not a discharge or this signature was already processed)."""
+    encounter is not a discharge or this signature was already processed).
+
+    A patient who died, or a discharge older than the follow-up window (`window_days`, else
+    `follow_up_window_days` of mappings/transitions.yaml), opens no follow-up: the marker and
+    an AuditEvent say why. After a cancel, the next discharge is a new episode."""
     if not is_discharge(encounter):
         return []
     at = utcnow(now)
     enc_id = encounter["id"]
-    key = DISCHARGE_MARKER.format(enc_id)
+    key = marker_mod.key(enc_id)
     sig = signature(encounter)
-    marker = store.get_meta(key)
-    if isinstance(marker, dict) and marker.get("signature") == sig:
+    marker = marker_mod.read(store, enc_id)
+    if marker_mod.is_current(marker, sig):
         return []
+    episode = marker_mod.episode_for(marker)
     patient_ref = _patient_ref(encounter)
     plan = disposition_plan(encounter)
-    record: Resource = {"signature": sig, "processed": fhir_datetime(at), "plan": plan}
-    if plan == "none":
-        commit_with_marker(store, [], {key: record})
-        return []
+    record: Resource = {
+        "signature": sig,
+        "processed": fhir_datetime(at),
+        "plan": plan,
+        "state": marker_mod.OPEN,
+        "episode": episode,
+    }
+    patient = _read_local(store, patient_ref)
+    decision = gate.no_follow_up(
+        encounter, plan, patient, now=at, window=gate.window_days(window_days)
+    )
+    if decision is not None:
+        return _no_follow_up(
+            store,
+            encounter,
+            patient_ref,
+            patient,
+            decision,
+            record,
+            care_manager=care_manager,
+            at=at,
+        )
 
     cfg = _config()
     holidays = parse_holidays(cfg.get("holidays") or [])
@@ -499,11 +586,11 @@ def process_discharge(
 
     # 1. medication reconciliation
     med_outputs, high_issue = medication_outputs(
-        store, encounter, patient_ref, owner=owner, now=at, holidays=holidays
+        store, encounter, patient_ref, owner=owner, now=at, holidays=holidays, episode=episode
     )
     # 2. readmission risk
     score = lace_mod.assess(store, encounter, patient_ref)
-    obs = lace_mod.observation(score, encounter, patient_ref, now=at)
+    obs = _in_episode(lace_mod.observation(score, encounter, patient_ref, now=at), episode)
     prov = lace_mod.provenance(score, obs, now=at)
     complexity = "high" if score.risk == "high" or high_issue else "moderate"
     record.update({"lace": score.total, "complexity": complexity})
@@ -520,7 +607,10 @@ def process_discharge(
         careplan_ref=careplan_ref,
         now=at,
         holidays=holidays,
+        episode=episode,
     )
+    if episode > 1:
+        _still_open(store, enc_id, tasks, episode)
     med_tasks = [r for r in med_outputs if r["resourceType"] == "Task"]
     others = [r for r in med_outputs if r["resourceType"] != "Task"] + [obs, prov]
     plan_ops: list[WriteOp] = []
@@ -546,8 +636,98 @@ def process_discharge(
         plan_ops = _revise_plan_ops(
             store, existing_plan, new_tasks, author=owner, now=at, encounter_id=enc_id
         )
+    opened = [*others, *all_tasks, *plan_resources]
+    previous = marker["opened"] if marker and marker.get("episode") == episode else []
+    refs = [*previous, *(f"{r['resourceType']}/{r['id']}" for r in opened)]
+    record["opened"] = list(dict.fromkeys(refs))
     results = commit_with_marker(store, [*output_ops, *plan_ops], {key: record})
     return _written(results)
+
+
+def _in_episode(resource: Resource, episode: int) -> Resource:
+    """An output with its identifier (and so its id) moved to the discharge episode."""
+    if episode > 1:
+        ident = resource["identifier"][0]
+        ident["value"] = marker_mod.episode_value(ident["value"], episode)
+        resource["id"] = deterministic_id(ident["system"], ident["value"])
+    return resource
+
+
+# ---- cancels and deaths -----------------------------------------------------------------------
+
+
+def undo_discharge(
+    store: Store,
+    encounter: Resource,
+    *,
+    care_manager: str | None = None,
+    now: datetime | None = None,
+) -> list[Resource]:
+    """Close what the discharge of an Encounter that is no longer finished opened (A13 cancel
+    discharge, A11 cancel admit, a PUT back to in-progress); [] when there is nothing to undo.
+    Tasks not started are cancelled with a reason, Tasks worked on get a review Task, the
+    reconciliation List is retired: see `discharge_close`."""
+    if encounter.get("status") not in close.REOPENED:
+        return []
+    marker = marker_mod.read(store, encounter["id"])
+    if marker is None or marker["state"] == marker_mod.CANCELLED:
+        return []
+    at = utcnow(now)
+    patient_ref = _patient_ref(encounter)
+    closed, record = close.undo_ops(
+        store, encounter, marker, owner=_owner(store, patient_ref, care_manager), now=at
+    )
+    results = commit_with_marker(store, closed.ops, {marker_mod.key(encounter["id"]): record})
+    log.info(
+        "discharge cancelled: %d task(s) cancelled, %d flagged for review, %d record(s) withdrawn",
+        closed.cancelled,
+        closed.reviews,
+        closed.withdrawn,
+    )
+    return _written(results)
+
+
+def close_for_death(
+    store: Store,
+    patient: Resource,
+    *,
+    care_manager: str | None = None,
+    now: datetime | None = None,
+) -> list[Resource]:
+    """A patient recorded deceased after discharges were processed: their open follow-up is
+    cancelled with the reason (work in progress is flagged for review instead)."""
+    evidence = gate.recorded_death(patient)
+    if evidence is None:
+        return []
+    at = utcnow(now)
+    patient_ref = f"Patient/{patient['id']}"
+    closed, markers = close.death_ops(
+        store,
+        patient,
+        evidence,
+        cause_ref=close.versioned(patient),
+        owner=_owner(store, patient_ref, care_manager),
+        now=at,
+    )
+    if not markers:
+        return []
+    results = commit_with_marker(store, closed.ops, markers)
+    log.info(
+        "patient deceased: %d follow-up task(s) cancelled, %d flagged for review",
+        closed.cancelled,
+        closed.reviews,
+    )
+    return _written(results)
+
+
+def find_reopened(store: Store) -> list[Resource]:
+    """Encounters whose discharge was handled but that are no longer finished."""
+    return close.find_reopened(store)
+
+
+def outcome_text(store: Store, encounter_id: str) -> str:
+    """One line saying what happened to an Encounter's discharge (for ACKs and responses)."""
+    return marker_mod.outcome_text(marker_mod.read(store, encounter_id))
 
 
 # ---- $reconcile-medications -----------------------------------------------------------------
@@ -574,8 +754,9 @@ def reconcile_encounter(
     patient_ref = _patient_ref(encounter)
     holidays = parse_holidays(_config().get("holidays") or [])
     owner = _owner(store, patient_ref, care_manager)
+    episode = marker_mod.episode_for(marker_mod.read(store, encounter_id))
     outputs, _ = medication_outputs(
-        store, encounter, patient_ref, owner=owner, now=at, holidays=holidays
+        store, encounter, patient_ref, owner=owner, now=at, holidays=holidays, episode=episode
     )
     existing_plan = active_careplan(store, patient_ref)
     if existing_plan is not None:
@@ -604,29 +785,47 @@ def reconcile_encounter(
 # ---- event wiring ---------------------------------------------------------------------------
 
 
-def register(bus: MessageBus, *, care_manager: str | None = None) -> None:
-    """Run discharge processing after every Encounter write that is a discharge."""
+def register(
+    bus: MessageBus,
+    *,
+    care_manager: str | None = None,
+    window_days: int | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> None:
+    """Run discharge processing after every Encounter write that is a discharge, undo it after
+    one that is no longer finished, and close open follow-up when a Patient is recorded
+    deceased. `clock` pins the time (tests); default the current time."""
+
+    def now() -> datetime | None:
+        return clock() if clock else None
 
     def on_encounter(store: Store, encounter: Resource) -> list[Resource]:
-        if not is_discharge(encounter):
-            return []
-        return process_discharge(store, encounter, care_manager=care_manager)
+        if is_discharge(encounter):
+            return process_discharge(
+                store, encounter, care_manager=care_manager, now=now(), window_days=window_days
+            )
+        return undo_discharge(store, encounter, care_manager=care_manager, now=now())
+
+    def on_patient(store: Store, patient: Resource) -> list[Resource]:
+        return close_for_death(store, patient, care_manager=care_manager, now=now())
 
     on_encounter.__qualname__ = "discharge.on_encounter"
+    on_patient.__qualname__ = "discharge.on_patient"
     bus.on("Encounter", on_encounter)
+    bus.on("Patient", on_patient)
 
 
 def find_unprocessed(store: Store, *, since: datetime | str | None = None) -> list[Resource]:
-    """Finished discharge Encounters whose current signature has no marker (e.g. after a sync
-    pull, so a missed Subscription notification does not mean a missed discharge)."""
+    """Finished discharges whose current signature was not handled, or was cancelled since
+    (e.g. after a sync pull, so a missed Subscription notification does not mean a missed
+    discharge). `since` skips those that surely ended before it (compared at precision)."""
     floor = parse_datetime(since) if isinstance(since, str) else (utcnow(since) if since else None)
     out = []
     for enc in store.search("Encounter", [("status", "finished")]):
         if not is_discharge(enc):
             continue
-        if floor is not None and parse_datetime(enc["period"]["end"]) < floor:
+        if floor is not None and not may_be_on_or_after(enc["period"]["end"], floor):
             continue
-        marker = store.get_meta(DISCHARGE_MARKER.format(enc["id"]))
-        if not (isinstance(marker, dict) and marker.get("signature") == signature(enc)):
+        if not marker_mod.is_current(marker_mod.read(store, enc["id"]), signature(enc)):
             out.append(copy.deepcopy(enc))
-    return sorted(out, key=lambda e: e["period"]["end"])
+    return sorted(out, key=lambda e: parse_datetime(e["period"]["end"]))

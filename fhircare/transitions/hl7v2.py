@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,6 +24,7 @@ from fhircare.transitions.hl7v2_ack import ack_for_error, build_ack, encode_ack
 from fhircare.transitions.hl7v2_er7 import (
     Er7Message,
     Hl7Error,
+    Hl7Time,
     Segment,
     check_msh,
     decode_er7,
@@ -46,6 +46,7 @@ from fhircare.transitions.hl7v2_map import (
     participants,
     patient_class,
 )
+from fhircare.transitions.precision import hl7_span, ordered_end
 
 __all__ = [
     "AdtMessage",
@@ -55,6 +56,7 @@ __all__ = [
     "build_ack",
     "decode_er7",
     "encode_ack",
+    "match_query",
     "parse_adt",
     "primary_identifier",
     "search_token",
@@ -89,6 +91,9 @@ class AdtMessage:
     condition_urls: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     raw: str = field(default="", repr=False)  # normalised ER7 text (CR separators)
+    # the discharge time at the precision it was sent (Encounter.period.end cannot say it)
+    discharge_time: Hl7Time | None = None
+    death_indicator: str = ""  # PID-30 as sent (Y, N or empty)
 
     @property
     def is_discharge(self) -> bool:
@@ -158,7 +163,9 @@ def parse_adt(message: str | bytes, *, default_tz: str = "UTC") -> AdtMessage:
     patient = map_patient(pid, er7.first("PD1"), ctx)
     patient_url = _urn()
     encounter_url = _urn()
-    encounter = _map_encounter(trigger, event["status"], pv1, pid, evn, er7, patient, ctx)
+    encounter, discharge_time = _map_encounter(
+        trigger, event["status"], pv1, pid, evn, er7, patient, ctx
+    )
     encounter["subject"] = {"reference": patient_url}
     conditions, condition_urls = _map_conditions(er7, encounter, patient_url, encounter_url, ctx)
 
@@ -190,6 +197,8 @@ def parse_adt(message: str | bytes, *, default_tz: str = "UTC") -> AdtMessage:
         condition_urls=tuple(condition_urls),
         warnings=tuple(ctx.warnings),
         raw=text,
+        discharge_time=discharge_time,
+        death_indicator=pid.get(30).upper(),
     )
 
 
@@ -213,7 +222,7 @@ def _map_encounter(
     er7: Er7Message,
     patient: dict[str, Any],
     ctx: MapContext,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Hl7Time | None]:
     enc: dict[str, Any] = {
         "resourceType": "Encounter",
         "identifier": [encounter_identifier(pv1, pid, patient, ctx)],
@@ -232,14 +241,9 @@ def _map_encounter(
         end = None
     elif end and not cancelled:
         enc["status"] = "finished"
-    if start and end and _before(end_raw, pv1.get(44), ctx.default_tz):
-        raise Hl7Error(
-            "discharge time (PV1-45) is before admit time (PV1-44)",
-            "AE",
-            segment="PV1",
-            field=45,
-            error_code="102",
-        )
+    end_ts = parse_ts(end_raw, ctx.default_tz) if end else None
+    if start and end and end_ts:
+        end = checked_end(start, parse_ts(pv1.get(44), ctx.default_tz), end, end_ts, ctx)
     period = {k: v for k, v in (("start", start), ("end", end)) if v}
     if period:
         enc["period"] = period
@@ -277,23 +281,29 @@ def _map_encounter(
             locations.append({"location": {"display": display}, "status": state})
     if locations:
         enc["location"] = locations
-    return enc
+    return enc, end_ts
 
 
-_SPAN = {
-    "hour": timedelta(hours=1),
-    "minute": timedelta(minutes=1),
-    "second": timedelta(seconds=1),
-}
-
-
-def _before(end_raw: str, start_raw: str, default_tz: str) -> bool:
-    """True when the whole of the end time (at its precision) lies before the start time."""
-    end, start = parse_ts(end_raw, default_tz), parse_ts(start_raw, default_tz)
-    if end.moment and start.moment:
-        return end.moment + _SPAN[end.precision] <= start.moment
-    n = min(len(end.fhir), len(start.fhir), 10)
-    return end.fhir[:n] < start.fhir[:n]
+def checked_end(start: str, start_ts: Hl7Time, end: str, end_ts: Hl7Time, ctx: MapContext) -> str:
+    """The discharge time to store, compared with the admit time at the coarser of the two
+    precisions: AE when it lies wholly before the admit time; the admit time itself when it
+    falls in the same minute (or hour, day) but was written earlier, so the Encounter never
+    ends before it starts (FHIR invariant per-1)."""
+    kept = ordered_end(start, hl7_span(start_ts), end, hl7_span(end_ts))
+    if kept is None:
+        raise Hl7Error(
+            "discharge time (PV1-45) is before admit time (PV1-44)",
+            "AE",
+            segment="PV1",
+            field=45,
+            error_code="102",
+        )
+    if kept != end:
+        ctx.warnings.append(
+            f"discharge time given to the {end_ts.precision} falls in the admit time's "
+            f"{end_ts.precision}: stored as the admit time"
+        )
+    return kept
 
 
 def _map_conditions(
@@ -391,29 +401,32 @@ def primary_identifier(patient: dict[str, Any]) -> dict[str, Any]:
     return patient["identifier"][0]
 
 
-def adt_to_transaction(adt: AdtMessage) -> dict[str, Any]:
+def match_query(resource: dict[str, Any]) -> str:
+    """The conditional query a mapped Patient or Encounter is upserted on (`identifier=...`)."""
+    ident = (
+        primary_identifier(resource)
+        if resource["resourceType"] == "Patient"
+        else resource["identifier"][0]
+    )
+    return f"identifier={search_token(ident['system'], ident['value'])}"
+
+
+def adt_to_transaction(
+    adt: AdtMessage, *, if_match: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A FHIR transaction Bundle: conditional PUT of Patient and Encounter on their first
-    identifier, conditional create (ifNoneExist) of each Condition on its DG1 identifier."""
-    pid = primary_identifier(adt.patient)
-    eid = adt.encounter["identifier"][0]
-    entries: list[dict[str, Any]] = [
-        {
-            "fullUrl": adt.patient_url,
-            "resource": adt.patient,
-            "request": {
-                "method": "PUT",
-                "url": f"Patient?identifier={search_token(pid['system'], pid['value'])}",
-            },
-        },
-        {
-            "fullUrl": adt.encounter_url,
-            "resource": adt.encounter,
-            "request": {
-                "method": "PUT",
-                "url": f"Encounter?identifier={search_token(eid['system'], eid['value'])}",
-            },
-        },
-    ]
+    identifier, conditional create (ifNoneExist) of each Condition on its DG1 identifier.
+
+    `if_match` (resource type -> versionId) makes the Patient or Encounter PUT fail if the
+    stored one changed since it was read (it was merged with the message: see hl7v2_merge).
+    """
+    entries: list[dict[str, Any]] = []
+    for url, resource in ((adt.patient_url, adt.patient), (adt.encounter_url, adt.encounter)):
+        rtype = resource["resourceType"]
+        request = {"method": "PUT", "url": f"{rtype}?{match_query(resource)}"}
+        if if_match and rtype in if_match:
+            request["ifMatch"] = f'W/"{if_match[rtype]}"'
+        entries.append({"fullUrl": url, "resource": resource, "request": request})
     for url, cond in zip(adt.condition_urls, adt.conditions, strict=True):
         cid = cond["identifier"][0]
         entries.append(

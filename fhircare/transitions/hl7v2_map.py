@@ -324,8 +324,16 @@ def discharge_disposition(pv1: Segment, ctx: MapContext) -> dict[str, Any] | Non
         }
         return {"coding": [coding], "text": text or coding["display"]}
     if entry is None:
-        ctx.warnings.append("PV1-36 discharge disposition not in table 0112; kept as text")
-        return coded(ctx.local["discharge_disposition"], code, text)
+        local = coded(ctx.local["discharge_disposition"], code, text)
+        fhir = (table.get("local_codes") or {}).get(code.upper())
+        if fhir is None:
+            ctx.warnings.append("PV1-36 discharge disposition not in table 0112; kept as text")
+            return local
+        # a site's own value, mapped in mappings/hl7v2.yaml: keep it and add the FHIR code
+        local.setdefault("coding", []).append(
+            {"system": table["fhir_system"], "code": fhir, "display": table["fhir_display"][fhir]}
+        )
+        return local
     codings = [{"system": table["system"], "code": code, "display": entry["display"]}]
     if entry.get("fhir"):
         fhir = entry["fhir"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from fhircare.care.common import (
@@ -30,6 +30,7 @@ from fhircare.care.common import (
     with_profile,
 )
 from fhircare.store.base import Store
+from fhircare.transitions.precision import span
 
 Resource = dict[str, Any]
 
@@ -104,13 +105,24 @@ def ed_points(visits: int) -> int:
     return min(max(visits, 0), int(_config()["lace"]["ed_visits_max"]))
 
 
+def _calendar_date(value: str, zone: tzinfo | None) -> date:
+    """The calendar date a FHIR date or dateTime names: a date as written (it has no zone to
+    convert from), a time in `zone` when given, else in its own offset."""
+    moment = parse_datetime(value)
+    if "T" not in value or zone is None:
+        return moment.date()
+    return moment.astimezone(zone).date()
+
+
 def length_of_stay_days(encounter: Resource) -> int:
     """Calendar days between admission and discharge dates (local dates); 0 when unknown."""
     period = encounter.get("period") or {}
     if not period.get("start") or not period.get("end"):
         return 0
-    start, end = parse_datetime(period["start"]), parse_datetime(period["end"])
-    return max((end.date() - start.astimezone(end.tzinfo).date()).days, 0)
+    end = period["end"]
+    zone = parse_datetime(end).tzinfo if "T" in end else None
+    days = _calendar_date(end, zone) - _calendar_date(period["start"], zone)
+    return max(days.days, 0)
 
 
 # ---- Charlson ---------------------------------------------------------------------------
@@ -188,7 +200,7 @@ def preceding_emergency(encounter: Resource, encounters: list[Resource]) -> Reso
     """The emergency encounter that led to this admission: linked by partOf, or ending at most
     `preceding_emergency_hours` before the admission start."""
     hours = _config()["lace"]["preceding_emergency_hours"]
-    start = _start(encounter)
+    admitted = (encounter.get("period") or {}).get("start")
     for other in encounters:
         if other.get("id") == encounter.get("id") or _class_code(other) != "EMER":
             continue
@@ -196,9 +208,12 @@ def preceding_emergency(encounter: Resource, encounters: list[Resource]) -> Reso
             continue
         if _part_of(other, encounter) or _part_of(encounter, other):
             return other
-        end = _end(other)
-        if start and end and start - timedelta(hours=hours) <= end <= start + timedelta(hours=1):
-            return other
+        ended = (other.get("period") or {}).get("end")
+        if admitted and ended:
+            # at the precision given: an ED visit dated the day before may have ended at 23:59
+            adm, end = span(admitted), span(ended)
+            if end.hi > adm.lo - timedelta(hours=hours) and end.lo <= adm.hi + timedelta(hours=1):
+                return other
     return None
 
 

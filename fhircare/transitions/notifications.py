@@ -256,11 +256,15 @@ def process_message(
             written = discharge.process_discharge(
                 store, encounter, care_manager=care_manager, now=at
             )
-            marker = store.get_meta(discharge.DISCHARGE_MARKER.format(encounter["id"]))
-            state = "processed" if marker else "not processed"
-            notes.append(f"discharge {enc_ref} {state} ({len(written)} resource(s) written now)")
+            outcome = discharge.outcome_text(store, encounter["id"])
+            notes.append(f"{enc_ref}: {outcome} ({len(written)} resource(s) written now)")
         else:
             notes.append(f"{enc_ref} is not a finished inpatient/emergency/observation stay")
+    elif enc_ref:  # an admit or transfer: a stay moved back from finished undoes its discharge
+        encounter = store.read("Encounter", enc_ref.split("/", 1)[1])
+        discharge.undo_discharge(store, encounter, care_manager=care_manager, now=at)
+        if store.get_meta(discharge.DISCHARGE_MARKER.format(encounter["id"])) is not None:
+            notes.append(f"{enc_ref}: {discharge.outcome_text(store, encounter['id'])}")
     response = _response(header, bundle, key, at, notes)
     store.set_meta(MARKER.format(key), response)
     return response

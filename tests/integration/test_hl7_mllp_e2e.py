@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,15 +22,20 @@ from fhircare.transitions.mllp import MllpDecoder, frame
 from tests.conftest import free_port
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+# Times of a stay that ended an hour ago: within the follow-up window whenever this runs.
+_ENDED = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+SENT = (_ENDED + timedelta(minutes=30)).strftime("%Y%m%d%H%M%S")
+ADMITTED = (_ENDED - timedelta(days=5)).strftime("%Y%m%d%H%M%S")
+ENDED = _ENDED.strftime("%Y%m%d%H%M%S")
 
 
 def a03(mrn: str, visit: str, control: str) -> bytes:
     return (
-        f"MSH|^~\\&|ADT|GENHOSP|FHIRCARE|CM|20261120103000||ADT^A03^ADT_A03|{control}|P|2.5.1\r"
-        f"EVN|A03|20261120103000\r"
+        f"MSH|^~\\&|ADT|GENHOSP|FHIRCARE|CM|{SENT}||ADT^A03^ADT_A03|{control}|P|2.5.1\r"
+        f"EVN|A03|{SENT}\r"
         f"PID|1||{mrn}^^^GENHOSP^MR||Müller^Jürgen||19470312|M\r"
         f"PV1|1|I|W1^101^A||||||||||||||||{visit}^^^GENHOSP^VN|||||||||||||||||01|||||||"
-        f"|20261115080000|20261120100000\r"
+        f"|{ADMITTED}|{ENDED}\r"
         f"DG1|1||I50.9^Heart failure, unspecified^I10|||A\r"
         f"ZXY|ignored|segment\r"
     ).encode()

@@ -211,6 +211,10 @@ def test_fhirpy_async_round_trip(served_fhircare: ServerProcess) -> None:
         observations = client.resources("Observation").search(subject=f"Patient/{patient.id}")
         assert len(await observations.limit(3).fetch_all()) == 4
 
+        with pytest.raises(OperationOutcome, match="is referenced by Observation/"):
+            await patient.delete()  # referential integrity, as HAPI by default
+        for observation in await observations.fetch_all():
+            await observation.delete()
         await patient.delete()
         with pytest.raises(ResourceNotFound):
             await client.get("Patient", patient.id)

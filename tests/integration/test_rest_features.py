@@ -307,7 +307,7 @@ def test_post_with_a_query_string_is_a_conditional_create(api: TestClient) -> No
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/fhir/Patient/{id}?_summary=true"),
+        ("GET", "/fhir/Patient/{id}?_sort=family"),
         ("GET", "/fhir/Patient/{id}?family=x"),
         ("PUT", "/fhir/Patient/{id}?family=x"),
         ("DELETE", "/fhir/Patient/{id}?family=x"),

@@ -239,15 +239,17 @@ def test_snf_discharge_hands_off(store: EmbeddedStore) -> None:
     assert referrals and all(sr["status"] == "draft" for sr in referrals)
 
 
-def test_expired_writes_nothing_but_the_marker(store: EmbeddedStore) -> None:
+def test_expired_writes_nothing_but_the_marker_and_why(store: EmbeddedStore) -> None:
     patient = seed_patient(store)
     home_meds(store, patient)
     enc = encounter(store, patient, dispo=(DISPO, "exp"))
     before = store.count("Task")
-    assert discharge.process_discharge(store, enc, care_manager=CM, now=NOW) == []
+    written = discharge.process_discharge(store, enc, care_manager=CM, now=NOW)
+    assert [r["resourceType"] for r in written] == ["AuditEvent"]
     assert store.count("Task") == before
     assert store.count("List") == 0
     assert store.get_meta("discharge.e1")["plan"] == "none"
+    assert store.get_meta("discharge.e1")["state"] == "no-follow-up"
     assert discharge.find_unprocessed(store) == []
 
 
@@ -365,7 +367,7 @@ def test_bus_handler_and_find_unprocessed(store: EmbeddedStore) -> None:
         "e1"
     ]
     bus = MessageBus()
-    discharge.register(bus, care_manager=CM)
+    discharge.register(bus, care_manager=CM, clock=lambda: NOW)
     written = bus.publish(store, [enc])
     assert by_type(written, "Task")
     assert not bus.failures

@@ -132,7 +132,7 @@ def test_admit_notification_does_not_run_discharge(store: EmbeddedStore) -> None
 
 def test_commit_fn_publishes_on_the_bus(store: EmbeddedStore) -> None:
     bus = MessageBus()
-    discharge.register(bus, care_manager=CM)
+    discharge.register(bus, care_manager=CM, clock=lambda: NOW)
     svc = ResourceService(store, bus)
     notifications.process_message(store, message(), commit_fn=svc.commit_prepared, now=NOW)
     assert not bus.failures

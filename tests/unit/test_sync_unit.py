@@ -13,8 +13,10 @@ from fhircare.remote.client import FhirClient, RemoteUnavailable, ServerError
 from fhircare.remote.retry import RetryPolicy
 from fhircare.remote.sync import (
     PUSH_SEQ,
+    SubscriptionNotActive,
     dependency_order,
     pull,
+    pull_resource,
     push,
     remote_key,
     resolve,
@@ -28,7 +30,11 @@ BASE = "http://hapi.test/fhir"
 
 
 class FakeFhir:
-    """Just enough of a FHIR server: transactions of PUT/DELETE, sorted paged search."""
+    """Just enough of a FHIR server: transactions of PUT/DELETE, sorted paged search.
+
+    Like HAPI, a PUT whose `ifMatch` names another version than the current one fails the
+    whole transaction (with `stale_status`: HAPI's 409 by default), and DELETE ignores it.
+    """
 
     def __init__(self) -> None:
         self.db: dict[tuple[str, str], dict] = {}
@@ -37,6 +43,9 @@ class FakeFhir:
         self.bundles: list[dict] = []
         self.fail: list[Exception | int] = []  # faults for the next transactions
         self.subscription_polls = 0
+        self.stale_status = 409
+        self.resthook = True  # False: Subscriptions stay "requested", as on a stock HAPI
+        self.lose_answer = 0  # transactions applied whose answer is then lost (read timeout)
 
     def tick(self) -> str:
         self.clock += timedelta(milliseconds=1)
@@ -62,9 +71,12 @@ class FakeFhir:
         if request.method == "GET" and path.startswith("Subscription/"):
             self.subscription_polls += 1
             sub = dict(self.db[("Subscription", path.split("/")[1])])
-            if self.subscription_polls >= 2:
+            if self.subscription_polls >= 2 and self.resthook:
                 sub["status"] = "active"
             return httpx.Response(200, json=sub)
+        if request.method == "DELETE" and path.count("/") == 1:
+            self.db.pop(tuple(path.split("/")), None)  # type: ignore[arg-type]
+            return httpx.Response(204)
         if request.method == "GET" and path.count("/") == 1:
             found = self.db.get(tuple(path.split("/")))  # type: ignore[arg-type]
             if found is None:
@@ -89,16 +101,31 @@ class FakeFhir:
                     ],
                 }
                 return httpx.Response(422, json=outcome)
+        for e in bundle["entry"]:
+            wanted = e["request"].get("ifMatch")
+            key = tuple(e["request"]["url"].split("/"))
+            current = self.versions.get(key)  # type: ignore[call-overload]
+            put = e["request"]["method"] == "PUT"
+            if wanted and put and current is not None and wanted != f'W/"{current}"':
+                outcome = {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "conflict", "diagnostics": "stale"}],
+                }
+                return httpx.Response(self.stale_status, json=outcome)
         self.bundles.append(bundle)
         out = []
         for e in bundle["entry"]:
             rtype, rid = e["request"]["url"].split("/")
             if e["request"]["method"] == "DELETE":
                 self.db.pop((rtype, rid), None)
+                self.versions[(rtype, rid)] = self.versions.get((rtype, rid), 0) + 1
                 out.append({"response": {"status": "204 No Content"}})
             else:
                 vid = self.put(e["resource"])
                 out.append({"response": {"status": "200 OK", "etag": f'W/"{vid}"'}})
+        if self.lose_answer:
+            self.lose_answer -= 1
+            raise httpx.ReadTimeout("applied, but the answer was lost")
         return httpx.Response(
             200, json={"resourceType": "Bundle", "type": "transaction-response", "entry": out}
         )
@@ -325,6 +352,86 @@ def test_refused_resources_are_isolated_recorded_and_retried(store, client, serv
     assert push(store, client).pushed == 0
 
 
+# ---- push against concurrent edits on the server ----------------------------------------------
+
+
+def pushed_once(store, client, server, *resources: dict) -> None:
+    put_local(store, *resources)
+    assert push(store, client).pushed == len(resources)
+
+
+def test_push_is_conditional_on_the_remote_version_last_seen(store, client, server) -> None:
+    pushed_once(store, client, server, patient("p1"))
+    put_local(store, patient("p1", "Local"), patient("p2"))
+    push(store, client)
+    entries = {e["request"]["url"]: e["request"] for e in server.bundles[-1]["entry"]}
+    assert entries["Patient/p1"]["ifMatch"] == 'W/"1"'
+    assert "ifMatch" not in entries["Patient/p2"]  # never seen on the server: plain PUT
+
+
+@pytest.mark.parametrize("stale_status", [409, 412])
+def test_push_flags_an_edit_made_on_the_server_and_holds_it(
+    store, client, server, stale_status
+) -> None:
+    server.stale_status = stale_status
+    pushed_once(store, client, server, patient("p1"), patient("p2"))
+    server.put(patient("p1", "Theirs"))  # edited on the server after our push
+    put_local(store, patient("p1", "Mine"), patient("p2", "Also mine"), patient("p3"))
+    report = push(store, client)
+    assert report.conflicts == ["Patient/p1"] and report.held == ["Patient/p1"]
+    assert report.pushed == 2  # the others went through
+    assert server.db[("Patient", "p1")]["name"] == [{"family": "Theirs"}]  # not overwritten
+    assert server.db[("Patient", "p2")]["name"] == [{"family": "Also mine"}]
+    open_conflict = status(store)["conflicts"]["Patient/p1"]
+    assert open_conflict["remote_version"] == "2" and open_conflict["found_by"] == "push"
+    again = push(store, client)
+    assert again.pushed == 0 and list(status(store)["conflicts"]) == ["Patient/p1"]
+    resolve(store, client, "Patient", "p1", keep="local")
+    assert server.db[("Patient", "p1")]["name"] == [{"family": "Mine"}]
+    assert status(store)["conflicts"] == {}
+
+
+def test_push_remote_wins_takes_the_servers_version(store, client, server) -> None:
+    pushed_once(store, client, server, patient("p1"))
+    server.put(patient("p1", "Theirs"))
+    put_local(store, patient("p1", "Mine"))
+    report = push(store, client, policy="remote-wins")
+    assert report.remote_wins == 1 and report.conflicts == []
+    assert store.read("Patient", "p1")["name"] == [{"family": "Theirs"}]
+    assert push(store, client).pushed == 0  # taken from the server: nothing to send back
+
+
+def test_push_local_wins_overwrites_knowingly(store, client, server) -> None:
+    pushed_once(store, client, server, patient("p1"))
+    server.put(patient("p1", "Theirs"))
+    put_local(store, patient("p1", "Mine"))
+    report = push(store, client, policy="local-wins")
+    assert report.local_wins == 1
+    assert server.db[("Patient", "p1")]["name"] == [{"family": "Mine"}]
+    assert store.get_meta(remote_key("Patient", "p1")) == "3"
+
+
+def test_lost_answer_then_stale_retry_is_our_own_write(store, client, server) -> None:
+    """The Bundle was applied but its answer lost; the retry meets its own new version
+    (stale If-Match): that is not a conflict."""
+    pushed_once(store, client, server, patient("p1"))
+    put_local(store, patient("p1", "Mine"))
+    server.lose_answer = 1
+    report = push(store, client)
+    assert report.pushed == 1 and report.conflicts == [] and status(store)["conflicts"] == {}
+    assert server.versions[("Patient", "p1")] == 2
+    assert store.get_meta(remote_key("Patient", "p1")) == "2"
+
+
+def test_delete_of_a_resource_edited_on_the_server_is_a_conflict(store, client, server) -> None:
+    pushed_once(store, client, server, patient("p1"))
+    server.put(patient("p1", "Theirs"))
+    store.commit([WriteOp("delete", "Patient", id="p1")])
+    report = push(store, client)
+    assert report.conflicts == ["Patient/p1"] and report.deleted == 0
+    assert ("Patient", "p1") in server.db  # HAPI ignores If-Match on DELETE: we checked first
+
+
 def test_server_error_stops_the_push_without_advancing(store, client, server) -> None:
     put_local(store, patient("p1"))
     server.fail = [500]
@@ -383,6 +490,17 @@ def _both_changed(store: EmbeddedStore, client: FhirClient, server: FakeFhir) ->
     push(store, client)
     put_local(store, obs("o1", "p1", 2.0))  # local edit, not pushed
     server.put(obs("o1", "p1", 3.0))  # remote edit
+
+
+def test_pull_resource_brings_what_a_notification_names(store, client, server) -> None:
+    server.put(obs("o1", "p1", 70.0))
+    report = pull_resource(store, client, "Observation", "o1", version="1")
+    assert report.created == 1 and store.read("Observation", "o1")["valueQuantity"]["value"] == 70.0
+    assert pull_resource(store, client, "Observation", "o1", version="1").unchanged == 1
+    server.put(obs("o1", "p1", 71.0))
+    assert pull_resource(store, client, "Observation", "o1", version="2").updated == 1
+    assert store.read("Observation", "o1")["valueQuantity"]["value"] == 71.0
+    assert push(store, client).pushed == 0  # not echoed back
 
 
 def test_conflict_flag_keeps_local_and_holds_it_back(store, client, server) -> None:
@@ -464,6 +582,27 @@ def test_subscribe_is_idempotent_and_waits_for_active(client, server) -> None:
     again = subscribe(client, endpoint="https://care.example/hook", sleep=waits.append)
     assert again["id"] == sub["id"]
     assert sum(1 for t, _ in server.db if t == "Subscription") == 1
+
+
+def test_subscribe_that_never_activates_is_deleted_and_names_the_setting(client, server) -> None:
+    server.resthook = False
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(SubscriptionNotActive) as err:
+        subscribe(
+            client,
+            endpoint="https://care.example/hook",
+            timeout=5,
+            sleep=sleep,
+            clock=lambda: now[0],
+        )
+    assert "hapi.fhir.subscription.resthook_enabled=true" in err.value.diagnostics
+    assert "was deleted" in err.value.diagnostics
+    assert now[0] >= 5 and server.subscription_polls >= 5  # polled until the deadline
+    assert not any(t == "Subscription" for t, _ in server.db)  # nothing left "requested"
 
 
 # ---- the remote store's transaction ---------------------------------------------------------

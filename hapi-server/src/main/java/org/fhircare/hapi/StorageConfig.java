@@ -9,50 +9,75 @@ import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
 import ca.uhn.fhir.jpa.subscription.match.deliver.email.IEmailSender;
 import jakarta.persistence.EntityManagerFactory;
+import java.util.HashSet;
 import java.util.Map;
 import javax.sql.DataSource;
 import org.hl7.fhir.dstu2.model.Subscription.SubscriptionChannelType;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.autoconfigure.orm.jpa.JpaProperties;
+import org.springframework.boot.context.properties.EnableConfigurationProperties;
 import org.springframework.context.annotation.Bean;
 import org.springframework.context.annotation.Configuration;
 import org.springframework.context.annotation.Primary;
 import org.springframework.orm.jpa.JpaTransactionManager;
 import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 
-/** Storage behaviour, subscription settings and the Hibernate wiring for the HAPI JPA server. */
+/**
+ * Storage behaviour and subscription settings from {@link HapiFhirProperties} (the official
+ * image's defaults unless a profile or a command-line setting changes them), and the
+ * Hibernate wiring for the HAPI JPA server.
+ */
 @Configuration
+@EnableConfigurationProperties(HapiFhirProperties.class)
 public class StorageConfig {
 
 	@Bean
-	public JpaStorageSettings jpaStorageSettings() {
+	public JpaStorageSettings jpaStorageSettings(HapiFhirProperties props) {
 		JpaStorageSettings settings = new JpaStorageSettings();
-		// Clients may choose any id (PUT Patient/abc); server-assigned ids are UUIDs so they never clash.
-		settings.setResourceClientIdStrategy(ClientIdStrategyEnum.ANY);
-		settings.setResourceServerIdStrategy(IdStrategyEnum.UUID);
-		settings.setAllowMultipleDelete(true);
-		// Never answer a search from an earlier cached one: tests see their own writes at once.
-		settings.setReuseCachedSearchResultsForMillis(null);
-		settings.setEnforceReferentialIntegrityOnWrite(true);
-		settings.setEnforceReferentialIntegrityOnDelete(true);
-		settings.setDeleteExpungeEnabled(true);
-		settings.setExpungeEnabled(true);
-		// No Lucene/Elasticsearch indexing.
+		settings.setReuseCachedSearchResultsForMillis(props.getReuseCachedSearchResultsMillis());
+		settings.setExpireSearchResultsAfterMillis(props.getRetainCachedSearchesMins() * 60 * 1000);
+		settings.setResourceClientIdStrategy(props.getClientIdStrategy());
+		IdStrategyEnum serverIds = props.getServerIdStrategy();
+		if (serverIds == null && props.getClientIdStrategy() == ClientIdStrategyEnum.ANY) {
+			serverIds = IdStrategyEnum.UUID; // as the image does: server ids never clash with client ids
+		}
+		if (serverIds != null) {
+			settings.setResourceServerIdStrategy(serverIds);
+		}
+		settings.setAllowMultipleDelete(props.isAllowMultipleDelete());
+		settings.setAllowExternalReferences(props.isAllowExternalReferences());
+		settings.setAllowContainsSearches(props.isAllowContainsSearches());
+		settings.setAutoCreatePlaceholderReferenceTargets(props.isAutoCreatePlaceholderReferenceTargets());
+		settings.setEnforceReferentialIntegrityOnWrite(props.isEnforceReferentialIntegrityOnWrite());
+		settings.setEnforceReferentialIntegrityOnDelete(props.isEnforceReferentialIntegrityOnDelete());
+		settings.setDeleteExpungeEnabled(props.isDeleteExpungeEnabled());
+		settings.setExpungeEnabled(props.isExpungeEnabled());
+		settings.setFilterParameterEnabled(props.isFilterSearchEnabled());
+		settings.setFetchSizeDefaultMaximum(props.getMaxPageSize());
+		if (!props.getSearchPrefetchThresholds().isEmpty()) {
+			settings.setSearchPreFetchThresholds(props.getSearchPrefetchThresholds());
+		}
+		settings.setTreatReferencesAsLogical(new HashSet<>(props.getLogicalUrls()));
+		settings.setStoreMetaSourceInformation(props.getStoreMetaSourceInformation());
+		// No Lucene/Elasticsearch indexing (the image's default too).
 		settings.setHibernateSearchIndexFullText(false);
 		settings.setHibernateSearchIndexSearchParams(false);
 		return settings;
 	}
 
 	@Bean
-	public SubscriptionSettings subscriptionSettings() {
+	public SubscriptionSettings subscriptionSettings(HapiFhirProperties props) {
 		SubscriptionSettings settings = new SubscriptionSettings();
-		settings.addSupportedSubscriptionType(SubscriptionChannelType.RESTHOOK);
-		settings.setEnableInMemorySubscriptionMatching(true);
-		// Shorten the delay between POSTing a Subscription and it becoming active.
-		settings.setSubscriptionChangeQueuedImmediately(true);
-		settings.setSubscriptionIntervalInMs(1000);
-		// Allow rest-hook endpoints on loopback and any port.
-		settings.setRestHookEndpointUrlValidationRegex(null);
+		HapiFhirProperties.Subscription sub = props.getSubscription();
+		if (sub.isResthookEnabled()) {
+			settings.addSupportedSubscriptionType(SubscriptionChannelType.RESTHOOK);
+		}
+		if (sub.getPollingIntervalMs() != null) {
+			settings.setSubscriptionIntervalInMs(sub.getPollingIntervalMs());
+		}
+		if (sub.isImmediatelyQueued()) {
+			settings.setSubscriptionChangeQueuedImmediately(true);
+		}
 		return settings;
 	}
 
@@ -61,7 +86,7 @@ public class StorageConfig {
 		return new PartitionSettings();
 	}
 
-	/** Only rest-hook subscriptions are enabled; HAPI still wants an email sender bean. */
+	/** No email subscriptions; HAPI still wants an email sender bean. */
 	@Bean
 	public IEmailSender emailSender() {
 		return details -> {};

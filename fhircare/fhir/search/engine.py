@@ -1,0 +1,160 @@
+"""Running a parsed query over a store's resources, narrowed by its indexes.
+
+The store provides a `SearchSource`: live resources by id, and index lookups that give a
+superset of the matches (or None when an index cannot narrow). Every candidate is then
+checked against every criterion, so an index can only make a search faster, never wrong.
+Chains, `_has` and `_list` are resolved first into sets of references or ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, Protocol
+
+from fhircare.fhir.registry import SearchRegistry
+from fhircare.fhir.search import values as V
+from fhircare.fhir.search.match import (
+    IdIn,
+    RefIn,
+    embeds_resources,
+    extract,
+    matches,
+    reference_keys,
+    sort_value,
+)
+from fhircare.fhir.search.query import Criterion, Has, InList, Query, SortKey
+
+Resource = dict[str, Any]
+Resolved = Criterion | RefIn | IdIn
+
+
+class SearchSource(Protocol):
+    """What the engine needs from a store."""
+
+    registry: SearchRegistry
+
+    def live_ids(self, resource_type: str) -> Collection[str]:
+        """Every live id of the type."""
+
+    def body(self, resource_type: str, id: str) -> Resource | None:
+        """The live resource (not copied: the engine only reads it), or None."""
+
+    def order(self, resource_type: str, ids: Collection[str]) -> list[str]:
+        """The ids in the store's natural order (oldest write first)."""
+
+    def candidates(self, resource_type: str, crit: Criterion) -> set[str] | None:
+        """Ids that may match the criterion (a superset), or None when no index helps."""
+
+    def referrers(self, resource_type: str, key: str) -> set[str]:
+        """Ids of live resources of the type holding a reference to `key` ('Type/id')."""
+
+
+def execute(source: SearchSource, query: Query, *, base_url: str | None = None) -> list[Resource]:
+    """The matching resources (not copied), sorted."""
+    ids = matching_ids(source, query.resource_type, query.criteria, base_url=base_url)
+    found = [r for i in ids if (r := source.body(query.resource_type, i)) is not None]
+    return sort_resources(found, query.sort) if query.sort else found
+
+
+def matching_ids(
+    source: SearchSource,
+    resource_type: str,
+    criteria: list[Criterion | Has | InList],
+    *,
+    base_url: str | None = None,
+) -> list[str]:
+    resolved = [_resolve(source, resource_type, c, base_url) for c in criteria]
+    pool: set[str] | None = None
+    for crit in sorted(resolved, key=_selectivity):
+        found = _candidates(source, resource_type, crit, base_url)
+        if found is None:
+            continue
+        pool = found if pool is None else pool & found
+        if not pool:
+            return []
+    ids: Collection[str] = source.live_ids(resource_type) if pool is None else pool
+    reg = source.registry
+    out = []
+    for rid in ids:
+        body = source.body(resource_type, rid)
+        if body is not None and all(matches(body, c, reg=reg, base_url=base_url) for c in resolved):
+            out.append(rid)
+    return source.order(resource_type, out) if pool is not None else out
+
+
+def _selectivity(crit: Resolved) -> int:
+    if isinstance(crit, IdIn):
+        return 0
+    if isinstance(crit, RefIn):
+        return 1
+    return 2 if crit.param.type in ("token", "reference") else 3
+
+
+def _candidates(
+    source: SearchSource, resource_type: str, crit: Resolved, base_url: str | None
+) -> set[str] | None:
+    if isinstance(crit, IdIn):
+        return set(crit.ids)
+    if isinstance(crit, RefIn):
+        out: set[str] = set()
+        for key in crit.keys:
+            out |= source.referrers(resource_type, key)
+        return out
+    if crit.chain is not None:
+        return None
+    if crit.param.type == "reference" and (crit.modifier is None or crit.modifier[0].isupper()):
+        out = set()
+        for value in crit.values:
+            for key in reference_keys(crit.param, crit.modifier, value, base_url):
+                out |= source.referrers(resource_type, key)
+        return out
+    if crit.param.code == "_id" and crit.modifier is None:
+        return {v for v in crit.values if source.body(resource_type, v) is not None}
+    return source.candidates(resource_type, crit)
+
+
+def _resolve(
+    source: SearchSource, resource_type: str, crit: Criterion | Has | InList, base_url: str | None
+) -> Resolved:
+    if isinstance(crit, InList):
+        lst = source.body("List", crit.list_id)
+        ids: set[str] = set()
+        for entry in (lst or {}).get("entry") or []:
+            ref = ((entry or {}).get("item") or {}).get("reference")
+            if isinstance(ref, str):
+                key = V.reference_key(ref)
+                if key.startswith(resource_type + "/"):
+                    ids.add(key.split("/", 1)[1])
+        return IdIn(frozenset(ids))
+    if isinstance(crit, Has):
+        holders = matching_ids(source, crit.source_type, [crit.criterion], base_url=base_url)
+        prefix = resource_type + "/"
+        found: set[str] = set()
+        for hid in holders:
+            body = source.body(crit.source_type, hid)
+            if body is None:
+                continue
+            for key in V.references(extract(crit.reference, body)):
+                if key.startswith(prefix):
+                    found.add(key[len(prefix) :])
+        return IdIn(frozenset(found))
+    if crit.chain is not None and embeds_resources(crit.param):
+        return crit  # matched on the resources inside (Bundle.entry[0].resource)
+    if crit.chain is not None:
+        assert crit.chain_type is not None
+        targets = matching_ids(source, crit.chain_type, [crit.chain], base_url=base_url)
+        return RefIn(crit.param, frozenset(f"{crit.chain_type}/{t}" for t in targets))
+    return crit
+
+
+def sort_resources(resources: list[Resource], keys: list[SortKey]) -> list[Resource]:
+    """Stable multi-key sort; resources without a value come last in either direction."""
+    for key in reversed(keys):
+        valued = []
+        missing = []
+        for r in resources:
+            v = sort_value(key.param, r, key.descending)
+            (missing if v is None else valued).append((v, r))
+        valued.sort(key=lambda p: p[0], reverse=key.descending)
+        resources = [r for _, r in valued] + [r for _, r in missing]
+    return resources

@@ -1,0 +1,187 @@
+"""The embedded store's search indexes, built at write time from the registry's expressions.
+
+Per resource type, two inverted maps from a key to the ids of the live resources holding it:
+
+* references: every `Reference.reference` in the resource ('Type/id', or the absolute URL),
+  and the canonical values of reference parameters; this also answers "who points at this
+  resource?" for referential integrity, `_revinclude`, `_has` and chains;
+* terms: `code␟value` for token parameters (the code alone and `system|code`), uri
+  parameters (the uri) and string parameters (the first three characters, normalised).
+
+An index lookup gives a superset of the matches; the engine checks every candidate, so the
+indexes only make searches faster. Dates, numbers and quantities are not indexed: a search
+on them alone scans the type, and with a reference or token criterion it is narrowed first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fhircare.fhir.fhirpath import final_elements, is_fast, top_level_keys
+from fhircare.fhir.references import iter_references
+from fhircare.fhir.registry import SearchParam, SearchRegistry
+from fhircare.fhir.search import values as V
+from fhircare.fhir.search.match import extract, implicit_system, token_query
+from fhircare.fhir.search.query import Criterion, split_values
+
+SEP = "\x1f"
+STRING_PREFIX = 3
+TERM_TYPES = ("token", "uri", "string")
+
+
+def _indexed(params: Iterable[SearchParam]) -> tuple[tuple[SearchParam, ...], ...]:
+    """(term params, canonical reference params) worth indexing: on the fast path."""
+    terms = []
+    canonical = []
+    for p in params:
+        if not p.expression or not is_fast(p.expression, p.resource_type):
+            continue
+        if p.type in TERM_TYPES and p.code != "_id":
+            terms.append(p)
+        elif p.type == "reference":
+            finals = final_elements(p.expression, p.resource_type) or ()
+            if any(t in ("canonical", "uri", "") for _, t in finals):
+                canonical.append(p)
+    return tuple(terms), tuple(canonical)
+
+
+def term_keys(param: SearchParam, resource: dict[str, Any]) -> set[str]:
+    values = extract(param, resource)
+    code = param.code + SEP
+    out: set[str] = set()
+    if param.type == "token":
+        for system, value in V.tokens(values, implicit_system(param)):
+            out.add(code + value)
+            if system:
+                out.add(f"{code}{system}|{value}")
+    elif param.type == "uri":
+        out.update(code + u for u in V.uris(values))
+    elif param.type == "string":
+        for s in V.strings(values):
+            n = V.normalise(s)
+            if len(n) >= STRING_PREFIX:
+                out.add(code + n[:STRING_PREFIX])
+    return out
+
+
+class SearchIndex:
+    """Inverted maps of one store, kept in step with its live resources."""
+
+    def __init__(self, registry: SearchRegistry) -> None:
+        self.registry = registry
+        self.refs: dict[str, dict[str, set[str]]] = {}
+        self.terms: dict[str, dict[str, set[str]]] = {}
+        self._plan: dict[str, tuple[int, tuple[tuple[SearchParam, ...], ...], frozenset[str]]] = {}
+
+    # ---- keys of a resource ---------------------------------------------------------------
+
+    def _params(self, resource_type: str) -> tuple[tuple[SearchParam, ...], ...]:
+        return self._planned(resource_type)[1]
+
+    def _planned(
+        self, resource_type: str
+    ) -> tuple[int, tuple[tuple[SearchParam, ...], ...], frozenset[str]]:
+        plan = self._plan.get(resource_type)
+        if plan is None or plan[0] != self.registry.version:
+            params = _indexed(self.registry.params(resource_type).values())
+            plan = (self.registry.version, params, frozenset(p.code for p in params[0]))
+            self._plan[resource_type] = plan
+        return plan
+
+    def reference_keys(self, resource_type: str, resource: dict[str, Any]) -> set[str]:
+        keys = {
+            V.reference_key(ref["reference"])
+            for _, ref in iter_references(resource)
+            if not ref["reference"].startswith("#")
+        }
+        for param in self._params(resource_type)[1]:
+            needs = top_level_keys(param.expression or "", resource_type)
+            if needs is None or not needs.isdisjoint(resource.keys()):
+                keys.update(V.references(extract(param, resource)))
+        return keys
+
+    def term_keys(self, resource_type: str, resource: dict[str, Any]) -> set[str]:
+        out: set[str] = set()
+        for param in self._params(resource_type)[0]:
+            needs = top_level_keys(param.expression or "", resource_type)
+            if needs is not None and needs.isdisjoint(resource.keys()):
+                continue  # the resource holds nothing this parameter reads
+            out |= term_keys(param, resource)
+        return out
+
+    # ---- maintenance ----------------------------------------------------------------------
+
+    def add(self, resource_type: str, rid: str, resource: dict[str, Any]) -> None:
+        refs = self.refs.setdefault(resource_type, {})
+        for key in self.reference_keys(resource_type, resource):
+            refs.setdefault(key, set()).add(rid)
+        terms = self.terms.setdefault(resource_type, {})
+        for key in self.term_keys(resource_type, resource):
+            terms.setdefault(key, set()).add(rid)
+
+    def remove(self, resource_type: str, rid: str, resource: dict[str, Any]) -> None:
+        refs = self.refs.get(resource_type, {})
+        for key in self.reference_keys(resource_type, resource):
+            holders = refs.get(key)
+            if holders is not None:
+                holders.discard(rid)
+                if not holders:
+                    del refs[key]
+        terms = self.terms.get(resource_type, {})
+        for key in self.term_keys(resource_type, resource):
+            holders = terms.get(key)
+            if holders is not None:
+                holders.discard(rid)
+                if not holders:
+                    del terms[key]
+
+    def rebuild(self, resource_type: str, live: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Index a type afresh (after its search parameters changed)."""
+        self.refs.pop(resource_type, None)
+        self.terms.pop(resource_type, None)
+        for rid, resource in live:
+            self.add(resource_type, rid, resource)
+
+    # ---- lookups --------------------------------------------------------------------------
+
+    def referrers(self, resource_type: str, key: str) -> set[str]:
+        return set(self.refs.get(resource_type, {}).get(key, ()))
+
+    def referrer_types(self, key: str) -> Iterable[tuple[str, set[str]]]:
+        for rtype, index in self.refs.items():
+            holders = index.get(key)
+            if holders:
+                yield rtype, holders
+
+    def candidates(self, resource_type: str, crit: Criterion) -> set[str] | None:
+        """A superset of the ids matching a term criterion, or None when not indexed."""
+        param = crit.param
+        if param.type not in TERM_TYPES or param.code not in self._planned(resource_type)[2]:
+            return None
+        code = param.code + SEP
+        terms = self.terms.get(resource_type, {})
+        keys: list[str] = []
+        if param.type == "token" and crit.modifier is None:
+            for value in crit.values:
+                system, c = token_query(value)
+                if c is None:
+                    return None
+                keys.append(f"{code}{system}|{c}" if system else code + c)
+        elif param.type == "uri" and crit.modifier is None:
+            keys = [code + v for v in crit.values]
+        elif param.type == "string" and crit.modifier in (None, "exact"):
+            for value in crit.values:
+                n = V.normalise(value)
+                if len(n) < STRING_PREFIX:
+                    return None
+                keys.append(code + n[:STRING_PREFIX])
+        else:
+            return None
+        out: set[str] = set()
+        for key in keys:
+            out |= terms.get(key, set())
+        return out
+
+
+__all__ = ["SearchIndex", "split_values"]
