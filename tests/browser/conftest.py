@@ -1,5 +1,5 @@
 """Browser tests: Debian's chromium driven by Playwright against a real `fhircare serve`
-holding the demo's data and a reconciled discharge. One browser per session; each test
+holding the demo's data and a reconciled discharge. One browser for these tests; each test
 gets a fresh context. Screenshots go to build/screenshots/ (or FHIRCARE_SCREENSHOTS)."""
 
 from __future__ import annotations
@@ -73,8 +73,11 @@ def api(app_server: ServerProcess) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """One chromium for the browser tests. Package scope, not session: Playwright's sync API
+    keeps an event loop running in this thread while it is open, and the rest of the suite's
+    `asyncio.run` must not meet it."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"chromium is not installed ({CHROMIUM}): scripts/test installs it with apt")
     if not AXE.exists():

@@ -31,12 +31,19 @@ export function show(title, ...content) {
   document.getElementById("screen-title").focus();
 }
 
+let announced = null;
+
+/** Say what just happened (a polite live region), and clear it after a while. */
 export function announce(message) {
   const status = document.getElementById("status");
   status.textContent = "";
+  clearTimeout(announced);
   requestAnimationFrame(() => {
     status.textContent = message;
   });
+  announced = setTimeout(() => {
+    status.textContent = "";
+  }, 10000);
 }
 
 /** An error (or a version conflict) shown where it happened, with what to do next. */
