@@ -257,13 +257,21 @@ async def search_post(
 
 
 @router.get("/{resource_type}/{resource_id}", summary="Read (or a type operation)")
-def read(
+async def read(
     resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
-    st = _state(request)
     if resource_id.startswith("$"):
         check_type(resource_type)
-        return run_operation(request, access, resource_id[1:], resource_type, None, None)
+        return await _run_sync(
+            request, run_operation, request, access, resource_id[1:], resource_type, None, None
+        )
+    if getattr(_state(request).svc.store, "memory_reads", False):
+        return _read(request, resource_type, resource_id, access)  # no worker-thread hop
+    return await _run_sync(request, _read, request, resource_type, resource_id, access)
+
+
+def _read(request: Request, resource_type: str, resource_id: str, access: Access) -> Response:
+    st = _state(request)
     _refuse_query(request, "A read", ("_summary", "_elements"))
     resource = st.svc.read(resource_type, resource_id)
     access.require(resource_type, "read", resource)
