@@ -22,6 +22,7 @@ from fhircare.api.http import (
     resource_response,
 )
 from fhircare.api.operations import run_operation
+from fhircare.api.workers import run_blocking
 from fhircare.fhir.errors import BadRequest, MethodNotAllowed, NotFound, PreconditionFailed
 from fhircare.fhir.summary import check_summary, parse_elements, subset
 from fhircare.fhir.validation import check_id, check_type
@@ -104,7 +105,13 @@ def _bundle(request: Request, body: Any, access: Access) -> Response:
 
 
 @router.get("/{resource_type}", summary="Search")
-def search(resource_type: str, request: Request, access: Access = Depends(get_access)) -> Response:
+async def search(
+    resource_type: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
+    return await _run_sync(request, _search, resource_type, request, access)
+
+
+def _search(resource_type: str, request: Request, access: Access) -> Response:
     st = _state(request)
     if resource_type.startswith("$"):
         return run_operation(request, access, resource_type[1:], None, None, None)
@@ -535,6 +542,4 @@ async def _has_body(request: Request) -> bool:
 
 async def _run_sync(request: Request, fn: Any, *args: Any) -> Response:
     """Run blocking store work in a worker thread (keeps the event loop free)."""
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args)
+    return await run_blocking(fn, *args)
