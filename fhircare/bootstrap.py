@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from fhircare.services.bus import MessageBus
 from fhircare.services.resources import ResourceService
 from fhircare.services.searching import Paging
 from fhircare.store.base import Store
+
+log = logging.getLogger("fhircare.terminology")
 
 
 @dataclass
@@ -70,7 +73,19 @@ def open_store(settings: Settings) -> Store:
     )
 
 
+def use_local_terminology(settings: Settings) -> None:
+    """Reconciliation reads the data folder's RxNorm index first, when one was loaded."""
+    from fhircare.terminology.rxnorm import open_local_index
+    from fhircare.transitions.medications import use_local_index
+
+    try:
+        use_local_index(open_local_index(settings.data))
+    except ValueError as exc:
+        log.warning("%s; using the built-in drug table", exc)
+
+
 def build_container(settings: Settings, store: Store | None = None) -> Container:
+    use_local_terminology(settings)
     store = store or open_store(settings)
     bus = MessageBus()
     svc = ResourceService(store, bus)

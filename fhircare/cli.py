@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from fhircare import __version__
 from fhircare.commands import sync as sync_commands
+from fhircare.commands import terminology
 from fhircare.config import Settings, config_errors
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(sync_commands.app, name="sync")
+app.add_typer(terminology.app, name="terminology")
 
 console = Console()
 err = Console(stderr=True)
@@ -205,6 +207,7 @@ def reconcile(
     from fhircare.transitions.reconcile_cli import render_table, run_reconcile
 
     data = load_json_file(bundle)
+    _use_local_terminology(_settings().data)
     try:
         validate_resource(data, "Bundle")  # a malformed Bundle is refused, never reconciled
         result = run_reconcile(data)
@@ -214,6 +217,17 @@ def reconcile(
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         console.print(render_table(result))
+
+
+def _use_local_terminology(data_dir: Path) -> None:
+    """Reconcile with the data folder's RxNorm index (`fhircare terminology load-rxnorm`)."""
+    from fhircare.terminology.rxnorm import open_local_index
+    from fhircare.transitions.medications import use_local_index
+
+    try:
+        use_local_index(open_local_index(data_dir))
+    except ValueError as exc:
+        err.print(f"[yellow]warning:[/] {escape(str(exc))}; using the built-in drug table")
 
 
 @app.command()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -38,6 +38,7 @@ class Ingredient:
     classes: tuple[str, ...]
     chronic: bool
     high_alert: bool
+    known: bool = True  # False: identified through a local RxNorm index, no clinical facts
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,21 +55,27 @@ class Phrase:
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """The parsed reference table (see mappings/medications.yaml)."""
+    """The parsed reference tables (mappings/medications.yaml and mappings/drug-codes.yaml)."""
 
     ingredients: dict[str, Ingredient]
-    by_rxcui: dict[str, str]
+    by_rxcui: dict[str, str]  # ingredient (IN) code -> ingredient
+    by_code: dict[str, Phrase]  # precise ingredient (PIN) and brand name (BN) code -> phrase
     phrases: dict[str, Phrase]
     max_words: int
     products: dict[str, str]
     salt_words: frozenset[str]
     classes: dict[str, dict[str, Any]]
     duplicate_groups: tuple[dict[str, Any], ...]
+    interactions: tuple[dict[str, Any], ...]
+    interaction_classes: frozenset[str]  # every class some interaction rule names
     high_alert: dict[str, str]
     combo_order: dict[frozenset[str], tuple[str, ...]]
     routes_snomed: dict[str, str]
     route_words: dict[str, str]
     timing_codes: dict[str, float]
+
+
+CODES_FILE = "drug-codes.yaml"
 
 
 def mappings_path() -> Path:
@@ -80,15 +87,45 @@ def _words(text: str) -> str:
     return " ".join(_WORD_RE.findall(text.lower()))
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - safe loader
+    return data if isinstance(data, dict) else {}
+
+
 @lru_cache(maxsize=4)
 def load_tables(path: str | None = None) -> Tables:
-    """Load and index the reference table once (cached per path)."""
-    raw = yaml.safe_load(Path(path or mappings_path()).read_text(encoding="utf-8"))
+    """The reference tables: the built-in ones, extended by the local RxNorm index in use.
+
+    `path` names another medications.yaml (then no local index applies). Memoised (a hot
+    path); use_local_index clears it.
+    """
+    local = _LOCAL
+    if path is None and local is not None:
+        return local.tables
+    return _load_tables(path)
+
+
+@lru_cache(maxsize=4)
+def _load_tables(path: str | None = None) -> Tables:
+    """Load and index the reference tables once (cached per path of medications.yaml).
+
+    drug-codes.yaml is read from the same folder. Both must name the same ingredients, and no
+    phrase may mean two different things.
+    """
+    rules_path = Path(path or mappings_path())
+    raw = _read_yaml(rules_path)
+    codes_path = rules_path.with_name(CODES_FILE)
+    codes = _read_yaml(codes_path) if codes_path.exists() else {}
     high_alert = {cls: v["basis"] for cls, v in (raw.get("high_alert") or {}).items()}
+    coded = codes.get("ingredients") or {}
+    if coded and set(coded) != set(raw["ingredients"]):
+        diff = sorted(set(coded) ^ set(raw["ingredients"]))
+        raise ValueError(f"{CODES_FILE} and medications.yaml name different ingredients: {diff}")
     ingredients: dict[str, Ingredient] = {}
     for name, v in raw["ingredients"].items():
         classes = tuple(v.get("classes") or ())
-        rxcui = v.get("rxcui")
+        rxcui = (coded.get(name) or {}).get("rxcui", v.get("rxcui"))
         ingredients[name] = Ingredient(
             name=name,
             rxcui=str(rxcui) if rxcui is not None else None,
@@ -99,19 +136,33 @@ def load_tables(path: str | None = None) -> Tables:
     phrases: dict[str, Phrase] = {}
 
     def add(text: str, phrase: Phrase) -> None:
-        phrases[_words(text)] = phrase
+        key = _words(text)
+        known = phrases.get(key)
+        if known is not None and known.ingredients and known.ingredients != phrase.ingredients:
+            raise ValueError(f"medication phrase {key!r} means both {known} and {phrase}")
+        phrases[key] = phrase
 
     for name in ingredients:
         add(name, Phrase("ingredient", (name,)))
-    for syn, target in (raw.get("synonyms") or {}).items():
-        add(syn, Phrase("ingredient", (target,)))
-    for name, v in (raw.get("salts") or {}).items():
-        add(name, Phrase("salt", (v["ingredient"],), salt=v.get("salt"), release=v.get("release")))
-    for name, v in (raw.get("brands") or {}).items():
-        add(
-            name,
-            Phrase("brand", tuple(v["ingredients"]), salt=v.get("salt"), release=v.get("release")),
+    for section in (codes, raw):
+        for syn, target in (section.get("synonyms") or {}).items():
+            add(syn, Phrase("ingredient", (target,)))
+    salts = {**(codes.get("salts") or {})}
+    for name, v in (raw.get("salts") or {}).items():  # the clinical file adds release facts
+        salts[name] = {**salts.get(name, {}), **v}
+    by_code: dict[str, Phrase] = {}
+    for name, v in salts.items():
+        phrase = Phrase("salt", (v["ingredient"],), salt=v.get("salt"), release=v.get("release"))
+        add(name, phrase)
+        if v.get("rxcui"):
+            by_code[str(v["rxcui"])] = phrase
+    for name, v in (codes.get("brands") or {}).items():
+        phrase = Phrase(
+            "brand", tuple(v["ingredients"]), salt=v.get("salt"), release=v.get("release")
         )
+        add(name, phrase)
+        if v.get("rxcui"):
+            by_code[str(v["rxcui"])] = phrase
     for name, v in (raw.get("forms") or {}).items():
         add(name, Phrase("form", form=v["form"], release=v.get("release"), route=v.get("route")))
     for name, rel in (raw.get("release_markers") or {}).items():
@@ -120,16 +171,24 @@ def load_tables(path: str | None = None) -> Tables:
         for ing in phrase.ingredients:
             if ing not in ingredients:
                 raise ValueError(f"medications.yaml: unknown ingredient {ing!r}")
+    products: dict[str, str] = {}
+    for section in (codes.get("vsac_products"), codes.get("rxnorm_products"), raw.get("products")):
+        products.update({str(k): v for k, v in (section or {}).items()})
     routes = raw.get("routes") or {}
     return Tables(
         ingredients=ingredients,
         by_rxcui={i.rxcui: n for n, i in ingredients.items() if i.rxcui},
+        by_code=by_code,
         phrases=phrases,
         max_words=max(len(p.split()) for p in phrases),
-        products={str(k): v for k, v in (raw.get("products") or {}).items()},
+        products=products,
         salt_words=frozenset(raw.get("salt_words") or ()),
         classes=raw.get("classes") or {},
         duplicate_groups=tuple(raw.get("duplicate_groups") or ()),
+        interactions=tuple(raw.get("interactions") or ()),
+        interaction_classes=frozenset(
+            c for rule in raw.get("interactions") or () for c in rule["classes"]
+        ),
         high_alert=high_alert,
         combo_order={frozenset(c): tuple(c) for c in raw.get("combinations") or ()},
         routes_snomed={str(k): v for k, v in (routes.get("snomed") or {}).items()},
@@ -151,7 +210,10 @@ class Identity:
     release: str | None = None
     salt: str | None = None
     route: str | None = None  # implied by the dose form
-    source: str = "text"  # rxnorm-product | rxnorm-ingredient | text | medication
+    source: str = "text"  # rxnorm-product | rxnorm-ingredient | rxnorm-brand | text | medication
+    # A strength written without units ("Norco 5/325", "Advair 250/50", "lisinopril 10"): kept
+    # as written and never assumed to be mg; reconciliation flags it for review.
+    unitless: str | None = None
 
     @property
     def key(self) -> frozenset[str]:
@@ -166,7 +228,14 @@ _STRENGTH_RE = re.compile(
     r"(?<![\d.])(\d+(?:\.\d+)?)\s*(mg|mcg|ug|µg|g|gm|unt|units?|iu|meq|ml|%)"
     r"(?:\s*/\s*(ml|actuat|hr|h|g))?(?![a-z])"
 )
-_PAIR_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*[/-]\s*(\d+(?:\.\d+)?)(?:\s*mg)?(?![\d.a-z/])")
+_PAIR_RE = re.compile(
+    r"(?<![\d.])(\d+(?:\.\d+)?)\s*[/-]\s*(\d+(?:\.\d+)?)(?:\s*(mg|mcg|ug|µg|g)\b)?(?![\d.a-z/])"
+)
+# A number in a name with no unit after it (not a release period such as "24 hr").
+_BARE_NUMBER_RE = re.compile(
+    r"(?<![\d./])(\d+(?:\.\d+)?)(?![\d./])"
+    r"(?!\s*(?:hr|hrs|h|hour|hours|ml|mg|mcg|ug|µg|g|gm|unt|units?|iu|meq|%|actuat|day|days|d)\b)"
+)
 _BRACKET_RE = re.compile(r"\[([^\]]+)\]")
 _MASS = {"mg": 1.0, "g": 1000.0, "gm": 1000.0, "mcg": 0.001, "ug": 0.001, "µg": 0.001}
 _UNITS = {"unt": "unit", "unit": "unit", "units": "unit", "iu": "unit", "meq": "meq", "%": "%"}
@@ -224,11 +293,17 @@ def parse_name(text: str) -> Identity:
         names.extend(x for x in ings if x not in names)
     strength: dict[str, tuple[float, str]] = {}
     pair = _PAIR_RE.search(low) if len(names) == 2 else None
-    if pair:  # "Norco 5/325", "hydrocodone/APAP 10-325 mg": in the product's ingredient order
+    unitless = None
+    if pair and pair.group(3):  # "hydrocodone/APAP 10-325 mg": in the product's ingredient order
         for ing, val in zip(names, (pair.group(1), pair.group(2)), strict=True):
-            strength[ing] = (round(float(val), 6), "mg")
+            strength[ing] = _norm_strength(float(val), pair.group(3), None)
+    elif pair:  # "Norco 5/325", "Advair 250/50": units unknown (mg? mcg?), never assumed
+        unitless = pair.group(0).strip()
     mention_ings = [(pos, ings) for pos, ings, p in mentions if p.kind != "brand"]
-    for m in () if pair else _STRENGTH_RE.finditer(low):
+    found = [] if pair else list(_STRENGTH_RE.finditer(low))
+    if len(names) > 1 and len(found) < len(names):
+        found = []  # "amphetamine / dextroamphetamine 20 mg": a total, not one ingredient's
+    for m in found:
         value, unit = _norm_strength(float(m.group(1)), m.group(2), m.group(3))
         before = [ings for pos, ings in mention_ings if pos < m.start()]
         if before:
@@ -240,6 +315,11 @@ def parse_name(text: str) -> Identity:
         else:
             continue
         strength.setdefault(target, (value, unit))
+    if not strength and unitless is None:
+        after = mentions[0][0]  # a bare number after the drug's name: "lisinopril 10"
+        bare = next((m for m in _BARE_NUMBER_RE.finditer(low) if m.start() > after), None)
+        if bare is not None:
+            unitless = bare.group(1)
     order = t.combo_order.get(frozenset(names))
     ordered = order if order else tuple(sorted(names)) if len(names) > 1 else tuple(names)
     return Identity(
@@ -249,10 +329,12 @@ def parse_name(text: str) -> Identity:
         release=release,
         salt=salt,
         route=route,
+        unitless=unitless,
     )
 
 
-def _coding_key(concept: Resource | None) -> tuple[Any, ...]:
+def coding_key(concept: Resource | None) -> tuple[Any, ...]:
+    """A hashable key of a CodeableConcept's codings and text (the cache key of identify_key)."""
     if not concept:
         return ()
     coding = concept.get("coding")
@@ -265,7 +347,8 @@ def _coding_key(concept: Resource | None) -> tuple[Any, ...]:
 
 
 @lru_cache(maxsize=8192)
-def _identify_key(key: tuple[Any, ...]) -> Identity:
+def identify_key(key: tuple[Any, ...]) -> Identity:
+    """Identify a concept from its coding_key (memoised: concepts recur across patients)."""
     if not key:
         return UNIDENTIFIED
     t = load_tables()
@@ -276,9 +359,15 @@ def _identify_key(key: tuple[Any, ...]) -> Identity:
     if text:
         texts.append(text)
     parsed = [p for p in (parse_name(x) for x in texts) if p.ingredients]
+    local = _LOCAL
     for system, code, _ in codings:
         if system != RXNORM or not code:
             continue
+        if local is not None:  # the user's RxNorm release first, then the built-in table
+            found = local.identify(code)
+            if found is not None:
+                extra = next((p for p in parsed if p.key == found.key), None)
+                return _merge(found, extra, "rxnorm-index")
         if code in t.products:
             ident = parse_name(t.products[code])
             extra = next((p for p in parsed if p.key == ident.key), None)
@@ -287,28 +376,45 @@ def _identify_key(key: tuple[Any, ...]) -> Identity:
             ing = t.by_rxcui[code]
             extra = next((p for p in parsed if p.key == {ing}), None)
             return _merge(Identity(ingredients=(ing,)), extra, "rxnorm-ingredient")
+        phrase = t.by_code.get(code)  # a precise ingredient (PIN) or brand name (BN) code
+        if phrase is not None:
+            names = phrase.ingredients
+            ordered = t.combo_order.get(frozenset(names)) or tuple(sorted(names))
+            base = Identity(ordered, salt=phrase.salt, release=phrase.release)
+            extra = next((p for p in parsed if p.key == base.key), None)
+            kind = "rxnorm-ingredient" if phrase.kind == "salt" else "rxnorm-brand"
+            return _merge(base, extra, kind)
     return parsed[0] if parsed else UNIDENTIFIED
 
 
 def _merge(base: Identity, extra: Identity | None, source: str) -> Identity:
     if extra is None:
         return Identity(
-            base.ingredients, base.strength, base.form, base.release, base.salt, base.route, source
+            base.ingredients,
+            base.strength,
+            base.form,
+            base.release,
+            base.salt,
+            base.route,
+            source,
+            base.unitless,
         )
+    strength = base.strength or extra.strength
     return Identity(
         ingredients=base.ingredients,
-        strength=base.strength or extra.strength,
+        strength=strength,
         form=base.form or extra.form,
         release=base.release or extra.release,
         salt=base.salt or extra.salt,
         route=base.route or extra.route,
         source=source,
+        unitless=None if strength else base.unitless or extra.unitless,
     )
 
 
 def identify_concept(concept: Resource | None) -> Identity:
     """Identify a CodeableConcept (RxNorm product/ingredient code first, then names)."""
-    return _identify_key(_coding_key(concept))
+    return identify_key(coding_key(concept))
 
 
 def identify_medication(med: Resource) -> Identity:
@@ -351,6 +457,7 @@ def identify_medication(med: Resource) -> Identity:
                         ident.salt,
                         ident.route or f[2],
                         ident.source,
+                        ident.unitless,
                     )
                     break
     return ident
@@ -584,20 +691,93 @@ def _text_route(text: str, t: Tables) -> str | None:
     return None
 
 
-# Free text this parser cannot turn into one exact dose and frequency: fractions
-# ("1/2 tablet", "½"), ranges ("1-2 tablets", "every 4-6 hours", "1 to 2"), alternatives.
+# Free text this parser cannot turn into one exact dose and frequency: fractions left over
+# after the tablet counts below ("250/50"), ranges ("1-2 tablets", "every 4-6 hours", "1 to
+# 2"), alternatives, and schedules (tapers, weekdays, courses) that only the whole-regimen
+# comparison can read.
 _TEXT_COMPLEX_RE = re.compile(
     r"\d\s*/\s*\d|[½¼¾⅓⅔⅛]|\d\s*(?:-|–|to|or)\s*\d|\bhalf\b|\bquarter\b"
-    r"|\bthen\b|\btaper|\balternat|\bmonday|\btuesday|\bwednesday|\bthursday|\bfriday"
-    r"|\bsaturday|\bsunday|\bweekly\b|\bfor \d+ days?\b"
+    r"|\bthen\b|\btaper|\balternat|\bmon(?:day)?s?\b|\btues?(?:day)?s?\b|\bwed(?:nesday)?s?\b"
+    r"|\bthu(?:rs?)?(?:day)?s?\b|\bfri(?:day)?s?\b|\bsat(?:urday)?s?\b|\bsun(?:day)?s?\b"
+    r"|\bweekly\b|\bfor \d+ (?:days?|weeks?)\b|\bx\s*\d+\s*(?:days?|d|weeks?|wks?)\b"
+    r"|\bother days\b|\bexcept\b|\brest of the week\b|\bremaining days\b"
+    r"|\bas directed\b|\bper inr\b|\bas instructed\b|\bsliding scale\b|\bper protocol\b"
 )
+
+# Tablet and capsule counts written as words, Latin numerals or fractions ("one tablet",
+# "i po qhs", "one-half tablet", "1 1/2 tabs"): exact counts, rewritten as numbers.
+_COUNT_WORDS = {"one": 1.0, "two": 2.0, "three": 3.0, "four": 4.0, "i": 1.0, "ii": 2.0, "iii": 3.0}
+_VULGAR = {"½": 0.5, "¼": 0.25, "¾": 0.75}
+_COUNT_UNIT = r"(?:tabs?|tablets?|caps?|capsules?|pills?)"
+_HALF_RE = re.compile(r"\b(?:one[- ]half|a half|half(?: of)?(?: an?)?)\b")
+_COUNT_DOSE_RE = re.compile(
+    r"(?<![\w./])(?P<q>(?:(?:\d+|one|two|three)\s+(?:and\s+)?)?(?:\d+\s*/\s*\d+|[½¼¾]"
+    r"|one|two|three|four|i{1,3}))\s*(?P<u>" + _COUNT_UNIT + r")\b"
+)
+_ROMAN_ROUTE_RE = re.compile(r"(?<![\w./])(i{1,3})\s+(?=po\b|p\.o\.|by mouth|orally|sl\b|pr\b)")
+
+
+def _count_value(q: str) -> float | None:
+    total = 0.0
+    for tok in q.replace(" and ", " ").split():
+        if tok in _COUNT_WORDS:
+            total += _COUNT_WORDS[tok]
+        elif tok in _VULGAR:
+            total += _VULGAR[tok]
+        elif "/" in tok:
+            num, _, den = tok.partition("/")
+            if not (num.isdigit() and den.isdigit()) or int(den) == 0:
+                return None
+            total += int(num) / int(den)
+        elif tok.isdigit():
+            total += float(tok)
+        else:
+            return None
+    return total if total > 0 else None
+
+
+def normalise_counts(lowered: str) -> str:
+    """Rewrite word, Latin and fractional tablet counts as numbers ("i po" -> "1 tab po")."""
+    text = _HALF_RE.sub("1/2", lowered)
+
+    def count(m: re.Match[str]) -> str:
+        q = re.sub(r"\s*/\s*", "/", m.group("q"))
+        if q.replace(".", "").isdigit():
+            return m.group(0)  # already a plain number
+        value = _count_value(q)
+        return f"{value:g} {m.group('u')}" if value is not None else m.group(0)
+
+    text = _COUNT_DOSE_RE.sub(count, text)
+    return _ROMAN_ROUTE_RE.sub(lambda m: f"{_COUNT_WORDS[m.group(1)]:g} tab ", text)
+
+
+# A sig that holds the medication now ("HOLD", "hold until seen", "do not take until ...",
+# "resume after ..."), and a conditional hold parameter ("hold if SBP < 100").
+_CONDITIONAL_HOLD_RE = re.compile(
+    r"\bhold(?:ing)?\s+(?:if|when|for\s+(?!\d+\s*(?:days?|doses?|weeks?|wks?|hours?|hrs?)\b))"
+)
+_HOLD_RE = re.compile(
+    r"\bhold\b|\bon hold\b|\bheld\b|\bsuspend(?:ed)?\b"
+    r"|\b(?:do not|don'?t|not to) (?:take|start|resume|restart|give|use)\b"
+    r"[^.;]*\b(?:until|before)\b"
+    r"|\bstop (?:taking )?until\b|\bresume\b[^.;]{0,40}\b(?:on|after|when|once|in)\b"
+)
+
+
+@lru_cache(maxsize=2048)
+def hold_instruction(text: str) -> str | None:
+    """'held' when the sig text holds the drug now, 'conditional' for a hold parameter."""
+    low = text.lower()
+    if _CONDITIONAL_HOLD_RE.search(low):
+        return "conditional"
+    return "held" if _HOLD_RE.search(low) else None
 
 
 @lru_cache(maxsize=8192)
 def parse_sig_text(text: str) -> Sig:
     """Dose, frequency, PRN and route read from free-text instructions ("1 tab po bid")."""
     t = load_tables()
-    lowered = text.lower()
+    lowered = normalise_counts(text.lower())
     low = " ".join(_WORD_OR_SIG_RE.findall(lowered))
     m = _DOSE_TEXT_RE.search(low)
     dose = _quantity_dose({"value": m.group(1), "unit": m.group(2)}) if m else None
@@ -746,6 +926,7 @@ class MedInfo:
     stop_reason: str | None = None
     resolved: bool = True  # False when a medicationReference could not be resolved
     unconfirmed: str | None = None  # e.g. a draft or unknown-status order: confirm it
+    held_by: str | None = None  # the sig text that holds an otherwise active order
 
     @property
     def identified(self) -> bool:
@@ -777,7 +958,7 @@ def medication_of(
     """(identity, CodeableConcept for output, resolved?) of a MedicationRequest/Statement."""
     cc = resource.get("medicationCodeableConcept")
     if cc:
-        return _identify_key(_coding_key(cc)), cc, True
+        return identify_key(coding_key(cc)), cc, True
     ref = (resource.get("medicationReference") or {}).get("reference")
     if not ref:
         return UNIDENTIFIED, None, False
@@ -818,8 +999,199 @@ def ingredient_info(name: str) -> Ingredient | None:
 
 def clear_caches() -> None:
     """Forget every memoised name, concept, sig and dose (the tables stay loaded)."""
-    for fn in (parse_name, _identify_key, parse_form, parse_sig_text):
+    for fn in (parse_name, identify_key, parse_form, parse_sig_text, hold_instruction):
         fn.cache_clear()
     _UNIT_NORM.clear()
     _DOSE_MEMO.clear()
     _SIG_MEMO.clear()
+    for clear in _ON_CLEAR:
+        clear()
+
+
+_ON_CLEAR: list[Callable[[], None]] = []  # caches of other modules built on the tables
+
+
+def on_clear_caches(clear: Callable[[], None]) -> None:
+    """Register a cache that depends on the tables (cleared with them)."""
+    _ON_CLEAR.append(clear)
+
+
+# --------------------------------------------------------------------------- local RxNorm index
+
+
+class LocalTerminology(Protocol):
+    """What identification needs from a local terminology (fhircare.terminology.rxnorm)."""
+
+    def concept(self, rxcui: str) -> Any: ...  # a Concept (tty, name, ingredients, dose form)
+
+    def names(self) -> list[tuple[str, str, tuple[Any, ...]]]: ...
+
+
+# Words that make a brand name of the full RxNorm too generic to match inside free text
+# ("Pain Relief", "Allergy", "Sleep Aid"): such brands are left to their codes.
+_GENERIC_BRAND_WORDS = frozenset(
+    [
+        "pain",
+        "relief",
+        "reliever",
+        "allergy",
+        "allergies",
+        "cold",
+        "cough",
+        "sleep",
+        "night",
+        "day",
+        "nighttime",
+        "daytime",
+        "extra",
+        "strength",
+        "maximum",
+        "regular",
+        "children",
+        "childrens",
+        "infant",
+        "infants",
+        "junior",
+        "plus",
+        "formula",
+        "care",
+        "sinus",
+        "nasal",
+        "itch",
+        "headache",
+        "arthritis",
+        "flu",
+        "severe",
+        "multi",
+        "symptom",
+        "aid",
+        "caplet",
+        "caplets",
+        "tablets",
+        "tablet",
+        "capsule",
+        "capsules",
+        "liquid",
+        "gel",
+        "gels",
+        "cream",
+        "ointment",
+        "spray",
+        "drops",
+        "patch",
+        "original",
+        "advanced",
+        "complete",
+        "relief",
+        "rapid",
+        "fast",
+        "release",
+        "dual",
+        "action",
+        "mild",
+        "gentle",
+        "natural",
+    ]
+)
+
+
+class _Local:
+    """A local index joined to the built-in tables: identification by code, phrases by name."""
+
+    def __init__(self, index: LocalTerminology, base: Tables) -> None:
+        self.index = index
+        self.base = base
+        self.tables = _with_index(base, index)
+        self._identities: dict[str, Identity | None] = {}
+
+    def name_of(self, rxcui: str, name: str) -> str:
+        return self.base.by_rxcui.get(rxcui) or name.lower()
+
+    def identify(self, rxcui: str) -> Identity | None:
+        if rxcui in self._identities:
+            return self._identities[rxcui]
+        c = self.index.concept(rxcui)
+        ident = None if c is None or not c.ingredients else self._identity(c)
+        if len(self._identities) < 65536:
+            self._identities[rxcui] = ident
+        return ident
+
+    def _identity(self, c: Any) -> Identity:
+        names = [self.name_of(p.rxcui, p.name) for p in c.ingredients]
+        strength = []
+        for name, part in zip(names, c.ingredients, strict=True):
+            m = _STRENGTH_RE.search(part.strength.lower()) if part.strength else None
+            if m:
+                strength.append((name, *_norm_strength(float(m.group(1)), m.group(2), m.group(3))))
+        salt = None
+        if len(c.ingredients) == 1 and c.ingredients[0].precise:
+            precise, base = c.ingredients[0].precise.lower(), c.ingredients[0].name.lower()
+            salt = precise.removeprefix(base).strip(" ,") or None
+        form = parse_form(c.dose_form) if c.dose_form else None
+        release = form[1] if form else None
+        if release is None and c.tty in ("SCD", "SBD"):
+            release = parse_name(c.name).release
+        order = self.tables.combo_order.get(frozenset(names))
+        return Identity(
+            ingredients=order or (tuple(sorted(names)) if len(names) > 1 else tuple(names)),
+            strength=tuple(sorted(strength)) if len(strength) == len(names) else (),
+            form=form[0] if form else None,
+            release=release,
+            salt=salt,
+            route=form[2] if form else None,
+            source="rxnorm-index",
+        )
+
+
+def _with_index(base: Tables, index: LocalTerminology) -> Tables:
+    """The built-in tables with the index's ingredients and names added (index first)."""
+    ingredients = dict(base.ingredients)
+    by_rxcui = dict(base.by_rxcui)
+    phrases = dict(base.phrases)
+    reserved = base.salt_words | {k for k, p in base.phrases.items() if p.kind != "ingredient"}
+    for name, tty, parts in index.names():
+        key = _words(name)
+        if not key or key in reserved:
+            continue
+        if tty == "BN" and (_GENERIC_BRAND_WORDS & set(key.split()) or not key[0].isalpha()):
+            continue
+        ings = []
+        for part in parts:
+            ing = base.by_rxcui.get(part.rxcui) or part.name.lower()
+            if ing not in ingredients:
+                ingredients[ing] = Ingredient(ing, part.rxcui, (), False, False, known=False)
+                by_rxcui.setdefault(part.rxcui, ing)
+            ings.append(ing)
+        known = phrases.get(key)
+        if known is not None and set(known.ingredients) == set(ings):
+            continue  # the table's phrase says the same and may carry salt or release facts
+        if tty == "PIN" and len(parts) == 1:
+            salt = key.removeprefix(_words(parts[0].name)).strip() or None
+            phrases[key] = Phrase("salt", tuple(ings), salt=salt)
+        elif tty == "BN":
+            phrases[key] = Phrase("brand", tuple(ings))
+        else:
+            phrases[key] = Phrase("ingredient", tuple(ings))
+    return replace(
+        base,
+        ingredients=ingredients,
+        by_rxcui=by_rxcui,
+        phrases=phrases,
+        max_words=max(len(p.split()) for p in phrases),
+    )
+
+
+_LOCAL: _Local | None = None
+
+
+def use_local_index(index: LocalTerminology | None) -> None:
+    """Identify through `index` before the built-in table (None: the built-in table only)."""
+    global _LOCAL
+    _LOCAL = _Local(index, _load_tables(None)) if index is not None else None
+    load_tables.cache_clear()
+    clear_caches()
+
+
+def local_index() -> LocalTerminology | None:
+    """The local index in use, if any."""
+    return _LOCAL.index if _LOCAL is not None else None

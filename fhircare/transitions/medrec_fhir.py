@@ -6,8 +6,9 @@ Outputs (as (fullUrl, resource) pairs, referencing each other by urn:uuid):
   item flagged with HL7 list-item-flag (01 Unchanged, 02 Changed, 04 Prescribed, 05 Ceased,
   06 Suspended) and our medrec-status code;
 - one DetectedIssue per issue: v3-ActCode DUPTHPGEN / DUPTHPCLS (children of DUPTHPY) for
-  duplicate therapy; v3-ActCode has no concept for omission, high-alert change, unverifiable
-  or unidentified drug, so those use our CodeSystem medrec-issue only;
+  duplicate therapy and DRG (Drug Interaction Alert) for a harmful combination; v3-ActCode has
+  no concept for omission, high-alert change, unverifiable or unidentified drug, so those use
+  our CodeSystem medrec-issue only;
 - one Task per issue, code SNOMED CT 430193006 Medication reconciliation (procedure) (the FHIR
   task-code system only has workflow verbs such as fulfill, which do not describe a review);
 - one MedicationStatement per item (active / on-hold / stopped).
@@ -57,6 +58,7 @@ _ISSUE_DISPLAY = {
     "high-risk": "High-alert medication started or changed",
     "unverifiable": "Dose, frequency or route cannot be compared",
     "unmatched": "Medication not identified",
+    "interaction": "Drug interaction",
 }
 _PRIORITY = {"high": "urgent", "moderate": "routine", "low": "routine"}
 
@@ -95,6 +97,8 @@ def _issue_code(issue: RecIssue) -> dict[str, Any]:
             else ("DUPTHPCLS", "duplicate therapeutic class alert")
         )
         codings.append({"system": ACT_CODE, "code": code, "display": display})
+    elif issue.type == "interaction":
+        codings.append({"system": ACT_CODE, "code": "DRG", "display": "Drug Interaction Alert"})
     codings.append(
         {"system": ISSUE_SYSTEM, "code": issue.type, "display": _ISSUE_DISPLAY[issue.type]}
     )

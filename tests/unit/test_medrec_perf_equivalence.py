@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 from typing import Any
 
 import pytest
@@ -153,3 +154,46 @@ def test_route_fast_path_falls_back_like_the_general_lookup() -> None:
 def test_explicit_tables_give_the_same_sig() -> None:
     d = [_dosage(10, "mg", "TID", text="10 mg three times a day prn")]
     assert parse_dosage(d, load_tables()) == parse_dosage(d)
+
+
+def test_compare_inlines_amount_and_release_of_faithfully() -> None:
+    """compare() carries inlined copies of amount() and release_of(): they must agree."""
+    from fhircare.transitions.medications import Identity, MedInfo
+    from fhircare.transitions.medrec.compare import amount, compare, release_of
+
+    strengths = [(), (("x", 5.0, "mg"),), (("x", 10.0, "mg/ml"),), (("x", 1.0, "unit/ml"),)]
+    doses = [Dose(1.0, "count"), Dose(2.0, "ml"), Dose(5.0, "mg"), Dose(0.5, "count")]
+    forms = [
+        ("tablet", None, "text"),
+        ("capsule", "extended", "text"),
+        ("tablet", None, "medication"),
+    ]
+    for sb, sa in itertools.product(strengths, repeat=2):
+        for db, da in itertools.product(doses, repeat=2):
+            for (fb, rb, src_b), (fa, ra, src_a) in itertools.product(forms, repeat=2):
+                ib = Identity(("x",), sb, fb, rb, source=src_b)
+                ia = Identity(("x",), sa, fa, ra, source=src_a)
+                b = MedInfo(
+                    "b", "MedicationStatement", "active", ib, Sig(db, 1.0, False, "oral"), "x"
+                )
+                a = MedInfo(
+                    "a", "MedicationRequest", "active", ia, Sig(da, 1.0, False, "oral"), "x"
+                )
+                changes, notes, missing = compare(b, a)
+                ub, vb = amount(db, sb)
+                ua, va = amount(da, sa)
+                if ub != ua:
+                    assert "dose" in missing
+                elif abs(va - vb) > 1e-6 * max(abs(va), abs(vb), 1.0):
+                    assert f"dose {vb:g} {ub} -> {va:g} {ua}" in notes
+                else:
+                    assert "dose" not in changes and "dose" not in missing
+                relb, rela = release_of(ib), release_of(ia)
+                if (
+                    relb
+                    and rela
+                    and relb != rela
+                    and fb == fa
+                    and [u for *_, u in sb] == [u for *_, u in sa]
+                ):
+                    assert f"release {relb} -> {rela}" in notes

@@ -18,17 +18,20 @@ def test_half_tablet_in_text_is_not_read_as_two_tablets() -> None:
         ms("pre", "warfarin 5 MG Oral Tablet", {"text": "take 1/2 tablet by mouth daily"}),
         mr("post", "warfarin 5 MG Oral Tablet", {"text": "take 2 tablets by mouth daily"}),
     )
-    assert flagged(res, "warfarin")
-    assert issues(res, "unverifiable")
+    it = item(res, "warfarin")
+    assert it.status == "changed" and "dose" in it.changes
+    assert "dose 2.5 mg -> 10 mg" in it.notes
+    [risk] = issues(res, "high-risk")
+    assert risk.severity == "high"
 
 
-def test_split_doses_across_several_dosages_are_not_compared_by_the_first_only() -> None:
+def test_split_doses_across_several_dosages_are_compared_as_a_whole() -> None:
     pre = ms("pre", "metoprolol tartrate 25 MG Oral Tablet", sig(25, freq=1))
     pre["dosage"].append(sig(50, freq=1, text="50 mg in the evening"))
     res = run(pre, mr("post", "metoprolol tartrate 25 MG Oral Tablet", sig(25, freq=1)))
-    assert flagged(res, "metoprolol")
-    [issue] = [i for i in issues(res, "unverifiable")]
-    assert "dosage" in issue.detail
+    it = item(res, "metoprolol")
+    assert it.status == "changed" and "dose" in it.changes
+    assert "daily total 75 mg -> 25 mg" in it.notes
 
 
 def test_extended_release_to_unstated_release_is_flagged() -> None:

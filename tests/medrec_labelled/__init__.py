@@ -1,0 +1,1 @@
+"""The project's labelled discharge set for medication reconciliation, and its scorer."""
