@@ -5,6 +5,14 @@ HAPI/fhircare ratio of each (above 1: fhircare is faster).
 
     python benchmarks/bench_api.py                       # starts both servers on free ports
     python benchmarks/bench_api.py --hapi URL --fhircare URL [--rounds 4 --scale 1]
+    python benchmarks/bench_api.py --clients 32,64,128 [--duration 30 --rounds 2]
+
+With `--clients N` (one or several counts) it runs instead N concurrent clients for
+`--duration` seconds on each server, 30% creates / 40% reads / 30% name searches
+(`mixed_load.py`: generator processes separate from both servers, their CPU reported),
+after seeding 2,000 Patients and an unmeasured warm-up, the servers taking turns round by
+round; it prints requests/s, p50, p99 and errors per server, the ratios, and the CPU each
+server spent per request (from /proc, for the servers it started).
 
 Both servers run with their stock settings (fhircare: embedded store, fsync and audit on;
 HAPI: `scripts/hapi`, H2 in memory). Each phase runs in rounds; in every round both targets
@@ -12,8 +20,7 @@ do the same number of requests, the one going first alternating, after an unmeas
 (the JVM's JIT). Search and `$everything` requests use a different patient each time, so
 neither server answers from a cache of the same query.
 
-The workload is a list of `Phase`s, each making independent single-request `Op`s: a runner
-with several clients (`--clients N`, issue 13) can share them out over threads unchanged.
+The one-client workload is a list of `Phase`s, each making independent single-request `Op`s.
 """
 
 from __future__ import annotations
@@ -29,15 +36,18 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from mixed_load import SURNAMES, Tally, run_load, seed_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 MRN = "http://fhircare.org/fhir/sid/bench-mrn"
 LOINC_WEIGHT = {"system": "http://loinc.org", "code": "29463-7", "display": "Body weight"}
+CORES = os.cpu_count() or 1
 JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 
 
@@ -311,26 +321,134 @@ def start_hapi() -> tuple[str, int]:
     return f"http://127.0.0.1:{port}/fhir", port
 
 
+def hapi_pid(port: int) -> int | None:
+    run_dir = Path(os.environ.get("HAPI_RUN_DIR", ROOT / "hapi-server" / "run"))
+    pid_file = run_dir / f"hapi-{port}.pid"
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---- N concurrent clients ---------------------------------------------------------------------
+
+
+def seed_patients(target: Target) -> list[str]:
+    """2,000 Patients (5 per family name) in transactions of 500; their ids."""
+    ids: list[str] = []
+    total = SURNAMES * 5
+    for start in range(0, total, 500):
+        out = target.request("POST", "", 200, json=seed_bundle(start, min(500, total - start)))
+        ids += [e["response"]["location"].split("/")[1] for e in out.json()["entry"]]
+    return ids
+
+
+def run_mixed(
+    targets: list[Target],
+    pids: dict[str, int | None],
+    clients: list[int],
+    duration: float,
+    rounds: int,
+    processes: int,
+    seed: int,
+) -> None:
+    """The mixed workload at each client count, the targets taking turns round by round."""
+    ids = {t.name: seed_patients(t) for t in targets}
+    with ProcessPoolExecutor(processes) as pool:
+        for t in targets:  # warm-up (JIT, caches, connection pools), not measured
+            run_load(pool, processes, t.base, max(clients), min(duration, 10.0), ids[t.name], seed)
+        for n in clients:
+            tallies = {t.name: Tally() for t in targets}
+            cpu = {t.name: 0.0 for t in targets}
+            for r in range(rounds):
+                order = targets if r % 2 == 0 else list(reversed(targets))
+                for t in order:
+                    before = cpu_seconds(pids.get(t.name))
+                    tally = run_load(pool, processes, t.base, n, duration, ids[t.name], seed + r)
+                    after = cpu_seconds(pids.get(t.name))
+                    if before is not None and after is not None:
+                        cpu[t.name] += after - before
+                    tallies[t.name].merge(tally)
+                    tallies[t.name].elapsed = duration * (r + 1)
+            report_mixed(f"mixed{n}", tallies, cpu, pids)
+
+
+def report_mixed(
+    name: str, tallies: dict[str, Tally], cpu: dict[str, float], pids: dict[str, int | None]
+) -> None:
+    figures: dict[str, dict[str, float]] = {}
+    for who, tally in tallies.items():
+        every = [v for values in tally.latencies.values() for v in values]
+        count = len(every)
+        rps = count / tally.elapsed
+        figures[who] = {"rps": rps, "p50": statistics.median(every), "p99": p99(every)}
+        print(f"{name}_{who}_requests={count}")
+        print(f"{name}_{who}_rps={rps:.1f}")
+        print(f"{name}_{who}_p50_ms={figures[who]['p50']:.2f}")
+        print(f"{name}_{who}_p99_ms={figures[who]['p99']:.2f}")
+        print(f"{name}_{who}_errors={tally.errors}")
+        for kind, values in sorted(tally.latencies.items()):
+            print(f"{name}_{who}_{kind}_p50_ms={statistics.median(values):.2f}")
+            print(f"{name}_{who}_{kind}_p99_ms={p99(values):.2f}")
+        if pids.get(who) is not None and count:
+            print(f"{name}_{who}_server_cpu_ms_per_request={cpu[who] * 1000 / count:.2f}")
+        # the generator's share of the machine: if it neared its cores, it was the limit
+        print(f"{name}_{who}_loadgen_cpu_share={tally.cpu_seconds / tally.elapsed / CORES:.2f}")
+        for problem in tally.first_errors:
+            print(f"# {name} {who} error: {problem}")
+    fc, hapi = figures["fhircare"], figures["hapi"]
+    print(f"{name}_ratio_rps={fc['rps'] / hapi['rps']:.2f}")
+    print(f"{name}_ratio_p99={hapi['p99'] / fc['p99']:.2f}")
+    print(f"{name}_ratio_p50={hapi['p50'] / fc['p50']:.2f}")
+    sys.stdout.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hapi", help="base URL of a running HAPI FHIR server (else one is started)")
     ap.add_argument("--fhircare", help="base URL of a running fhircare (else one is started)")
-    ap.add_argument("--rounds", type=int, default=4, help="turns each target takes per phase")
+    ap.add_argument(
+        "--rounds", type=int, help="turns each target takes per phase (4; 2 with --clients)"
+    )
     ap.add_argument("--scale", type=float, default=1.0, help="requests per round multiplier")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--clients",
+        help="concurrent clients, e.g. 32 or 32,64,128: the mixed workload instead",
+    )
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds per load run")
+    ap.add_argument(
+        "--processes", type=int, default=2, help="load generator processes (--clients)"
+    )
     args = ap.parse_args()
+    clients = [int(c) for c in args.clients.split(",")] if args.clients else []
+    rounds = args.rounds or (2 if clients else 4)
 
     started: list[Callable[[], None]] = []
+    pids: dict[str, int | None] = {}
     try:
         fc_base = args.fhircare
         if not fc_base:
             folder = tempfile.TemporaryDirectory(prefix="bench-api-")
             fc_base, proc = start_fhircare(Path(folder.name) / "data")
+            pids["fhircare"] = proc.pid
             started.append(folder.cleanup)
             started.append(lambda: (proc.terminate(), proc.wait(30)))
         hapi_base = args.hapi
         if not hapi_base:
             hapi_base, port = start_hapi()
+            pids["hapi"] = hapi_pid(port)
             script = str(ROOT / "scripts" / "hapi")
             started.append(lambda: subprocess.run([script, "stop", str(port)], check=False))
         timeout = httpx.Timeout(300.0)
@@ -338,10 +456,16 @@ def main() -> None:
             Target("fhircare", fc_base.rstrip("/"), httpx.Client(timeout=timeout)),
             Target("hapi", hapi_base.rstrip("/"), httpx.Client(timeout=timeout)),
         ]
-        print(f"rounds={args.rounds}")
+        print(f"rounds={rounds}")
+        if clients:
+            print(f"duration_s={args.duration:g}")
+            print(f"loadgen_processes={args.processes}")
+            print(f"cores={CORES}")
+            run_mixed(targets, pids, clients, args.duration, rounds, args.processes, args.seed)
+            return
         print(f"scale={args.scale}")
         for phase in phases(args.scale):
-            report(phase.name, run_phase(phase, targets, args.rounds, args.seed))
+            report(phase.name, run_phase(phase, targets, rounds, args.seed))
     finally:
         for stop in reversed(started):
             stop()

@@ -89,6 +89,7 @@ def serve(
 
     from fhircare.api.app import create_app
     from fhircare.commands.running import announce
+    from fhircare.commands.serving import server_options
     from fhircare.fhir.errors import StoreLocked
 
     settings = _settings(host=host, port=port, data=data)
@@ -122,6 +123,7 @@ def serve(
             port=settings.port,
             log_config=None,  # fhircare's logging (FHIRCARE_LOG_LEVEL, FHIRCARE_LOG_FORMAT)
             access_log=False,  # fhircare writes its own access line (route templates)
+            **server_options(),
         )
 
 

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhircare import __version__
 from fhircare.api.http import FhirJSONResponse
-from fhircare.api.middleware import allowed_methods
+from fhircare.api.middleware import RequestTimeoutMiddleware, allowed_methods
 from fhircare.api.observe import ObservabilityMiddleware
 from fhircare.bootstrap import Container, build_container
 from fhircare.config import Settings
@@ -100,21 +99,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             outcome("error", code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )
 
-    @app.middleware("http")
-    async def timeout(request: Request, call_next: Any) -> Any:
-        try:
-            return await asyncio.wait_for(call_next(request), settings.request_timeout)
-        except TimeoutError:
-            return FhirJSONResponse(
-                outcome(
-                    "error",
-                    "timeout",
-                    f"The request took longer than {settings.request_timeout:g} s; "
-                    "a write may still complete: retry it idempotently (If-Match, "
-                    "If-None-Exist or PUT with an id)",
-                ),
-                status_code=503,
-            )
+    app.add_middleware(RequestTimeoutMiddleware, seconds=settings.request_timeout)
 
     # outermost: request id, access line, metrics, and the one handler of unexpected errors
     app.add_middleware(ObservabilityMiddleware)

@@ -22,6 +22,7 @@ from fhircare.api.http import (
     resource_response,
 )
 from fhircare.api.operations import run_operation
+from fhircare.api.workers import run_blocking
 from fhircare.fhir.errors import BadRequest, MethodNotAllowed, NotFound, PreconditionFailed
 from fhircare.fhir.summary import check_summary, parse_elements, subset
 from fhircare.fhir.validation import check_id, check_type
@@ -104,7 +105,13 @@ def _bundle(request: Request, body: Any, access: Access) -> Response:
 
 
 @router.get("/{resource_type}", summary="Search")
-def search(resource_type: str, request: Request, access: Access = Depends(get_access)) -> Response:
+async def search(
+    resource_type: str, request: Request, access: Access = Depends(get_access)
+) -> Response:
+    return await _run_sync(request, _search, resource_type, request, access)
+
+
+def _search(resource_type: str, request: Request, access: Access) -> Response:
     st = _state(request)
     if resource_type.startswith("$"):
         return run_operation(request, access, resource_type[1:], None, None, None)
@@ -257,13 +264,21 @@ async def search_post(
 
 
 @router.get("/{resource_type}/{resource_id}", summary="Read (or a type operation)")
-def read(
+async def read(
     resource_type: str, resource_id: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
-    st = _state(request)
     if resource_id.startswith("$"):
         check_type(resource_type)
-        return run_operation(request, access, resource_id[1:], resource_type, None, None)
+        return await _run_sync(
+            request, run_operation, request, access, resource_id[1:], resource_type, None, None
+        )
+    if getattr(_state(request).svc.store, "memory_reads", False):
+        return _read(request, resource_type, resource_id, access)  # no worker-thread hop
+    return await _run_sync(request, _read, request, resource_type, resource_id, access)
+
+
+def _read(request: Request, resource_type: str, resource_id: str, access: Access) -> Response:
+    st = _state(request)
     _refuse_query(request, "A read", ("_summary", "_elements"))
     resource = st.svc.read(resource_type, resource_id)
     access.require(resource_type, "read", resource)
@@ -527,6 +542,4 @@ async def _has_body(request: Request) -> bool:
 
 async def _run_sync(request: Request, fn: Any, *args: Any) -> Response:
     """Run blocking store work in a worker thread (keeps the event loop free)."""
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args)
+    return await run_blocking(fn, *args)

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from fhircare.fhir import jsonio
 from fhircare.fhir.datetimes import parse_datetime
 from fhircare.fhir.errors import BadRequest, FhirError, PayloadTooLarge, UnsupportedMediaType
 
@@ -128,8 +129,8 @@ class FhirJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         if RESPONSE_PRETTY.get():
-            return json.dumps(content, ensure_ascii=False, indent=2).encode("utf-8")
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            return jsonio.dumps_pretty(content)
+        return jsonio.dumps(content)
 
 
 # ---- content negotiation (FHIR R4 http.html#mime-type) --------------------------------------

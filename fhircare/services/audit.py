@@ -75,7 +75,9 @@ class AuditRecorder:
             events, self._queue = self._queue, []
         if events:
             try:
-                self.store.commit([WriteOp("create", "AuditEvent", resource=e) for e in events])
+                self.store.commit(
+                    [WriteOp("create", "AuditEvent", resource=e, handed_over=True) for e in events]
+                )
             except Exception:  # audit must never break serving; report without patient data
                 log.exception("could not commit %d audit events", len(events))
                 with self._lock:

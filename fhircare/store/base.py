@@ -33,6 +33,9 @@ class WriteOp:
     keep_id: bool = False
     origin: str = "local"  # "local" writes go to the sync outbox; "remote" ones came from sync
     cascade: bool = False  # delete: also delete what references it (where the store offers it)
+    # The caller hands `resource` over and never touches it (nor the result's) again: the
+    # store may keep it without a copy (the audit recorder's fresh AuditEvents).
+    handed_over: bool = False
 
 
 @dataclass

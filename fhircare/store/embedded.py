@@ -8,22 +8,36 @@ Tables (TinyDB, string document ids):
 
 Every commit is prepared in full (checks included), appended to the journal and fsynced,
 and only then applied to the TinyDB tables: a failed commit changes nothing, and an
-acknowledged one survives a kill -9 (see `journal.py`). Commits are applied to the tables'
-documents directly, by the same code that replays the journal, instead of through TinyDB's
-write path, which rebuilds a whole table per operation. The snapshot is a plain TinyDB JSON
-database. Search indexes (`index.py`: references and terms, per type) are built at write
-time from the registry's SearchParameter expressions and narrow every search; the store's
-own `SearchRegistry` adds the active SearchParameter resources it holds (a new one reindexes
-the types it applies to). Deleting a resource that live resources reference is refused with
-409 (referential integrity, on by default as in HAPI), or cascades when asked.
+acknowledged one survives a kill -9 (see `journal.py`).
+
+Concurrency (group commit): writers take turns preparing and appending their records (the
+commit lock), each on top of the records written before it but not yet durable (an
+overlay only writers see); then one of the waiting writers fsyncs for all of them and
+applies their records, in order, to what readers see. Readers take only the short lock
+of that apply step, never wait for an fsync, and never see a write before it is durable;
+a commit returns once its own record is durable and applied. A commit that deletes, that
+writes a SearchParameter, or that compacts first waits until everything written before it
+is applied (integrity checks and reindexing read the applied indexes). A failed fsync
+leaves what was written in doubt: the store then refuses every further write
+(`StoreFailed`) until it is opened again, which replays what the journal holds.
+
+Commits are applied to the tables' documents directly, by the same code that replays the
+journal, instead of through TinyDB's write path, which rebuilds a whole table per operation.
+The snapshot is a plain TinyDB JSON database. Search indexes (`index.py`: references and
+terms, per type) are built at write time from the registry's SearchParameter expressions
+and narrow every search; the store's own `SearchRegistry` adds the active SearchParameter
+resources it holds (a new one reindexes the types it applies to). Deleting a resource that
+live resources reference is refused with 409 (referential integrity, on by default as in
+HAPI), or cascades when asked. Reads copy through orjson (`fhircare.fhir.jsonio`), several
+times faster than `copy.deepcopy`; stored versions are never changed in place.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,14 +46,14 @@ from tinydb import TinyDB
 from tinydb.storages import MemoryStorage
 from tinydb.table import Table
 
-from fhircare.fhir import registry
+from fhircare.fhir import jsonio, registry
 from fhircare.fhir.errors import Conflict, Gone, NotFound, PreconditionFailed
 from fhircare.fhir.meta import without_server_meta
 from fhircare.fhir.registry import SearchRegistry
 from fhircare.fhir.search import Criterion, execute, parse_query
 from fhircare.store.base import Change, SearchResult, WriteOp, WriteResult
-from fhircare.store.index import SearchIndex
-from fhircare.store.journal import Journal, apply_record
+from fhircare.store.index import Keys, SearchIndex
+from fhircare.store.journal import Journal, Record, apply_record
 
 META = "_meta"
 # Records about other resources that must outlive them: their references never block a delete
@@ -47,6 +61,22 @@ META = "_meta"
 INTEGRITY_EXEMPT = frozenset({"AuditEvent", "Provenance"})
 HISTORY = "._history"
 DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
+
+
+class StoreFailed(OSError):
+    """The journal could not be made durable: the store takes no more writes until it is
+    opened again (the outcome of the writes in flight is known only after replay)."""
+
+
+@dataclass
+class _Written:
+    """A commit written to the journal, waiting for its fsync and its apply."""
+
+    number: int  # commits written since the store opened: the ticket a writer waits on
+    seq: int
+    record: Record
+    # (table, id) -> (index keys of the version it replaces, of the new one); None: none
+    keys: dict[tuple[str, str], tuple[Keys | None, Keys | None]]
 
 
 class KeyedTable(Table):
@@ -66,6 +96,10 @@ def _instant(dt: datetime) -> str:
 class EmbeddedStore:
     """A durable single-process FHIR store on TinyDB."""
 
+    # Reads are memory lookups that never wait for I/O (only for the short apply of a
+    # durable commit): an API edge may serve them on its event loop, without a thread hop.
+    memory_reads = True
+
     def __init__(
         self,
         folder: Path | str,
@@ -80,7 +114,19 @@ class EmbeddedStore:
         self._db = KeyedTinyDB(storage=MemoryStorage)
         self._db.storage.memory = tables  # type: ignore[attr-defined]
         self._mem = tables
+        # `_lock`: what readers see (held to read, and to apply durable commits);
+        # `_commit_lock`: writers preparing and appending, one at a time;
+        # `_flush`: the queue of written commits and the one writer that syncs them.
         self._lock = threading.RLock()
+        self._commit_lock = threading.RLock()
+        self._flush = threading.Condition(threading.Lock())
+        self._flushing = False
+        self._queue: list[_Written] = []
+        self._overlay: dict[str, dict[str, Any]] = {}  # written, not yet applied
+        self._written_seq = self._seq
+        self._written_number = 0
+        self._applied_number = 0
+        self._failed: BaseException | None = None
         self.referential_integrity = referential_integrity
         self.registry = SearchRegistry(registry.R4)
         for rid, cur in tables.get("SearchParameter", {}).items():
@@ -116,10 +162,15 @@ class EmbeddedStore:
         return self._db.table(name)
 
     def _current(self, resource_type: str, id: str) -> dict[str, Any] | None:
-        return self._table(resource_type).get(doc_id=id)  # type: ignore[return-value]
+        return self._mem.get(resource_type, {}).get(id)
 
     def _version_doc(self, resource_type: str, id: str, vid: str) -> dict[str, Any] | None:
-        return self._table(resource_type + HISTORY).get(doc_id=f"{id}/{vid}")  # type: ignore
+        return self._mem.get(resource_type + HISTORY, {}).get(f"{id}/{vid}")
+
+    def _written(self, table: str, key: str) -> dict[str, Any] | None:
+        """A document as writers see it: the latest written, applied or not."""
+        doc = self._overlay.get(table, {}).get(key)
+        return doc if doc is not None else self._mem.get(table, {}).get(key)
 
     def read(self, resource_type: str, id: str) -> dict[str, Any]:
         with self._lock:
@@ -130,7 +181,8 @@ class EmbeddedStore:
                 raise Gone(f"Resource {resource_type}/{id} was deleted (version {cur['vid']})")
             doc = self._version_doc(resource_type, id, cur["vid"])
             assert doc is not None
-            return copy.deepcopy(doc["resource"])
+            body = doc["resource"]
+        return jsonio.copy(body)  # stored versions are never changed in place
 
     def vread(self, resource_type: str, id: str, version_id: str) -> dict[str, Any]:
         with self._lock:
@@ -139,7 +191,8 @@ class EmbeddedStore:
                 raise NotFound(f"Version {version_id} of {resource_type}/{id} is not known")
             if doc["deleted"]:
                 raise Gone(f"Version {version_id} of {resource_type}/{id} is a deletion")
-            return copy.deepcopy(doc["resource"])
+            body = doc["resource"]
+        return jsonio.copy(body)
 
     def exists(self, resource_type: str, id: str) -> bool:
         with self._lock:
@@ -187,8 +240,8 @@ class EmbeddedStore:
 
     def iter_resources(self, resource_type: str) -> Iterator[dict[str, Any]]:
         with self._lock:
-            items = [copy.deepcopy(r) for r in self._live(resource_type)]
-        yield from items
+            items = list(self._live(resource_type))
+        yield from (jsonio.copy(r) for r in items)
 
     def count(self, resource_type: str) -> int:
         with self._lock:
@@ -208,8 +261,8 @@ class EmbeddedStore:
         query = parse_query(resource_type, params, registry_=self.registry)
         with self._lock:
             found = execute(self, query)
-            end = None if count is None else offset + count
-            page = [copy.deepcopy(r) for r in found[offset:end]]
+        end = None if count is None else offset + count
+        page = [jsonio.copy(r) for r in found[offset:end]]
         return SearchResult(total=len(found), resources=page)
 
     def referenced_by(self, resource_type: str, id: str) -> list[str]:
@@ -263,7 +316,7 @@ class EmbeddedStore:
             },
         }
         if not doc["deleted"]:
-            entry["resource"] = copy.deepcopy(doc["resource"])
+            entry["resource"] = jsonio.copy(doc["resource"])
         return entry
 
     def changes(self, after_seq: int, limit: int | None = None) -> list[Change]:
@@ -277,7 +330,7 @@ class EmbeddedStore:
                     deleted=d["deleted"],
                     origin=d["origin"],
                     last_updated=d["lu"],
-                    resource=None if d["deleted"] else copy.deepcopy(d["resource"]),
+                    resource=None if d["deleted"] else jsonio.copy(d["resource"]),
                 )
                 for t in self._db.tables()
                 if t.endswith(HISTORY)
@@ -293,8 +346,8 @@ class EmbeddedStore:
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         with self._lock:
-            doc = self._table(META).get(doc_id=key)
-            return default if doc is None else copy.deepcopy(doc["value"])
+            doc = self._mem.get(META, {}).get(key)
+            return default if doc is None else jsonio.copy(doc["value"])
 
     # ---- writes -----------------------------------------------------------------------------
 
@@ -303,9 +356,7 @@ class EmbeddedStore:
 
     def set_meta_many(self, values: dict[str, Any]) -> None:
         """Set several durable values in one commit."""
-        with self._lock:
-            docs = {k: {"id": k, "value": copy.deepcopy(v)} for k, v in values.items()}
-            self._write({META: docs}, self._seq)
+        self.commit([], meta=values)
 
     def commit(self, ops: list[WriteOp], meta: dict[str, Any] | None = None) -> list[WriteResult]:
         """Apply every op or none, durably; `meta` values are written in the same commit.
@@ -313,12 +364,17 @@ class EmbeddedStore:
         A delete with `cascade` also deletes, in the same commit, every live resource that
         references the deleted one (recursively). With referential integrity on, a commit
         that would leave a live resource referencing a deleted one raises Conflict (409)."""
-        with self._lock:
+        with self._commit_lock:
             if self._closed:
                 raise RuntimeError("store is closed")
+            self._check_usable()
+            if self._journal.journal_bytes > self._compact_bytes:
+                self._compact_locked()
+            elif any(op.method == "delete" or op.resource_type == "SearchParameter" for op in ops):
+                self._settle()  # integrity checks and reindexing read the applied state
             ops = self._with_cascades(ops)
             now = _instant(self._now())
-            seq = self._seq
+            seq = self._written_seq
             pending: dict[tuple[str, str], dict[str, Any]] = {}  # overlay of current docs
             tables: dict[str, dict[str, Any]] = {}
             results: list[WriteResult] = []
@@ -339,11 +395,13 @@ class EmbeddedStore:
                 self._check_integrity(tables)
             if meta:
                 tables.setdefault(META, {}).update(
-                    {k: {"id": k, "value": copy.deepcopy(v)} for k, v in meta.items()}
+                    {k: {"id": k, "value": jsonio.copy(v)} for k, v in meta.items()}
                 )
             if tables:
                 self._write(tables, seq)
-            return results
+            wait_for = self._written_number  # a no-op answers from writes that must be durable
+        self._wait_durable(wait_for)
+        return results
 
     def _with_cascades(self, ops: list[WriteOp]) -> list[WriteOp]:
         """The ops, with a delete of every resource that references a cascading delete."""
@@ -423,7 +481,7 @@ class EmbeddedStore:
             if not op.id:
                 raise ValueError(f"{op.method} needs an id")
             rid = op.id
-        cur = pending.get((rtype, rid)) or self._current(rtype, rid)
+        cur = pending.get((rtype, rid)) or self._written(rtype, rid)
         if op.method == "create" and cur is not None:
             raise Conflict(f"Resource {rtype}/{rid} already exists")
         if op.if_match is not None:
@@ -437,11 +495,11 @@ class EmbeddedStore:
                     f"{cur['vid']} of {rtype}/{rid}"
                 )
         if op.method == "update" and cur and not cur["deleted"] and op.resource is not None:
-            current = self._body(rtype, cur) if (rtype, rid) not in pending else None
+            current = self._written_body(rtype, cur) if (rtype, rid) not in pending else None
             if current is not None and _same_content(current, op.resource):
                 # A no-op update keeps the version, as HAPI does (nothing to sync either).
                 result = WriteResult(
-                    rtype, rid, cur["vid"], cur["lu"], resource=copy.deepcopy(current)
+                    rtype, rid, cur["vid"], cur["lu"], resource=jsonio.copy(current)
                 )
                 return result, cur, None
         vid = str(int(cur["vid"]) + 1) if cur else "1"
@@ -452,7 +510,7 @@ class EmbeddedStore:
         resource = None
         if not deleted:
             assert op.resource is not None
-            resource = copy.deepcopy(op.resource)
+            resource = op.resource if op.handed_over else jsonio.copy(op.resource)
             resource["resourceType"] = rtype
             resource["id"] = rid
             meta = dict(resource.get("meta") or {})
@@ -477,60 +535,145 @@ class EmbeddedStore:
             now,
             created=cur is None or bool(cur.get("deleted")),
             deleted=deleted,
-            resource=copy.deepcopy(resource),
+            resource=resource if op.handed_over else jsonio.copy(resource),
         )
         return result, cur_doc, version_doc
 
     def _write(self, tables: dict[str, dict[str, Any]], seq: int) -> None:
-        """Journal (durable), then apply to TinyDB and the indexes; compact when large."""
+        """Append a commit to the journal (not yet durable) and queue it for its fsync; the
+        index keys it needs are computed here, so applying it is only map updates."""
         meta = tables.setdefault(META, {})
         meta["_store"] = {"id": "_store", "value": {"seq": seq}}
         record = {"seq": seq, "tables": tables}
-        self._journal.append(record)
+        keys: dict[tuple[str, str], tuple[Keys | None, Keys | None]] = {}
         for name, docs in tables.items():
             if name.endswith(HISTORY) or name == META:
                 continue
-            for rid in docs:  # drop the old version from the indexes
+            for rid, cur in docs.items():
+                old = self._written(name, rid)
+                old_keys = None
+                if old is not None and not old["deleted"]:
+                    old_keys = self._index.keys(name, self._written_body(name, old))
+                new_keys = None
+                if not cur["deleted"]:
+                    body = tables[name + HISTORY][f"{rid}/{cur['vid']}"]["resource"]
+                    new_keys = self._index.keys(name, body)
+                keys[(name, rid)] = (old_keys, new_keys)
+        try:
+            self._journal.write(record)
+        except OSError as exc:
+            if self._journal.damaged:
+                self._failed = exc
+            raise
+        with self._flush:  # the overlay changes under this lock (the applier trims it)
+            for name, docs in tables.items():
+                self._overlay.setdefault(name, {}).update(docs)
+            self._written_number += 1
+            self._queue.append(_Written(self._written_number, seq, record, keys))
+            self._written_seq = seq
+
+    def _written_body(self, resource_type: str, cur: dict[str, Any]) -> dict[str, Any]:
+        doc = self._written(resource_type + HISTORY, f"{cur['id']}/{cur['vid']}")
+        assert doc is not None
+        return doc["resource"]
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise StoreFailed(
+                f"the store's journal could not be made durable ({self._failed}); "
+                "it takes no more writes until it is opened again"
+            )
+
+    def _wait_durable(self, number: int) -> None:
+        """Return once the commits written up to `number` are durable and applied: the
+        first waiting writer fsyncs and applies for all that are queued (group commit)."""
+        with self._flush:
+            while self._applied_number < number:
+                self._check_usable()
+                if self._flushing:
+                    self._flush.wait()
+                    continue
+                batch, self._queue = self._queue, []
+                self._flushing = True
+                self._flush.release()
+                try:
+                    self._journal.sync()
+                    with self._lock:
+                        self._apply(batch)
+                except BaseException as exc:
+                    self._failed = exc
+                    raise
+                finally:
+                    self._flush.acquire()
+                    self._flushing = False
+                    self._flush.notify_all()
+
+    def _settle(self) -> None:
+        """(Commit lock held) wait until everything written so far is applied."""
+        self._wait_durable(self._written_number)
+
+    def _apply(self, batch: list[_Written]) -> None:
+        """(Read lock held) make durable commits visible, in order, with their indexes."""
+        for written in batch:
+            tables = written.record["tables"]
+            reindex: set[str] = set()
+            fresh = self.registry.version
+            for (name, rid), (old_keys, _) in written.keys.items():
                 old = self._mem.get(name, {}).get(rid)
                 if old is not None and not old["deleted"]:
-                    self._index.remove(name, rid, self._body(name, old))
-        apply_record(self._mem, record)
-        for name in tables:
-            self._table(name).clear_cache()
-        reindex: set[str] = set()
-        for rid, cur in tables.get("SearchParameter", {}).items():
-            body = None if cur["deleted"] else self._body("SearchParameter", cur)
-            reindex |= self.registry.set_custom(rid, body)
-        for name, docs in tables.items():
-            if name.endswith(HISTORY) or name == META or name in reindex:
-                continue
-            for rid, cur in docs.items():
-                if not cur["deleted"]:
-                    self._index.add(name, rid, self._body(name, cur))
-        for name in sorted(reindex):
-            self._index.rebuild(
-                name,
-                (
-                    (i, self._body(name, c))
-                    for i, c in self._mem.get(name, {}).items()
-                    if not c["deleted"]
-                ),
-            )
-        self._seq = seq
-        if self._journal.journal_bytes > self._compact_bytes:
-            self.compact()
+                    if old_keys is None or old_keys.registry_version != fresh:
+                        old_keys = self._index.keys(name, self._body(name, old))
+                    self._index.remove_keys(name, rid, old_keys)
+            apply_record(self._mem, written.record)
+            with self._flush:  # what is applied leaves the overlay, unless written over since
+                for name, docs in tables.items():
+                    overlay = self._overlay.get(name, {})
+                    for doc_id, doc in docs.items():
+                        if overlay.get(doc_id) is doc:
+                            del overlay[doc_id]
+            for rid, cur in tables.get("SearchParameter", {}).items():
+                body = None if cur["deleted"] else self._body("SearchParameter", cur)
+                reindex |= self.registry.set_custom(rid, body)
+            for (name, rid), (_, new_keys) in written.keys.items():
+                if new_keys is None or name in reindex:
+                    continue
+                if new_keys.registry_version != self.registry.version:
+                    new_keys = self._index.keys(name, self._body(name, tables[name][rid]))
+                self._index.add_keys(name, rid, new_keys)
+            for name in sorted(reindex):
+                self._index.rebuild(
+                    name,
+                    (
+                        (i, self._body(name, c))
+                        for i, c in self._mem.get(name, {}).items()
+                        if not c["deleted"]
+                    ),
+                )
+            for name in tables:
+                self._table(name).clear_cache()
+            with self._flush:
+                self._seq = written.seq
+                self._applied_number = written.number
 
     def compact(self) -> None:
         """Write a snapshot of every table and empty the journal."""
-        with self._lock:
-            self._journal.write_snapshot(self._db.storage.memory)  # type: ignore[attr-defined]
+        with self._commit_lock:
+            self._compact_locked()
+
+    def _compact_locked(self) -> None:
+        """(Commit lock held) settle what is written, then snapshot: nothing is pending, so
+        the journal holds nothing the snapshot lacks, and readers need not wait."""
+        self._settle()
+        self._journal.write_snapshot(self._mem)
 
     def close(self) -> None:
-        with self._lock:
+        with self._commit_lock:
             if self._closed:
                 return
-            if self._journal.journal_bytes:
-                self.compact()
+            if self._failed is None:
+                self._settle()
+                if self._journal.journal_bytes:
+                    self._compact_locked()
             self._journal.close()
             self._closed = True
 

@@ -16,6 +16,7 @@ on them alone scans the type, and with a reference or token criterion it is narr
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from fhircare.fhir.fhirpath import final_elements, is_fast, top_level_keys
@@ -65,6 +66,15 @@ def term_keys(param: SearchParam, resource: dict[str, Any]) -> set[str]:
     return out
 
 
+@dataclass(frozen=True)
+class Keys:
+    """The index keys of one resource, under one version of the registry."""
+
+    registry_version: int
+    refs: frozenset[str]
+    terms: frozenset[str]
+
+
 class SearchIndex:
     """Inverted maps of one store, kept in step with its live resources."""
 
@@ -110,31 +120,40 @@ class SearchIndex:
             out |= term_keys(param, resource)
         return out
 
+    def keys(self, resource_type: str, resource: dict[str, Any]) -> Keys:
+        """Every index key of a resource (computed without touching the maps, so a writer
+        can do it before the store applies the commit)."""
+        return Keys(
+            self.registry.version,
+            frozenset(self.reference_keys(resource_type, resource)),
+            frozenset(self.term_keys(resource_type, resource)),
+        )
+
     # ---- maintenance ----------------------------------------------------------------------
 
     def add(self, resource_type: str, rid: str, resource: dict[str, Any]) -> None:
-        refs = self.refs.setdefault(resource_type, {})
-        for key in self.reference_keys(resource_type, resource):
-            refs.setdefault(key, set()).add(rid)
-        terms = self.terms.setdefault(resource_type, {})
-        for key in self.term_keys(resource_type, resource):
-            terms.setdefault(key, set()).add(rid)
+        self.add_keys(resource_type, rid, self.keys(resource_type, resource))
 
     def remove(self, resource_type: str, rid: str, resource: dict[str, Any]) -> None:
-        refs = self.refs.get(resource_type, {})
-        for key in self.reference_keys(resource_type, resource):
-            holders = refs.get(key)
-            if holders is not None:
-                holders.discard(rid)
-                if not holders:
-                    del refs[key]
-        terms = self.terms.get(resource_type, {})
-        for key in self.term_keys(resource_type, resource):
-            holders = terms.get(key)
-            if holders is not None:
-                holders.discard(rid)
-                if not holders:
-                    del terms[key]
+        self.remove_keys(resource_type, rid, self.keys(resource_type, resource))
+
+    def add_keys(self, resource_type: str, rid: str, keys: Keys) -> None:
+        refs = self.refs.setdefault(resource_type, {})
+        for key in keys.refs:
+            refs.setdefault(key, set()).add(rid)
+        terms = self.terms.setdefault(resource_type, {})
+        for key in keys.terms:
+            terms.setdefault(key, set()).add(rid)
+
+    def remove_keys(self, resource_type: str, rid: str, keys: Keys) -> None:
+        for index, found in ((self.refs, keys.refs), (self.terms, keys.terms)):
+            by_key = index.get(resource_type, {})
+            for key in found:
+                holders = by_key.get(key)
+                if holders is not None:
+                    holders.discard(rid)
+                    if not holders:
+                        del by_key[key]
 
     def rebuild(self, resource_type: str, live: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Index a type afresh (after its search parameters changed)."""
@@ -184,4 +203,4 @@ class SearchIndex:
         return out
 
 
-__all__ = ["SearchIndex", "split_values"]
+__all__ = ["Keys", "SearchIndex", "split_values"]

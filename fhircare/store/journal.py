@@ -3,8 +3,10 @@
 * `snapshot.json` is a plain TinyDB JSON file (every table), replaced atomically
   (write a temporary file, fsync, rename, fsync the folder).
 * `journal.log` holds one line per commit, `<crc32 hex> <json>\\n`, appended and fsynced
-  before the commit is acknowledged. A commit costs the size of its own changes, not the
-  size of the database.
+  before the commit is acknowledged (`write` then `sync`: the store lets several commits
+  written one after another share one fsync, each acknowledged only once it is durable).
+  A commit costs the size of its own changes, not the size of the database. A failed
+  append is cut off again, so a later record never follows a partial one.
 * On open the snapshot is loaded and the journal replayed; a torn last line (a crash in
   the middle of an append, never acknowledged) is cut off. A bad line followed by good
   ones is corruption and refuses to open.
@@ -21,6 +23,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from fhircare.fhir import jsonio
 from fhircare.fhir.errors import StoreLocked
 
 Tables = dict[str, dict[str, Any]]
@@ -41,7 +44,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _encode(record: Record) -> bytes:
-    body = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    body = jsonio.dumps(record)
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
@@ -88,6 +91,7 @@ class Journal:
         self.journal_path = folder / "journal.log"
         self._fd: int | None = None
         self.journal_bytes = 0
+        self.damaged = False
 
     def load(self) -> tuple[Tables, int]:
         """Snapshot plus replayed journal, and the last committed seq."""
@@ -110,10 +114,13 @@ class Journal:
                         f"{self.journal_path}: record {i + 1} of {len(lines)} is damaged"
                     )
                 good_end += len(line)
-                if record["seq"] <= last_seq:
-                    continue  # already in the snapshot
+                # Every record is replayed, in order: the journal holds only what came after
+                # the snapshot before this one, so a record the snapshot already holds (a
+                # crash between the snapshot and emptying the journal) ends in the same
+                # state. A record that only sets meta values shares the seq of the last
+                # change before it, so the seq cannot tell which records are new.
                 apply_record(tables, record)
-                last_seq = record["seq"]
+                last_seq = max(last_seq, record["seq"])
             if good_end != self.journal_path.stat().st_size:
                 with open(self.journal_path, "r+b") as fh:
                     fh.truncate(good_end)
@@ -126,20 +133,40 @@ class Journal:
 
     def append(self, record: Record) -> None:
         """Append one commit and make it durable."""
+        self.write(record)
+        self.sync()
+
+    def write(self, record: Record) -> None:
+        """Append one commit, not yet durable (`sync` makes every written record durable).
+        A failed write raises OSError with the partial record cut off again; when even
+        that fails, `damaged` is set and the journal must not be written any more."""
         assert self._fd is not None, "journal not loaded"
         data = _encode(record)
         written = 0
-        while written < len(data):
-            written += os.write(self._fd, data[written:])
+        try:
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            if written:
+                try:
+                    os.ftruncate(self._fd, self.journal_bytes)
+                except OSError:
+                    self.damaged = True
+                    raise
+            raise
+        self.journal_bytes += len(data)
+
+    def sync(self) -> None:
+        """Make every record written so far durable (fdatasync; a no-op without fsync)."""
+        assert self._fd is not None, "journal not loaded"
         if self.fsync:
             os.fdatasync(self._fd)
-        self.journal_bytes += len(data)
 
     def write_snapshot(self, tables: Tables) -> None:
         """Replace the snapshot atomically, then empty the journal."""
         tmp = self.folder / "snapshot.json.tmp"
         with open(tmp, "wb") as fh:
-            fh.write(json.dumps(tables, separators=(",", ":"), ensure_ascii=False).encode())
+            fh.write(jsonio.dumps(tables))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.snapshot_path)

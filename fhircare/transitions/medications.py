@@ -172,7 +172,8 @@ def _load_tables(path: str | None = None) -> Tables:
             if ing not in ingredients:
                 raise ValueError(f"medications.yaml: unknown ingredient {ing!r}")
     products: dict[str, str] = {}
-    for section in (codes.get("vsac_products"), codes.get("rxnorm_products"), raw.get("products")):
+    code_sections = [v for k, v in codes.items() if k.endswith("_products")]  # one per source
+    for section in (*code_sections, raw.get("products")):
         products.update({str(k): v for k, v in (section or {}).items()})
     routes = raw.get("routes") or {}
     return Tables(

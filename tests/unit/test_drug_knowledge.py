@@ -16,24 +16,11 @@ from fhircare.transitions.medications import (
 )
 
 CHECKLIST = Path(__file__).parent / "data" / "top300-checklist.txt"
-SOURCES = {"rx25", "vsac", "cpic", "table"}
-# Ingredients of the checklist whose RxNorm code is in none of the cited sources (the RxNorm
-# export used has no "a" file): identified by name, never given a code. Adding a code here
-# needs a cited source in mappings/drug-codes.yaml.
-NO_CODE = {
-    "acyclovir",
-    "adalimumab",
-    "alendronate",
-    "alfuzosin",
-    "alprazolam",
-    "amiodarone",
-    "amoxicillin",
-    "amphetamine",
-    "anastrozole",
-    "armodafinil",
-    "azelastine",
-    "azithromycin",
-}
+SOURCES = {"rx25", "vsac", "cpic", "table", "ohdsi", "rxnav15", "cdc"}
+# Ingredients of the checklist whose RxNorm code is in none of the cited sources: identified by
+# name, never given a code. Every checklist ingredient now has a cited code; a name added here
+# must have `rxcui: null` in mappings/drug-codes.yaml.
+NO_CODE: frozenset[str] = frozenset()
 
 
 def _checklist() -> list[tuple[str, ...]]:
@@ -60,7 +47,11 @@ def test_every_checklist_drug_is_identified_by_its_ingredients(drug: tuple[str, 
 
 
 def test_every_code_names_a_source_and_codes_are_unique() -> None:
-    codes = _read_yaml(mappings_dir() / "drug-codes.yaml")
+    path = mappings_dir() / "drug-codes.yaml"
+    codes = _read_yaml(path)
+    header = path.read_text(encoding="utf-8").split("\ningredients:", 1)[0]
+    for key in SOURCES:  # each source key is described in the file's header
+        assert f"#   {key} " in header, key
     seen: dict[str, str] = {}
     for name, v in codes["ingredients"].items():
         if v["rxcui"] is None:
@@ -86,6 +77,19 @@ def test_levothyroxine_and_bisoprolol_brands_and_salts() -> None:
     assert parse_name("Zebeta 5 mg").ingredients == ()  # no cited source: unknown, not guessed
 
 
+def test_brands_and_names_of_the_a_ingredients() -> None:
+    xanax = parse_name("Xanax 0.5 mg tablet")
+    assert xanax.ingredients == ("alprazolam",)
+    assert xanax.strength == (("alprazolam", 0.5, "mg"),) and xanax.form == "tablet"
+    assert parse_name("Zithromax 250 mg").ingredients == ("azithromycin",)
+    assert parse_name("Fosamax 70 mg weekly").ingredients == ("alendronate",)
+    # the longer brand wins: Fosamax Plus D is not plain alendronate
+    assert parse_name("Fosamax Plus D 70/5600").key == {"alendronate", "cholecalciferol"}
+    assert parse_name("alendronic acid 70 MG Oral Tablet").ingredients == ("alendronate",)
+    assert parse_name("ProAir HFA 90 mcg").ingredients == ("albuterol",)
+    assert parse_name("Amoxil 500 mg").ingredients == ()  # no cited source: unknown, not guessed
+
+
 def test_codes_identify_ingredients_brands_salts_and_products() -> None:
     def by_code(code: str) -> tuple[str, ...]:
         return identify_concept({"coding": [{"system": RXNORM, "code": code}]}).ingredients
@@ -99,6 +103,16 @@ def test_codes_identify_ingredients_brands_salts_and_products() -> None:
     assert product.strength == (("levothyroxine", 0.125, "mg"),) and product.form == "tablet"
     assert by_code("966247") == ("levothyroxine",)  # SBD: 0.05 MG Oral Tablet [Synthroid]
     assert by_code("999999999") == ()  # an unknown code is not guessed
+    # the "a" ingredients (ohdsi, rxnav15), a BN (rxnav15) and the cdc / ohdsi products
+    assert by_code("723") == ("amoxicillin",)
+    assert by_code("596") == ("alprazolam",)
+    assert by_code("703") == ("amiodarone",)
+    assert by_code("202908") == ("albuterol",)  # BN Proventil
+    xanax = identify_concept({"coding": [{"system": RXNORM, "code": "687025"}]})
+    assert xanax.ingredients == ("alprazolam",) and xanax.release == "extended"
+    assert xanax.strength == (("alprazolam", 0.5, "mg"),)
+    fosamax = identify_concept({"coding": [{"system": RXNORM, "code": "904433"}]})
+    assert fosamax.strength == (("alendronate", 70.0, "mg"),) and fosamax.form == "tablet"
 
 
 def test_no_phrase_means_two_drugs_and_files_agree(tmp_path: Path) -> None:

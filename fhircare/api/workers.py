@@ -1,0 +1,29 @@
+"""Blocking work of the FHIR routes (store commits that wait for an fsync, searches, Bundles)
+in worker threads, off the event loop.
+
+A plain `ThreadPoolExecutor` (its queue is C code) costs less per request than Starlette's
+`run_in_threadpool` (anyio: a cancel scope, a capacity limiter and a Condition-based queue
+per call). The request's context variables (negotiated format, request id) go with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Few threads: under the GIL more CPU-bound threads only take turns (and cost switches);
+# threads are here so writers can wait for a shared fsync without holding up the loop.
+WORKERS = 8
+_executor = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="fhircare-worker")
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a worker thread, with the caller's context variables."""
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    return await loop.run_in_executor(_executor, context.run, fn, *args)
