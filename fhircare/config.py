@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     # (fhircare's webhook base as HAPI reaches it, e.g. http://fhircare:8000/events/hapi)
     subscribe_endpoint: str | None = None
     subscribe_criteria: str = "Encounter?status=finished"
+    # the care manager's web app at /app (a SMART app; with FHIRCARE_AUTH=smart it launches
+    # against the authorization server with this client id and these scopes)
+    app: bool = True
+    app_client_id: str = "fhircare-app"
+    app_scope: str = "openid fhirUser user/*.cruds"
 
     # clinical defaults
     default_tz: str = "UTC"  # for HL7 v2 timestamps without an offset

@@ -1,5 +1,5 @@
 """The one place that finds fhircare's knowledge files: `profiles/` (FHIR JSON) and
-`mappings/` (YAML).
+`mappings/` (YAML), and the built web app.
 
 Both folders ship inside the package as `fhircare.profiles` and `fhircare.mappings`
 (setup.py maps the top-level folders there), so a wheel install and an editable install
@@ -30,6 +30,11 @@ def _folder(package: str, env: str) -> Path:
 def profiles_dir() -> Path:
     """The folder of FHIR resources (StructureDefinitions, PlanDefinitions, ...)."""
     return _folder("fhircare.profiles", PROFILES_ENV)
+
+
+def webapp_dir() -> Path:
+    """The built web app (`scripts/build-app` writes it from `webapp/`), served at /app."""
+    return _folder("fhircare.webapp", "FHIRCARE_WEBAPP")
 
 
 def mappings_dir() -> Path:

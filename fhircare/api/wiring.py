@@ -7,7 +7,15 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
-from fhircare.api import auth, care_routes, event_routes, fhir_routes, middleware, ops_routes
+from fhircare.api import (
+    auth,
+    care_routes,
+    event_routes,
+    fhir_routes,
+    middleware,
+    ops_routes,
+    webapp,
+)
 from fhircare.api.capability import CapabilityProvider
 from fhircare.api.operation_routes import operation_router
 from fhircare.services.audit import AuditRecorder
@@ -46,4 +54,5 @@ def install(app: FastAPI, container: Container) -> None:
     app.include_router(care_routes.router)
     app.include_router(operation_router(container.operations))  # before the generic routes
     app.include_router(fhir_routes.router)
+    webapp.install(app, settings)
     middleware.install(app, settings)

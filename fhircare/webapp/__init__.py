@@ -1,0 +1,1 @@
+"""The built web app (package data written by scripts/build-app; do not edit)."""
