@@ -14,7 +14,7 @@ setup(
     + list(KNOWLEDGE),
     package_dir=KNOWLEDGE,
     package_data={
-        "fhircare.profiles": ["*.json"],
+        "fhircare.profiles": ["*.json", "views/*.json"],
         "fhircare.mappings": ["*.yaml"],
         "fhircare.webapp": ["**/*"],
         # the FHIR R4 registry derived from hl7.fhir.r4.core 4.0.1 (CC0; fhircare/fhir/r4/)
