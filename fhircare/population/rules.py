@@ -189,9 +189,9 @@ def _fact_value(fact: Fact, rows: list[Row]) -> Any:
             found = {r["_key"] for r in rows}
         else:
             cols = fact.value[0][1]
-            found = {
-                v if (v := _first(r, cols)) is not None else fact.default for r in rows
-            } - {None}
+            found = {v if (v := _first(r, cols)) is not None else fact.default for r in rows} - {
+                None
+            }
         return sorted(found)
     if not rows:
         return None
@@ -211,7 +211,9 @@ def patient_facts(
     at = utcnow(now)
     out: dict[str, Any] = {}
     for fact in case_finding().facts:
-        rows = [r for r in rows_by_view.get(fact.view, []) if all(_passes(t, r, at) for t in fact.where)]
+        rows = [
+            r for r in rows_by_view.get(fact.view, []) if all(_passes(t, r, at) for t in fact.where)
+        ]
         if fact.classify:
             rows = [
                 {**r, "_key": key}
@@ -251,14 +253,13 @@ def decide(patient_ref: str, facts: dict[str, Any]) -> Eligibility:
                 reasons.append(sig["reason"].format(names=shown))
         elif isinstance(facts.get(name), list):
             reasons += [sig["reason"].format(value=v) for v in facts[name]]
-        elif isinstance(value := facts.get(name), dict):
-            if _signal_holds(sig, value):
-                extra = {
-                    k: (sig[k].format(**value) if _number(value.get("count")) is not None else "")
-                    for k in sig
-                    if k.endswith("_paren")
-                }
-                reasons.append(sig["reason"].format(**value, **extra))
+        elif isinstance(value := facts.get(name), dict) and _signal_holds(sig, value):
+            extra = {
+                k: (sig[k].format(**value) if _number(value.get("count")) is not None else "")
+                for k in sig
+                if k.endswith("_paren")
+            }
+            reasons.append(sig["reason"].format(**value, **extra))
     high = bool(reasons)
     if not eligible:
         reasons.append(cf.ccm["otherwise"].format(**fmt))
