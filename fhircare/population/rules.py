@@ -66,6 +66,7 @@ class Fact:
 
 @dataclass(frozen=True)
 class CaseFinding:
+    panel: View
     views: dict[str, View]
     facts: tuple[Fact, ...]
     conditions: dict[str, Any]  # chronic-conditions.yaml `conditions`
@@ -135,6 +136,7 @@ def case_finding() -> CaseFinding:
         if fact.collect not in ("distinct", "latest"):
             raise ValueError(f"case-finding: fact {fact.name}: collect {fact.collect}")
     return CaseFinding(
+        panel=load_view(cfg["panel"]),
         views=views,
         facts=facts,
         conditions=mapping("chronic-conditions")["conditions"],

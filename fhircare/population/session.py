@@ -1,0 +1,63 @@
+"""The Spark session of the population commands: local `local[*]` by default, a cluster
+through `--spark-master` or the standard Spark settings (SPARK_HOME/conf/spark-defaults.conf,
+`spark.master` from spark-submit, PYSPARK_SUBMIT_ARGS) without code changes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+
+class SparkUnavailable(RuntimeError):
+    """Spark cannot start here (no Java, or pyspark not installed): one line for the user."""
+
+
+def java_problem() -> str | None:
+    """Why Java cannot run Spark, or None when a `java` is found."""
+    home = os.environ.get("JAVA_HOME")
+    if home:
+        if os.path.exists(os.path.join(home, "bin", "java")):
+            return None
+        return f"JAVA_HOME={home} has no bin/java; Spark needs Java 17 or 21"
+    if shutil.which("java") is None:
+        return "Java not found (no `java` on PATH, JAVA_HOME unset); Spark needs Java 17 or 21"
+    return None
+
+
+def spark_session(
+    master: str | None = None, *, shuffle_partitions: int | None = None, app_name: str = "fhircare"
+) -> Any:
+    """A SparkSession (pyspark's getOrCreate: reused when one runs in this process).
+
+    `master` wins over the standard settings; without either, `local[*]`.
+    """
+    problem = java_problem()
+    if problem:
+        raise SparkUnavailable(problem)
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise SparkUnavailable(
+            "pyspark is not installed: pip install 'fhircare[population]'"
+        ) from None
+    builder = SparkSession.builder.appName(app_name)
+    from pyspark import SparkConf
+
+    conf = SparkConf()  # spark-defaults / spark-submit settings, when any
+    if master:
+        builder = builder.master(master)
+    elif not conf.contains("spark.master"):
+        builder = builder.master("local[*]")
+    builder = builder.config("spark.sql.session.timeZone", "UTC")
+    if not conf.contains("spark.ui.enabled"):
+        builder = builder.config("spark.ui.enabled", "false")
+    if shuffle_partitions:
+        builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # the JVM did not start: say why in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SparkUnavailable(f"Spark did not start: {first}") from exc
+    session.sparkContext.setLogLevel("ERROR")
+    return session

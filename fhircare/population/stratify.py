@@ -1,0 +1,235 @@
+"""Panel-wide case finding, resumable: ingest -> facts (Spark) -> decide -> write-back.
+
+Each stage leaves its output and a checkpoint (`checkpoints/<stage>.json`) in the output
+folder; a rerun with the same folder skips every finished stage and write-back batch. The
+clock of the first run is kept in the checkpoints, so a resumed run decides as of the same
+instant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fhircare.care.common import fhir_datetime, utcnow
+from fhircare.fhir.datetimes import parse_datetime
+from fhircare.population.rules import case_finding, decide
+from fhircare.store.base import Store
+
+Progress = Callable[[str, int, int | None], None]  # stage, done, total
+
+
+@dataclass
+class RunReport:
+    out_dir: Path
+    now: str
+    counts: dict[str, int] = field(default_factory=dict)  # resources per type
+    bad_lines: list[str] = field(default_factory=list)
+    tiers: dict[str, int] = field(default_factory=dict)
+    patients: int = 0
+    skipped: list[str] = field(default_factory=list)  # stages resumed from a checkpoint
+    written: dict[str, int] = field(default_factory=dict)
+
+
+class Checkpoints:
+    """checkpoints/<name>.json in the output folder: a stage is done when its file exists."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.folder = out_dir / "checkpoints"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        path = self.folder / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, name: str, data: dict[str, Any]) -> None:
+        tmp = self.folder / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.folder / f"{name}.json")
+
+
+def _noop(stage: str, done: int, total: int | None) -> None:
+    return None
+
+
+def run_facts(
+    spark: Any,
+    source: Path,
+    out_dir: Path,
+    *,
+    now: datetime,
+    progress: Progress,
+    report: RunReport,
+    marks: Checkpoints,
+) -> None:
+    """Stages ingest and facts (Spark)."""
+    from fhircare.population import ingest
+    from fhircare.population.spark_rules import facts_frame
+    from fhircare.population.spark_views import empty_view_frame, view_frame
+
+    staging = out_dir / "staging"
+    done = marks.get("ingest")
+    if done is None:
+        progress("ingest", 0, None)
+        counts = ingest.split_by_type(spark, source, staging)
+        bad = [str(b) for b in ingest.bad_lines(staging)] if counts.get(ingest.MALFORMED) else []
+        done = {"counts": counts, "bad_lines": bad}
+        marks.put("ingest", done)
+        progress("ingest", 1, 1)
+    else:
+        report.skipped.append("ingest")
+    report.counts = {k: v for k, v in done["counts"].items() if k != ingest.MALFORMED}
+    report.bad_lines = done["bad_lines"]
+    if marks.get("facts") is not None:
+        report.skipped.append("facts")
+        return
+    progress("facts", 0, None)
+    cf = case_finding()
+    frames: dict[str, Any] = {}
+
+    def frame_of(view_id: str) -> Any:
+        if view_id not in frames:
+            view = cf.panel if view_id == cf.panel.id else cf.views[view_id]
+            resources = ingest.type_frame(spark, staging, view.resource)
+            frames[view_id] = (
+                empty_view_frame(spark, view) if resources is None else view_frame(view, resources)
+            )
+        return frames[view_id]
+
+    facts = facts_frame(frame_of(cf.panel.id), frame_of, now=now, definitions=cf)
+    facts.write.mode("overwrite").json(str(out_dir / "facts"))
+    marks.put("facts", {"at": fhir_datetime(now)})
+    progress("facts", 1, 1)
+
+
+def _fact_rows(folder: Path) -> Iterator[dict[str, Any]]:
+    for part in sorted(folder.glob("part-*")):
+        with part.open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def result_of(patient: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """The answer of one patient as /care/eligibility gives it."""
+    e = decide(patient, facts)
+    return {
+        "patient": e.patient,
+        "ccmEligible": e.ccm_eligible,
+        "highRisk": e.high_risk,
+        "tier": e.tier,
+        "chronicConditions": e.chronic_conditions,
+        "behavioural": e.behavioural,
+        "reasons": e.reasons,
+    }
+
+
+def run_decide(out_dir: Path, *, progress: Progress, report: RunReport, marks: Checkpoints) -> None:
+    """Stage decide: results.ndjson, one answer per patient, from the facts."""
+    done = marks.get("decide")
+    if done is None:
+        progress("decide", 0, None)
+        tiers: dict[str, int] = {}
+        n = 0
+        tmp = out_dir / ".results.ndjson.tmp"
+        with tmp.open("w", encoding="utf-8") as fh:
+            for row in _fact_rows(out_dir / "facts"):
+                patient = row.pop("patient")
+                result = result_of(patient, row)
+                tiers[result["tier"]] = tiers.get(result["tier"], 0) + 1
+                fh.write(json.dumps(result) + "\n")
+                n += 1
+                if n % 5000 == 0:
+                    progress("decide", n, None)
+        tmp.replace(out_dir / "results.ndjson")
+        done = {"patients": n, "tiers": tiers}
+        marks.put("decide", done)
+        progress("decide", n, n)
+    else:
+        report.skipped.append("decide")
+    report.patients = done["patients"]
+    report.tiers = done["tiers"]
+
+
+def results(out_dir: Path) -> Iterator[dict[str, Any]]:
+    with (out_dir / "results.ndjson").open(encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def run_writeback(
+    store: Store,
+    out_dir: Path,
+    *,
+    tasks: bool,
+    now: datetime,
+    batch_size: int,
+    progress: Progress,
+    report: RunReport,
+    marks: Checkpoints,
+) -> None:
+    """Stage write-back: Flags/Tasks in batches (one checkpoint each), then the Groups."""
+    from fhircare.population import writeback
+
+    total = report.patients
+    written = {"flags": 0, "tasks": 0, "tasks_kept": 0, "groups": 0}
+    for i, batch in enumerate(writeback.batches(results(out_dir), batch_size)):
+        name = f"writeback-{'tasks-' if tasks else ''}{i:06d}"
+        done = marks.get(name)
+        if done is None:
+            ops, counts = writeback.patient_ops(store, batch, tasks=tasks, now=now)
+            if ops:
+                store.commit(ops)
+            done = {"flags": counts.flags, "tasks": counts.tasks, "tasks_kept": counts.tasks_kept}
+            marks.put(name, done)
+        for k, v in done.items():
+            written[k] += v
+        progress("write-back", min((i + 1) * batch_size, total), total)
+    if marks.get("writeback-groups") is None:
+        ops = writeback.group_ops(results(out_dir), now=now)
+        store.commit(ops)
+        marks.put("writeback-groups", {"groups": len(ops)})
+    else:
+        report.skipped.append("writeback-groups")
+    written["groups"] = marks.get("writeback-groups")["groups"]  # type: ignore[index]
+    report.written = written
+
+
+def stratify(
+    spark: Any,
+    source: Path,
+    out_dir: Path,
+    *,
+    store: Store | None = None,
+    tasks: bool = False,
+    now: datetime | None = None,
+    batch_size: int = 500,
+    progress: Progress = _noop,
+) -> RunReport:
+    """Run (or resume) case finding over the ndjson export in `source`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    marks = Checkpoints(out_dir)
+    run = marks.get("run")
+    if run is None:
+        run = {"now": fhir_datetime(utcnow(now)), "source": str(source)}
+        marks.put("run", run)
+    at = parse_datetime(run["now"])
+    report = RunReport(out_dir=out_dir, now=run["now"])
+    run_facts(spark, source, out_dir, now=at, progress=progress, report=report, marks=marks)
+    run_decide(out_dir, progress=progress, report=report, marks=marks)
+    if store is not None:
+        run_writeback(
+            store,
+            out_dir,
+            tasks=tasks,
+            now=at,
+            batch_size=batch_size,
+            progress=progress,
+            report=report,
+            marks=marks,
+        )
+    return report
