@@ -123,7 +123,7 @@ def compile_path_scalar(
                     arr, elem = _empty(), _ABSENT
                 else:
                     name, literal = step.name, step.literal
-                    arr = F.filter(arr, lambda x: x.getField(name) == F.lit(literal))
+                    arr = F.filter(arr, lambda x, n=name, v=literal: x.getField(n) == F.lit(v))
         if step.kind not in ("exists", "empty"):
             single = None
         i += 1
