@@ -8,6 +8,7 @@ tested as a whole with `exists()` / `empty()`. A non-collection column takes the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
@@ -37,6 +38,14 @@ def _choice_fields(dtype: DataType, name: str) -> list[str]:
         for f in dtype.fieldNames()
         if f.startswith(name) and len(f) > len(name) and f[len(name)].isupper()
     ]
+
+
+def _field_equals(name: str, literal: str) -> Callable[[Column], Column]:
+    return lambda x: x.getField(name) == F.lit(literal)
+
+
+def _field_present(name: str) -> Callable[[Column], Column]:
+    return lambda x: x.getField(name).isNotNull()
 
 
 def _as_array(value: Column, dtype: DataType) -> tuple[Column, DataType]:
@@ -102,7 +111,7 @@ def compile_path_scalar(
                         value = F.col(c) if base is None else base.getField(c)
                         found = found | value.isNotNull()
                     else:
-                        found = found | F.exists(arr, lambda x, c=c: x.getField(c).isNotNull())
+                        found = found | F.exists(arr, _field_present(c))
                 single = found if nxt.kind == "exists" else ~found
                 arr, elem = F.array(single), BooleanType()
                 i += 2
@@ -123,7 +132,7 @@ def compile_path_scalar(
                     arr, elem = _empty(), _ABSENT
                 else:
                     name, literal = step.name, step.literal
-                    arr = F.filter(arr, lambda x, n=name, v=literal: x.getField(n) == F.lit(v))
+                    arr = F.filter(arr, _field_equals(name, literal))
         if step.kind not in ("exists", "empty"):
             single = None
         i += 1
