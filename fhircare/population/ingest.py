@@ -125,10 +125,13 @@ def scan_file(path: Path) -> list[BadLine]:
 
 def line_problem(line: str) -> str | None:
     """Why one ndjson line is not a resource, or None."""
+    text = line.rstrip("\r\n")
     try:
-        data = json.loads(line)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+        if exc.pos >= len(text.rstrip()):
+            return "not valid JSON (cut short)"
+        return f"not valid JSON ({exc.msg} at column {exc.pos + 1})"
     if not isinstance(data, dict):
         return "not a JSON object"
     rt = data.get("resourceType")

@@ -50,8 +50,9 @@ def spark_session(
     elif not conf.contains("spark.master"):
         builder = builder.master("local[*]")
     builder = builder.config("spark.sql.session.timeZone", "UTC")
-    if not conf.contains("spark.ui.enabled"):
-        builder = builder.config("spark.ui.enabled", "false")
+    for key, value in (("spark.ui.enabled", "false"), ("spark.ui.showConsoleProgress", "false")):
+        if not conf.contains(key):
+            builder = builder.config(key, value)
     if shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
     try:
@@ -60,4 +61,5 @@ def spark_session(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SparkUnavailable(f"Spark did not start: {first}") from exc
     session.sparkContext.setLogLevel("ERROR")
+    session.conf.set("spark.sql.session.timeZone", "UTC")
     return session
