@@ -11,7 +11,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
@@ -200,12 +199,11 @@ def _print(report: Any) -> None:
         err.print(f"[yellow]skipped[/] {len(report.bad_lines) - 20} more malformed lines")
     if report.skipped:
         console.print(f"resumed: {', '.join(report.skipped)} already done in {report.out_dir}")
-    table = Table(title=f"Case finding of {report.patients:,} patients (as of {report.now})")
-    table.add_column("tier")
-    table.add_column("patients", justify="right")
-    for tier in ("high", "moderate", "low"):
-        table.add_row(tier, f"{report.tiers.get(tier, 0):,}")
-    console.print(table)
+    tiers = ", ".join(f"{t} {report.tiers.get(t, 0):,}" for t in ("high", "moderate", "low"))
+    console.print(
+        f"Case finding of {report.patients:,} patients as of {report.now}: {tiers}",
+        soft_wrap=True,
+    )
     resources = ", ".join(f"{k} {v:,}" for k, v in sorted(report.counts.items()))
     console.print(
         f"read: {resources}; malformed lines skipped: {len(report.bad_lines)}", soft_wrap=True

@@ -11,6 +11,7 @@ is a function of the seed and the as-of date only.
 from __future__ import annotations
 
 import gzip
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import IO, Any
 import orjson
 
 from fhircare.care.common import mapping
+from fhircare.paths import profiles_dir
 
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
@@ -77,11 +79,6 @@ ENCOUNTERS = {
     "EMER": ("emergency", "50849002", "Emergency room admission (procedure)"),
     "IMP": ("inpatient encounter", "32485007", "Hospital admission (procedure)"),
 }
-FOOD_ANSWERS = [
-    ("LA28397-0", "Often true"),
-    ("LA6729-3", "Sometimes true"),
-    ("LA28398-8", "Never true"),
-]
 DRUG_WORDS = ("metformin", "lisinopril", "atorvastatin", "amlodipine", "furosemide", "sertraline")
 GIVEN = ["Ana", "Ben", "Chen", "Dana", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kai", "Lea"]
 FAMILY = ["Ng", "Okafor", "Patel", "Quinn", "Rossi", "Silva", "Tanaka", "Umar", "Vega", "Weiss"]
@@ -118,7 +115,13 @@ def _codebook() -> dict[str, Any]:
         "needs": needs,
         "sdoh_category": sdoh["condition"]["sdoh_category"],
         "health_concern": sdoh["condition"]["category"],
+        "hrsn": _questionnaire_items(),
     }
+
+
+def _questionnaire_items() -> list[dict[str, Any]]:
+    path = profiles_dir() / "Questionnaire-ahc-hrsn-core.json"
+    return json.loads(path.read_text(encoding="utf-8"))["item"]
 
 
 def _dt(d: datetime) -> str:
@@ -263,7 +266,7 @@ def _social_needs(
     if rng.random() >= 0.25:
         return
     when = end - timedelta(days=rng.randint(1, 120))
-    food = rng.choice(FOOD_ANSWERS)
+    items, answers = _hrsn_items(book["hrsn"], rng)
     out.put(
         {
             "resourceType": "QuestionnaireResponse",
@@ -272,28 +275,11 @@ def _social_needs(
             "status": "completed",
             "subject": ref,
             "authored": _dt(when),
-            "item": [
-                {
-                    "linkId": "food",
-                    "item": [
-                        {
-                            "linkId": "88122-7",
-                            "answer": [
-                                {
-                                    "valueCoding": {
-                                        "system": LOINC,
-                                        "code": food[0],
-                                        "display": food[1],
-                                    }
-                                }
-                            ],
-                        }
-                    ],
-                }
-            ],
+            "item": items,
         }
     )
-    if food[0] == "LA28398-8" or rng.random() < 0.4:
+    food = (answers.get("88122-7") or {}).get("code")
+    if food in (None, "LA28398-8") or rng.random() < 0.4:
         return
     key, spec = rng.choice(book["needs"])
     coding = next(c for c in spec["codings"] if c["system"] == SNOMED)
@@ -312,6 +298,25 @@ def _social_needs(
         "recordedDate": _dt(when),
     }
     out.put(cond)
+
+
+def _hrsn_items(
+    items: list[dict[str, Any]], rng: random.Random
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Answers to every required item of the AHC HRSN screening (its answerOptions)."""
+    out: list[dict[str, Any]] = []
+    chosen: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if item["type"] == "group":
+            sub, found = _hrsn_items(item.get("item") or [], rng)
+            chosen |= found
+            out.append({"linkId": item["linkId"], "item": sub})
+        elif item["type"] == "choice" and item.get("answerOption"):
+            options = [o["valueCoding"] for o in item["answerOption"] if "valueCoding" in o]
+            pick = options[-1] if rng.random() < 0.6 else rng.choice(options)
+            chosen[item["linkId"]] = pick
+            out.append({"linkId": item["linkId"], "answer": [{"valueCoding": dict(pick)}]})
+    return out, chosen
 
 
 def _encounters(
