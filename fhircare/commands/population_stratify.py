@@ -3,6 +3,7 @@ progress, and the write-back of Groups, Flags and enrolment Tasks."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,9 +17,9 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _now(text: str | None) -> datetime | None:
@@ -137,6 +138,10 @@ def register(app: typer.Typer) -> None:
                 help="Spark master URL (default: spark.master of the Spark settings, or local[*])",
             ),
         ] = None,
+        owner: Annotated[
+            str | None,
+            typer.Option("--owner", help="Owner of the enrolment Tasks, e.g. CareTeam/ccm"),
+        ] = None,
         now: Annotated[
             str | None, typer.Option("--now", help="Decide as of this dateTime (default: now)")
         ] = None,
@@ -150,6 +155,8 @@ def register(app: typer.Typer) -> None:
 
         if tasks and not write_back:
             _fail("--tasks needs --write-back")
+        if owner is not None and not re.fullmatch(r"[A-Z][A-Za-z]+/[A-Za-z0-9.-]{1,64}", owner):
+            _fail(f"--owner {owner!r}: not a reference such as CareTeam/ccm")
         at = _now(now)
         problem = java_problem()
         if problem:
@@ -161,16 +168,22 @@ def register(app: typer.Typer) -> None:
                 spark = spark_session(spark_master)
         except SparkUnavailable as exc:
             _fail(str(exc))
+        from fhircare.fhir.errors import FhirError
+
         target = _target(source, base, settings) if write_back else None
         try:
-            report = _run(spark, folder, out, target, tasks, at)
+            report = _run(spark, folder, out, target, tasks, owner, at)
+        except FhirError as exc:  # the target refused a write: the rerun resumes there
+            _fail(f"write-back stopped: {exc.diagnostics}", 1)
         finally:
             if target is not None:
                 target.close()
         _print(report)
 
 
-def _run(spark: Any, folder: Path, out: Path, target: Any, tasks: bool, at: Any) -> Any:
+def _run(
+    spark: Any, folder: Path, out: Path, target: Any, tasks: bool, owner: str | None, at: Any
+) -> Any:
     from fhircare.population.stratify import stratify as run_stratify
 
     columns = (

@@ -166,6 +166,7 @@ def run_writeback(
     out_dir: Path,
     *,
     tasks: bool,
+    owner: str | None,
     now: datetime,
     batch_size: int,
     progress: Progress,
@@ -181,7 +182,7 @@ def run_writeback(
         name = f"writeback-{'tasks-' if tasks else ''}{i:06d}"
         done = marks.get(name)
         if done is None:
-            ops, counts = writeback.patient_ops(store, batch, tasks=tasks, now=now)
+            ops, counts = writeback.patient_ops(store, batch, tasks=tasks, owner=owner, now=now)
             if ops:
                 store.commit(ops)
             done = {"flags": counts.flags, "tasks": counts.tasks, "tasks_kept": counts.tasks_kept}
@@ -206,6 +207,7 @@ def stratify(
     *,
     store: Store | None = None,
     tasks: bool = False,
+    owner: str | None = None,
     now: datetime | None = None,
     batch_size: int = 500,
     progress: Progress = _noop,
@@ -226,6 +228,7 @@ def stratify(
             store,
             out_dir,
             tasks=tasks,
+            owner=owner,
             now=at,
             batch_size=batch_size,
             progress=progress,

@@ -111,7 +111,11 @@ def build_flag(result: Result, at: datetime) -> dict[str, Any]:
     }
 
 
-def build_task(result: Result, at: datetime) -> dict[str, Any]:
+REQUESTER = {"display": "fhircare case finding (population stratify)"}
+
+
+def build_task(result: Result, at: datetime, owner: str | None = None) -> dict[str, Any]:
+    """The enrolment Task of a CCM-eligible patient, for `owner` (the care team) if given."""
     cfg = _cfg()["enrolment_task"]
     value = f"enrolment|{cfg['program']}|{result['patient']}"
     display = cfg["code"]["display"]
@@ -127,8 +131,11 @@ def build_task(result: Result, at: datetime) -> dict[str, Any]:
         "for": {"reference": result["patient"]},
         "authoredOn": fhir_dt(at),
         "lastModified": fhir_dt(at),
+        "requester": dict(REQUESTER),
         "restriction": {"period": {"end": fhir_dt(at + timedelta(days=cfg["due_days"]))}},
     }
+    if owner:
+        task["owner"] = {"reference": owner}
     return with_profile(task, "fhircare-task")
 
 
@@ -141,7 +148,12 @@ class Written:
 
 
 def patient_ops(
-    store: Store, results: Iterable[Result], *, tasks: bool, now: datetime | None = None
+    store: Store,
+    results: Iterable[Result],
+    *,
+    tasks: bool,
+    owner: str | None = None,
+    now: datetime | None = None,
 ) -> tuple[list[WriteOp], Written]:
     """Flags (and Tasks) for one batch of results."""
     at = utcnow(now)
@@ -154,7 +166,7 @@ def patient_ops(
             ops.append(WriteOp("update", "Flag", id=flag["id"], resource=flag))
             done.flags += 1
         if tasks and (group_key(result) or "").startswith(f"{program}/"):
-            task = build_task(result, at)
+            task = build_task(result, at, owner)
             if store.exists("Task", task["id"]):
                 done.tasks_kept += 1
             else:

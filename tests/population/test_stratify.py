@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from fhircare.cli import app
 from fhircare.conformance import load_conformance_resources, validate
+from fhircare.fhir.profiles import problems
 from fhircare.fhir.validation import validate_resource
 from fhircare.population.generate import generate
 from fhircare.population.stratify import results
@@ -91,10 +92,11 @@ def test_write_back_is_idempotent_and_valid(spark: Any, panel: Path, tmp_path: P
     try:
         counts = _counts(store)
         groups = list(store.iter_resources("Group"))
-        for resource in groups + list(store.iter_resources("Flag")) + list(
-            store.iter_resources("Task")
+        for resource in (
+            groups + list(store.iter_resources("Flag")) + list(store.iter_resources("Task"))
         ):
             validate_resource(resource)
+            assert not problems(resource), (resource["resourceType"], problems(resource))
         task = next(iter(store.iter_resources("Task")))
     finally:
         store.close()
@@ -133,8 +135,21 @@ def test_write_back_into_hapi_is_idempotent_and_conforms(
 ) -> None:
     out = tmp_path / "run"
     args = ["--write-back", "--tasks", "--base", hapi_recommended_url]
-    outcome = _stratify(panel, out, *args)
+    refused = _stratify(panel, out, *args)  # HAPI checks references: no Patients there yet
+    assert refused.exit_code == 1 and "write-back stopped" in refused.output, refused.output
+    with httpx.Client(base_url=hapi_recommended_url, timeout=120) as client:
+        patients = [{"resourceType": "Patient", "id": "extra-1"}]
+        with gzip.open(panel / "gen" / "people-part-1.ndjson.gz", "rt") as fh:
+            patients += [json.loads(line) for line in fh]
+        entries = [
+            {"resource": p, "request": {"method": "PUT", "url": f"Patient/{p['id']}"}}
+            for p in patients
+        ]
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+        assert client.post("", json=bundle).status_code == 200
+    outcome = _stratify(panel, out, *args)  # resumes at the write-back
     assert outcome.exit_code == 0, outcome.output
+    assert "resumed: ingest, facts, decide" in outcome.output
 
     def totals(client: httpx.Client) -> dict[str, int]:
         headers = {"Cache-Control": "no-cache"}
@@ -152,8 +167,9 @@ def test_write_back_into_hapi_is_idempotent_and_conforms(
         load_conformance_resources(client)
         headers = {"Cache-Control": "no-cache"}
         samples = [
-            client.get(f"/{t}", params={"_count": "1", "_sort": "-_lastUpdated"}, headers=headers)
-            .json()["entry"][0]["resource"]
+            client.get(
+                f"/{t}", params={"_count": "1", "_sort": "-_lastUpdated"}, headers=headers
+            ).json()["entry"][0]["resource"]
             for t in ("Group", "Flag", "Task")
         ]
         findings = [validate(client, r) for r in samples]
