@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from fhircare.api.access import Access
 from fhircare.api.http import FhirJSONResponse
 from fhircare.fhir.errors import BadRequest, NotFound
+from fhircare.fhir.parameters_shape import check_parameters_shape
 
 
 @dataclass
@@ -109,6 +110,8 @@ def run_operation(
         raise error
     if body is not None and not isinstance(body, dict):
         raise BadRequest("An operation body must be a FHIR resource (usually Parameters)")
+    if body is not None and body.get("resourceType") == "Parameters":
+        check_parameters_shape(body)  # before any handler reads a parameter
     call = OpCall(
         name=name,
         resource_type=resource_type,

@@ -27,6 +27,7 @@ from fhirpathpy import evaluate
 from fhirpathpy.models import models
 
 from fhircare.fhir.errors import BadRequest, FhirError, Unprocessable
+from fhircare.fhir.parameters_shape import check_parameters_shape
 from fhircare.fhir.validation import validate_resource
 
 PatchKind = Literal["json-patch", "fhirpath-patch", "merge-patch"]
@@ -144,6 +145,7 @@ _OPERATION_PARTS = {"type", "path", "name", "value", "index", "source", "destina
 
 
 def _fhirpath_patch(resource: Resource, parameters: Resource) -> Resource:
+    check_parameters_shape(parameters)
     out = copy.deepcopy(resource)
     operations = parameters.get("parameter") or []  # none: a valid patch that changes nothing
     if not isinstance(operations, list):
