@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +25,7 @@ import jsonpointer
 from fhirpathpy import evaluate
 from fhirpathpy.models import models
 
+from fhircare.fhir import jsonio
 from fhircare.fhir.errors import BadRequest, FhirError, Unprocessable
 from fhircare.fhir.parameters_shape import check_parameters_shape
 from fhircare.fhir.validation import validate_resource
@@ -80,10 +80,12 @@ def patch_in_bundle(resource: Any) -> Patch:
             expression=["Binary.contentType"],
         )
     try:
-        body = json.loads(base64.b64decode(resource.get("data") or "", validate=True))
-    except (ValueError, binascii.Error) as exc:
+        body = jsonio.parse_json(base64.b64decode(resource.get("data") or "", validate=True))
+    except (ValueError, binascii.Error, BadRequest) as exc:
+        detail = f" ({exc.diagnostics})" if isinstance(exc, BadRequest) else ""
         raise BadRequest(
-            "The PATCH Binary's data is not base64-encoded JSON", expression=["Binary.data"]
+            f"The PATCH Binary's data is not base64-encoded JSON{detail}",
+            expression=["Binary.data"],
         ) from exc
     return patch_of(ctype, body)
 
