@@ -105,7 +105,8 @@ class BundleProcessor:
                 assert plan.resource is not None
                 try:
                     rewrite_references(plan.resource, mapping)
-                    plan.resource["id"] = plan.id
+                    if plan.method != "PUT" or "id" not in plan.resource:
+                        plan.resource["id"] = plan.id  # a PUT's own id must match (prepare)
                     data = self.svc.prepare(
                         plan.resource,
                         resource_type=plan.resource_type,
