@@ -125,7 +125,7 @@ def serve(
             port=settings.port,
             log_config=None,  # fhircare's logging (FHIRCARE_LOG_LEVEL, FHIRCARE_LOG_FORMAT)
             access_log=False,  # fhircare writes its own access line (route templates)
-            **server_options(),
+            **server_options(settings.max_header_bytes),
         )
 
 

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
 
     # limits
     max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 32 * 1024  # request line + headers, `serve` (431 above)
     default_page_size: int = 50
     max_page_size: int = 1000
     max_bundle_entries: int = 5000
