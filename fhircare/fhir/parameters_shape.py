@@ -34,6 +34,9 @@ def _one_of_each(parameters: Any, where: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for i, param in enumerate(parameters or []):
         at = f"{where}[{i}]"
+        if not isinstance(param, dict):  # null (the structure walk passes nulls over)
+            out.append((at, f"{at}: an object (a parameter) is expected"))
+            continue
         values = [k for k in param if k.startswith("value") and len(k) > 5]
         kinds = len(values) + ("resource" in param) + ("part" in param)
         if kinds != 1:
