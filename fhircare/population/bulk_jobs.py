@@ -61,6 +61,7 @@ class ExportJob:
     failure: str | None = None
     finished_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)  # done, failed or gone
 
     def manifest(self, file_url: str) -> dict[str, Any]:
         """The completion manifest; `file_url` is the URL prefix of this job's files."""
@@ -170,7 +171,19 @@ class ExportJobs:
 
     # ---- the worker ---------------------------------------------------------------------
 
+    def wait(self, job_id: str, timeout: float | None = None) -> bool:
+        """Block until the job has stopped running (True) or `timeout` passed (False)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        return True if job is None else job.finished.wait(timeout)
+
     def _run(self, job: ExportJob) -> None:
+        try:
+            self._export(job)
+        finally:
+            job.finished.set()
+
+    def _export(self, job: ExportJob) -> None:
         def progress(done: int, total: int, current: str) -> None:
             pct = 100 * done // total if total else 100
             job.progress = f"{pct}% ({done}/{total} types" + (f", {current})" if current else ")")
@@ -253,6 +266,7 @@ class ExportJobs:
                     errors=[OutputFile(**f) for f in record["errors"]],
                     finished_at=record["finished_at"],
                 )
+                job.finished.set()
             except (OSError, ValueError, KeyError, TypeError):
                 # unfinished when the server stopped (or unreadable): lost, as documented
                 shutil.rmtree(directory, ignore_errors=True)
