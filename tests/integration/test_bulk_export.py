@@ -212,9 +212,7 @@ def test_capability_statement_declares_the_export_operations(bulk: TestClient) -
     ig = "http://hl7.org/fhir/uv/bulkdata"
     assert f"{ig}/CapabilityStatement/bulk-data" in cap["instantiates"]
     rest = cap["rest"][0]
-    assert {"name": "export", "definition": f"{ig}/OperationDefinition/export"} in rest[
-        "operation"
-    ]
+    assert {"name": "export", "definition": f"{ig}/OperationDefinition/export"} in rest["operation"]
     by_type = {r["type"]: r for r in rest["resource"]}
     for rtype, name in (("Patient", "patient-export"), ("Group", "group-export")):
         ops = by_type[rtype]["operation"]
