@@ -52,9 +52,23 @@ def _remote(base: str) -> Any:
     return RemoteStore(FhirClient(base.rstrip("/")))
 
 
+def _pull(url: str, export: Path, auth: Any = None) -> list[Path]:
+    from fhircare.population.sources import pull
+
+    with console.status(f"Bulk Data export from {url}") as status:
+
+        def progress(message: str, fraction: float | None) -> None:
+            done = f" ({fraction:.0%})" if fraction is not None else ""
+            status.update(f"Bulk Data export from {url}: {message}{done}")
+
+        return pull(url, export, auth=auth, on_progress=progress)
+
+
 def _source_folder(source: str, base: str | None, out: Path, settings: Any) -> Path:
-    """The folder of ndjson stratify reads: DIR itself, or an export made into out/export."""
-    from fhircare.population.sources import SourceProblem, dump_store, pull
+    """The folder of ndjson stratify reads: DIR itself, or an export made into out/export
+    (pulled with `$export` from --base / FHIRCARE_HAPI_URL / the running fhircare, or
+    read straight from the embedded store when no server holds it)."""
+    from fhircare.population.sources import SourceProblem, dump_store
     from fhircare.population.stratify import Checkpoints
 
     if source not in ("fhircare", "hapi"):
@@ -66,29 +80,36 @@ def _source_folder(source: str, base: str | None, out: Path, settings: Any) -> P
     marks = Checkpoints(out)
     if marks.get("export") is not None:
         return export
-    url = base or (settings.hapi_url if source == "hapi" else None)
-    if source == "hapi" and not url:
-        _fail("--source hapi needs --base URL (or FHIRCARE_HAPI_URL)")
     try:
-        if url:
-            with console.status(f"pulling a Bulk Data export from {url}"):
-                files = pull(str(url), export)
-            marks.put("export", {"base": str(url), "files": [str(f) for f in files]})
+        if source == "hapi":
+            url = base or (str(settings.hapi_url) if settings.hapi_url else None)
+            if not url:
+                _fail("--source hapi needs --base URL (or FHIRCARE_HAPI_URL)")
+            from fhircare.remote.factory import remote_auth
+
+            files = _pull(url.rstrip("/"), export, remote_auth(settings) if not base else None)
+            marks.put("export", {"base": url, "files": [str(f) for f in files]})
+        elif base:
+            files = _pull(base.rstrip("/"), export)
+            marks.put("export", {"base": base, "files": [str(f) for f in files]})
         else:
             from fhircare.bootstrap import open_store
             from fhircare.fhir.errors import StoreLocked
 
             try:
                 store = open_store(settings)
-            except StoreLocked as exc:
-                _fail(f"{exc}; pass --base http://HOST:PORT/fhir to export from the running server")
+            except StoreLocked:  # a running fhircare holds the store: ask it for $export
+                url = settings.public_base()
+                files = _pull(url, export)
+                marks.put("export", {"base": url, "files": [str(f) for f in files]})
+                return export
             try:
                 counts = dump_store(store, export)
             finally:
                 store.close()
             marks.put("export", {"data": str(settings.data), "counts": counts})
     except SourceProblem as exc:
-        _fail(str(exc))
+        _fail(str(exc), 1)
     return export
 
 

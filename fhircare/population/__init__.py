@@ -1,2 +1,2 @@
-"""Population scale: panel-wide case finding on Spark over Bulk Data ndjson, with the same
-rule definitions as the per-patient endpoints (mappings/case-finding.yaml)."""
+"""Population scale: Bulk Data export and import, panel-wide case finding on Spark with the
+same rule definitions as the per-patient endpoints (mappings/case-finding.yaml)."""

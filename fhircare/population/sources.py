@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,16 +40,23 @@ def dump_store(store: Store, folder: Path) -> dict[str, int]:
 
 
 def pull(
-    base_url: str, folder: Path, *, auth: Any = None, on_progress: Callable[..., Any] | None = None
+    base_url: str,
+    folder: Path,
+    *,
+    auth: Any = None,
+    on_progress: Callable[[str, float | None], None] | None = None,
 ) -> list[Path]:
     """A system-level `$export` of the needed types, downloaded into `folder`."""
+    from fhircare.population.bulk_pull import BulkExportError, pull_export
+
     try:
-        bulk_pull = importlib.import_module("fhircare.population.bulk_pull")
-    except ImportError:
-        raise SourceProblem(
-            "pulling a Bulk Data export needs fhircare.population.bulk_pull, which this build "
-            "lacks; export to a folder and pass --source DIR"
-        ) from None
-    return bulk_pull.pull_export(
-        base_url, folder, level="system", types=needed_types(), auth=auth, on_progress=on_progress
-    )
+        return pull_export(
+            base_url,
+            folder,
+            level="system",
+            types=needed_types(),
+            auth=auth,
+            on_progress=on_progress,
+        )
+    except BulkExportError as exc:
+        raise SourceProblem(f"{base_url}: {exc}") from None
