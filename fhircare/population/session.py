@@ -55,6 +55,11 @@ def spark_session(
             builder = builder.config(key, value)
     if shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+    elif not conf.contains("spark.sql.shuffle.partitions") and (
+        master or conf.get("spark.master", "local[*]")
+    ).startswith("local"):
+        # Spark's 200 shuffle partitions are for clusters; on one machine a few per core
+        builder = builder.config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 2)))
     try:
         session = builder.getOrCreate()
     except Exception as exc:  # the JVM did not start: say why in one line

@@ -9,6 +9,7 @@ instant.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,7 @@ class RunReport:
     patients: int = 0
     skipped: list[str] = field(default_factory=list)  # stages resumed from a checkpoint
     written: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage run now
 
 
 class Checkpoints:
@@ -67,6 +69,8 @@ def run_facts(
     marks: Checkpoints,
 ) -> None:
     """Stages ingest and facts (Spark)."""
+    from pyspark import StorageLevel
+
     from fhircare.population import ingest
     from fhircare.population.spark_rules import facts_frame
     from fhircare.population.spark_views import empty_view_frame, view_frame
@@ -90,18 +94,24 @@ def run_facts(
     progress("facts", 0, None)
     cf = case_finding()
     frames: dict[str, Any] = {}
+    typed: dict[str, Any] = {}  # one schema inference per resource type
 
     def frame_of(view_id: str) -> Any:
         if view_id not in frames:
             view = cf.panel if view_id == cf.panel.id else cf.views[view_id]
-            resources = ingest.type_frame(spark, staging, view.resource)
-            frames[view_id] = (
+            if view.resource not in typed:
+                typed[view.resource] = ingest.type_frame(spark, staging, view.resource)
+            resources = typed[view.resource]
+            frame = (
                 empty_view_frame(spark, view) if resources is None else view_frame(view, resources)
             )
+            frames[view_id] = frame.persist(StorageLevel.MEMORY_AND_DISK)  # facts share views
         return frames[view_id]
 
     facts = facts_frame(frame_of(cf.panel.id), frame_of, now=now, definitions=cf)
     facts.write.mode("overwrite").json(str(out_dir / "facts"))
+    for frame in frames.values():
+        frame.unpersist()
     marks.put("facts", {"at": fhir_datetime(now)})
     progress("facts", 1, 1)
 
@@ -221,8 +231,12 @@ def stratify(
         marks.put("run", run)
     at = parse_datetime(run["now"])
     report = RunReport(out_dir=out_dir, now=run["now"])
+    start = time.perf_counter()
     run_facts(spark, source, out_dir, now=at, progress=progress, report=report, marks=marks)
+    report.seconds["ingest+facts"] = time.perf_counter() - start
+    start = time.perf_counter()
     run_decide(out_dir, progress=progress, report=report, marks=marks)
+    report.seconds["decide"] = time.perf_counter() - start
     if store is not None:
         run_writeback(
             store,

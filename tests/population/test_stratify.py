@@ -130,7 +130,7 @@ def test_write_back_is_idempotent_and_valid(spark: Any, panel: Path, tmp_path: P
 
 
 @pytest.mark.hapi
-def test_write_back_into_hapi_is_idempotent_and_conforms(
+def test_hapi_as_target_and_source(
     spark: Any, panel: Path, tmp_path: Path, hapi_recommended_url: str
 ) -> None:
     out = tmp_path / "run"
@@ -138,12 +138,14 @@ def test_write_back_into_hapi_is_idempotent_and_conforms(
     refused = _stratify(panel, out, *args)  # HAPI checks references: no Patients there yet
     assert refused.exit_code == 1 and "write-back stopped" in refused.output, refused.output
     with httpx.Client(base_url=hapi_recommended_url, timeout=120) as client:
-        patients = [{"resourceType": "Patient", "id": "extra-1"}]
-        with gzip.open(panel / "gen" / "people-part-1.ndjson.gz", "rt") as fh:
-            patients += [json.loads(line) for line in fh]
+        resources = [{"resourceType": "Patient", "id": "extra-1"}]
+        for path in sorted((panel / "gen").glob("*.ndjson.gz")):
+            with gzip.open(path, "rt") as fh:
+                resources += [json.loads(line) for line in fh]
+        resources.sort(key=lambda r: r["resourceType"] != "Patient")  # referenced first
         entries = [
-            {"resource": p, "request": {"method": "PUT", "url": f"Patient/{p['id']}"}}
-            for p in patients
+            {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+            for r in resources
         ]
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
         assert client.post("", json=bundle).status_code == 200
@@ -174,6 +176,29 @@ def test_write_back_into_hapi_is_idempotent_and_conforms(
         ]
         findings = [validate(client, r) for r in samples]
     assert all(not f.messages for f in findings), [f.messages for f in findings]
+    # HAPI as the source: its $export (kick-off, poll, download) read on Spark, same answers
+    pulled = tmp_path / "from-hapi"
+    outcome = runner.invoke(
+        app,
+        [
+            "population",
+            "stratify",
+            "--source",
+            "hapi",
+            "--base",
+            hapi_recommended_url,
+            "--out",
+            str(pulled),
+            "--now",
+            NOW,
+        ],
+    )
+    assert outcome.exit_code == 0, outcome.output
+    assert any((pulled / "export").iterdir())
+    from_hapi = {r["patient"]: r for r in results(pulled)}
+    from_dir = {r["patient"]: r for r in results(out)}
+    assert from_dir.keys() <= from_hapi.keys()
+    assert {k: from_hapi[k] for k in from_dir} == from_dir
 
 
 def test_missing_java_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
