@@ -1,7 +1,8 @@
 """Reading an export on Spark: every `*.ndjson` / `*.ndjson.gz` under a folder (any file
-name; the type comes from each line's resourceType), split by type into a staging folder
-in one pass. A line that is not a JSON object with a resourceType is kept aside and then
-reported with its file and line number; it never stops the run."""
+name; the type comes from each line's resourceType), parsed with the views' schema and
+split by type into a Parquet staging folder in one pass. A line that is not a JSON object
+with a resourceType is kept aside and then reported with its file and line number; it never
+stops the run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from urllib.parse import unquote, urlparse
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 MALFORMED = "_malformed"
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
@@ -38,9 +40,12 @@ def input_files(folder: Path) -> list[Path]:
     )
 
 
-def split_by_type(spark: Any, folder: Path, staging: Path) -> dict[str, int]:
-    """Write the lines of the export into staging/_rt=<type>/ (text); malformed lines go
-    to staging/_rt=_malformed/ as `file<TAB>text`. Returns the line count per type."""
+def split_by_type(
+    spark: Any, folder: Path, staging: Path, schemas: dict[str, StructType]
+) -> dict[str, int]:
+    """One pass over the export: each line's resourceType, the types of `schemas` parsed
+    with their schema, written as Parquet into staging/rtype=<type>/; a malformed line
+    goes to staging/rtype=_malformed/ with its file. Returns the line count per type."""
     lines = (
         spark.read.option("recursiveFileLookup", "true")
         .option("pathGlobFilter", "*.{ndjson,ndjson.gz}")
@@ -49,32 +54,33 @@ def split_by_type(spark: Any, folder: Path, staging: Path) -> dict[str, int]:
     )
     rt = F.from_json(F.col("value"), "resourceType STRING").getField("resourceType")
     ok = rt.isNotNull() & rt.rlike(_TYPE.pattern)
-    out = lines.select(
-        F.when(ok, F.col("value"))
-        .otherwise(F.concat(F.input_file_name(), F.lit("\t"), F.col("value")))
-        .alias("value"),
-        F.when(ok, rt).otherwise(F.lit(MALFORMED)).alias("_rt"),
-    )
-    out.write.mode("overwrite").partitionBy("_rt").text(str(staging))
-    counts: dict[str, int] = {}
-    for part in sorted(staging.glob("_rt=*")):
-        counts[part.name.removeprefix("_rt=")] = sum(_count_lines(f) for f in _parts(part))
-    return counts
+    rtype = F.when(ok, rt).otherwise(F.lit(MALFORMED))
+    columns = [
+        rtype.alias("rtype"),
+        F.when(~ok, F.input_file_name()).alias("file"),
+        *[
+            F.when(rt == F.lit(name), F.from_json(F.col("value"), schema)).alias(name)
+            for name, schema in sorted(schemas.items())
+        ],
+    ]
+    lines.select(*columns).write.mode("overwrite").partitionBy("rtype").parquet(str(staging))
+    counts = spark.read.parquet(str(staging)).groupBy("rtype").count().collect()
+    return {row["rtype"]: row["count"] for row in counts}
 
 
 def type_frame(spark: Any, staging: Path, resource_type: str) -> DataFrame | None:
-    """The resources of one type (schema inferred from the data), or None when absent."""
-    folder = staging / f"_rt={resource_type}"
+    """The resources of one type (the staged struct), or None when absent."""
+    folder = staging / f"rtype={resource_type}"
     if not folder.is_dir() or not any(_parts(folder)):
         return None
-    return spark.read.option("mode", "PERMISSIVE").json(str(folder))
+    return spark.read.parquet(str(folder)).select(f"`{resource_type}`.*")
 
 
 def present_types(staging: Path) -> list[str]:
     return sorted(
-        p.name.removeprefix("_rt=")
-        for p in staging.glob("_rt=*")
-        if p.name != f"_rt={MALFORMED}" and any(_parts(p))
+        p.name.removeprefix("rtype=")
+        for p in staging.glob("rtype=*")
+        if p.name != f"rtype={MALFORMED}" and any(_parts(p))
     )
 
 
@@ -82,21 +88,14 @@ def _parts(folder: Path) -> Iterator[Path]:
     return (p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
 
 
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as fh:
-        return sum(1 for _ in fh)
-
-
-def bad_lines(staging: Path) -> list[BadLine]:
+def bad_lines(spark: Any, staging: Path) -> list[BadLine]:
     """File and line of every malformed line (files with one are scanned again here)."""
-    files: set[str] = set()
-    folder = staging / f"_rt={MALFORMED}"
-    if folder.is_dir():
-        for part in _parts(folder):
-            with part.open(encoding="utf-8", errors="replace") as fh:
-                files |= {line.split("\t", 1)[0] for line in fh if "\t" in line}
+    folder = staging / f"rtype={MALFORMED}"
+    if not folder.is_dir() or not any(_parts(folder)):
+        return []
+    rows = spark.read.parquet(str(folder)).select("file").distinct().collect()
     out: list[BadLine] = []
-    for uri in sorted(files):
+    for uri in sorted(r["file"] for r in rows if r["file"]):
         out += scan_file(_local_path(uri))
     return out
 

@@ -72,6 +72,7 @@ def run_facts(
     from pyspark import StorageLevel
 
     from fhircare.population import ingest
+    from fhircare.population.schema import schema_for
     from fhircare.population.spark_rules import facts_frame
     from fhircare.population.spark_views import empty_view_frame, view_frame
 
@@ -79,8 +80,17 @@ def run_facts(
     done = marks.get("ingest")
     if done is None:
         progress("ingest", 0, None)
-        counts = ingest.split_by_type(spark, source, staging)
-        bad = [str(b) for b in ingest.bad_lines(staging)] if counts.get(ingest.MALFORMED) else []
+        cf = case_finding()
+        by_type: dict[str, list[Any]] = {}
+        for view in [cf.panel, *cf.views.values()]:
+            by_type.setdefault(view.resource, []).append(view)
+        schemas = {t: schema_for(views) for t, views in by_type.items()}
+        counts = ingest.split_by_type(spark, source, staging, schemas)
+        bad = (
+            [str(b) for b in ingest.bad_lines(spark, staging)]
+            if counts.get(ingest.MALFORMED)
+            else []
+        )
         done = {"counts": counts, "bad_lines": bad}
         marks.put("ingest", done)
         progress("ingest", 1, 1)
