@@ -238,7 +238,7 @@ def _print(report: Any) -> None:
         f"Case finding of {report.patients:,} patients as of {report.now}: {tiers}",
         soft_wrap=True,
     )
-    resources = ", ".join(f"{k} {v:,}" for k, v in sorted(report.counts.items()))
+    resources = ", ".join(f"{k} {v:,}" for k, v in sorted(report.counts.items())) or "nothing"
     console.print(
         f"read: {resources}; malformed lines skipped: {len(report.bad_lines)}", soft_wrap=True
     )

@@ -46,6 +46,9 @@ def split_by_type(
     """One pass over the export: each line's resourceType, the types of `schemas` parsed
     with their schema, written as Parquet into staging/rtype=<type>/; a malformed line
     goes to staging/rtype=_malformed/ with its file. Returns the line count per type."""
+    staging.mkdir(parents=True, exist_ok=True)
+    if not input_files(folder):  # an empty export: nothing to stage
+        return {}
     lines = (
         spark.read.option("recursiveFileLookup", "true")
         .option("pathGlobFilter", "*.{ndjson,ndjson.gz}")
@@ -64,6 +67,8 @@ def split_by_type(
         ],
     ]
     lines.select(*columns).write.mode("overwrite").partitionBy("rtype").parquet(str(staging))
+    if not any(staging.glob("rtype=*")):  # files with blank lines only
+        return {}
     counts = spark.read.parquet(str(staging)).groupBy("rtype").count().collect()
     return {row["rtype"]: row["count"] for row in counts}
 
