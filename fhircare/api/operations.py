@@ -16,6 +16,8 @@ from fastapi.responses import Response
 from fhircare.api.access import Access
 from fhircare.api.http import FhirJSONResponse
 from fhircare.fhir.errors import BadRequest, NotFound
+from fhircare.security.gate import GatedStore
+from fhircare.services.resources import ResourceService
 
 
 @dataclass
@@ -28,8 +30,18 @@ class OpCall:
     body: Any
     query: list[tuple[str, str]]
     access: Access
-    state: Any  # app.state: svc, settings, base_url, ...
+    state: Any  # app.state: settings, base_url, paging (data only through `store`/`svc`)
     headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def store(self) -> GatedStore:
+        """The caller's gated store: everything the operation reads and writes goes here."""
+        return self.access.store
+
+    @property
+    def svc(self) -> ResourceService:
+        """The resource service bound to the caller's gated store."""
+        return self.access.svc
 
     def param(self, name: str) -> Any:
         """A parameter from the query string or a Parameters body (value[x] or resource)."""

@@ -118,6 +118,12 @@ class BundleProcessor:
         self.paging = paging
         self.max_entries = max_entries
 
+    def scoped(self, svc: ResourceService) -> BundleProcessor:
+        """The same processor working through another (a caller's scoped) service."""
+        return BundleProcessor(
+            svc, base_url=self.base_url, paging=self.paging, max_entries=self.max_entries
+        )
+
     def process(self, bundle: Any, *, representation: bool = False) -> dict[str, Any]:
         entries = check_bundle(bundle, self.max_entries)
         if bundle["type"] == "transaction":
