@@ -55,6 +55,8 @@ class Access:
         data = resource if isinstance(resource, dict) else None
         if letter in "rs":
             self.policy.check_read(resource_type, letter, data)
+        elif data is None:
+            self.policy.rules(resource_type, letter)  # type level only
         else:
             self.policy.check_write(resource_type, letter, data, creating=letter == "c")
 

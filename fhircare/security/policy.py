@@ -217,8 +217,10 @@ class AccessPolicy:
     ) -> None:
         """Raise Forbidden unless the caller may write (c, u, d) this version of a resource."""
         rules = self.rules(resource_type, letter)
-        if rules is None or resource is None:
+        if rules is None:
             return
+        if not isinstance(resource, dict):
+            raise Forbidden(f"no {resource_type} to check against the scopes")
         reasons = [self._write_denial(rule, resource_type, resource, creating) for rule in rules]
         if any(reason is None for reason in reasons):
             return

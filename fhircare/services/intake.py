@@ -137,4 +137,4 @@ def receive_remote(svc: ResourceService, resource: dict[str, Any]) -> list[dict[
         [WriteOp("update", rtype, id=rid, resource=resource, origin="remote")]
     )
     written = [r.resource for r in results if r.resource is not None]
-    return written + svc.bus.publish(svc.store, written)
+    return written + svc.publish(written)

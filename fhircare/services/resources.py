@@ -79,10 +79,10 @@ class ResourceService:
             view, self.bus, check_references=self.check_references, system_store=self._system
         )
 
-    def publish(self, written: list[dict[str, Any]]) -> None:
-        """Publish what a domain service committed (bus reactions run as the server)."""
-        if written:
-            self.bus.publish(self._system, written)
+    def publish(self, written: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Publish what a domain service committed (bus reactions run as the server);
+        returns what the reactions wrote."""
+        return self.bus.publish(self._system, written) if written else []
 
     # ---- reads ------------------------------------------------------------------------------
 

@@ -371,11 +371,8 @@ def send(server: Server, headers: dict, token: str, req: tuple, known: list[dict
 def returned_resources(node: Any) -> Iterator[dict]:
     """Every resource in an answer (the body, Bundle entries, nested Bundles)."""
     if isinstance(node, dict):
-        if isinstance(node.get("resourceType"), str) and node.get("resourceType") != (
-            "OperationOutcome"
-        ):
-            if node["resourceType"] != "Bundle":
-                yield node
+        if node.get("resourceType") not in (None, "OperationOutcome", "Bundle"):
+            yield node
         for key in ("entry", "resource"):
             value = node.get(key)
             if isinstance(value, list):
