@@ -26,6 +26,7 @@ from typing import Any
 
 from fhircare.fhir.errors import BadRequest, Forbidden, Gone, NotFound
 from fhircare.fhir.search import parse_query, sort_resources
+from fhircare.fhir.search.query import Criterion, Has, InList
 from fhircare.security.policy import AccessPolicy, Params
 from fhircare.store.base import Change, SearchResult, Store, WriteOp, WriteResult
 
@@ -90,6 +91,7 @@ class GatedStore:
         if self._open:
             return self._store.search_page(resource_type, params, offset=offset, count=count)
         alternatives = self.policy.searches(resource_type)
+        self._check_reach(resource_type, params)
         if alternatives is None:
             return self._store.search_page(resource_type, params, offset=offset, count=count)
         if len(alternatives) == 1:
@@ -101,6 +103,34 @@ class GatedStore:
         found = self._union(resource_type, params, alternatives)
         end = None if count is None else offset + count
         return SearchResult(total=len(found), resources=found[offset:end])
+
+    def _check_reach(self, resource_type: str, params: Params) -> None:
+        """Chains, `_has` and `_list` are resolved inside the store, over every resource of
+        the types they name: allowed only where the caller may search all of them (else a
+        chain through a performer would be an oracle on another patient's record)."""
+        query = parse_query(resource_type, params, registry_=self.registry, lenient=True)
+        for crit in query.criteria:
+            self._reach(crit)
+
+    def _reach(self, crit: Criterion | Has | InList) -> None:
+        if isinstance(crit, InList):
+            if not self.policy.whole_type("List", "r"):
+                raise Forbidden("_list reads a List the token may not read: it needs user/List.r")
+        elif isinstance(crit, Has):
+            if not self.policy.whole_type(crit.source_type, "s"):
+                raise Forbidden(
+                    f"_has:{crit.source_type} looks into {crit.source_type} resources the "
+                    "token may not search"
+                )
+            self._reach(crit.criterion)
+        elif crit.chain is not None:
+            target = crit.chain_type
+            if target is None or not self.policy.whole_type(target, "s"):
+                raise Forbidden(
+                    f"the chain {crit.param.code}:{target or '?'} looks into resources the "
+                    "token may not search"
+                )
+            self._reach(crit.chain)
 
     def _union(
         self, resource_type: str, params: Params, alternatives: list[Params]

@@ -314,9 +314,7 @@ def test_extract_needs_create_on_every_type_it_writes(world: World) -> None:
     )
     qr = {"id": written.id}
     before = world.get("Task", _summary="count")["total"]
-    scopes = (
-        "user/QuestionnaireResponse.r user/Questionnaire.rs user/Patient.rs user/CareTeam.rs"
-    )
+    scopes = "user/QuestionnaireResponse.r user/Questionnaire.rs user/Patient.rs user/CareTeam.rs"
     scopes += " " + " ".join(
         f"user/{t}.cruds" for t in ("Observation", "Condition", "Goal", "ServiceRequest")
     )
@@ -398,3 +396,28 @@ def test_everything_and_includes_stay_in_the_compartment(world: World) -> None:
     assert ev.status_code == 200, ev.text
     entries = {e["resource"]["id"] for e in ev.json()["entry"]}
     assert world.a in entries and not entries & {world.b_plan, world.b, world.b_obs}
+
+
+# ---- chains and _has: no oracle on another patient's record -----------------------------------
+
+
+def test_chains_and_has_cannot_probe_another_patient(world: World) -> None:
+    world.create(careplan(world.a, activity=[{"detail": {"status": "scheduled", "performer": [
+        {"reference": f"Patient/{world.b}"}]}}]))  # fmt: skip
+    t = world.token("patient/*.rs", world.a)
+    for params in (
+        {"performer:Patient.identifier": "urn:example:mrn|MRN-B"},
+        {"_has:Observation:patient:code": f"{LOINC}|8867-4"},
+    ):
+        resource_type = "CarePlan" if "performer:Patient.identifier" in params else "Patient"
+        r = world.c.get(f"/fhir/{resource_type}", params=params, headers=t)
+        assert r.status_code == 403, r.text
+        assert r.json()["resourceType"] == "OperationOutcome"
+    shared = world.c.get("/fhir/CarePlan", params={"_has:Provenance:target:agent": "x"}, headers=t)
+    assert shared.status_code == 403
+    system = world.c.get(
+        "/fhir/CarePlan",
+        params={"performer:Patient.identifier": "urn:example:mrn|MRN-B"},
+        headers=world.token("system/*.rs"),
+    )
+    assert system.status_code == 200 and system.json()["total"] == 1
