@@ -33,8 +33,8 @@ from fhircare.security.compartment import (
     in_compartment,
     patient_id_of,
 )
-from fhircare.security.context import AuthContext, _denial
-from fhircare.security.scopes import Scope, missing_scope_message
+from fhircare.security.context import AuthContext, type_denial
+from fhircare.security.scopes import Scope, missing_scope_message, required
 
 Resource = dict[str, Any]
 Params = list[tuple[str, str]]
@@ -124,7 +124,7 @@ class AccessPolicy:
         rules: list[Rule] = []
         reasons: list[str] = []
         for scope in scopes:
-            reason = _denial(self.ctx, scope, resource_type, letter, None)
+            reason = type_denial(self.ctx, scope, resource_type, letter)
             criteria = _parsed(resource_type, scope.query)
             if reason is None and criteria is None:
                 reason = f"the query of scope {scope.raw} cannot be enforced"
@@ -257,3 +257,33 @@ class AccessPolicy:
         reasons = [self._write_denial(rule, resource_type, resource, False) for rule in rules]
         if not any(reason is None for reason in reasons):
             raise Forbidden(next(r for r in reasons if r is not None))
+
+
+def authorize(
+    ctx: AuthContext,
+    resource_type: str,
+    interaction: str,
+    *,
+    resource: Resource | None = None,
+) -> None:
+    """Allow one interaction (``read``, ``search-type``, ``create``...) or raise Forbidden
+    saying why; without `resource` only the type-level part is decided."""
+    letter = required(interaction)
+    policy = AccessPolicy(ctx)
+    if letter in "rs":
+        policy.check_read(resource_type, letter, resource)
+    elif resource is None:
+        policy.rules(resource_type, letter)
+    elif letter == "d":
+        policy.check_delete(resource_type, resource)
+    else:
+        policy.check_write(resource_type, letter, resource, creating=letter == "c")
+
+
+def allowed(ctx: AuthContext, resource: Resource, interaction: str = "read") -> bool:
+    """True when `authorize` would pass for this resource."""
+    try:
+        authorize(ctx, str(resource.get("resourceType", "")), interaction, resource=resource)
+    except Forbidden:
+        return False
+    return True
