@@ -23,6 +23,7 @@ from fhircare.services.bundles import BundleProcessor
 from fhircare.services.resources import ResourceService
 
 INTERACTION = {"search": "search-type"}
+UNRESTRICTED = AuthContext.unrestricted()  # FHIRCARE_AUTH=none: parsed once, not per request
 
 
 class Access:
@@ -35,7 +36,7 @@ class Access:
         svc: ResourceService,
         bundles: BundleProcessor,
     ) -> None:
-        self.ctx = ctx or AuthContext.unrestricted()
+        self.ctx = ctx or UNRESTRICTED
         self.recorder = recorder
         self.policy = AccessPolicy(self.ctx, bases=(bundles.base_url,))
         self.store = GatedStore(
