@@ -153,13 +153,20 @@ def test_if_none_exist_never_returns_another_patients_resource(world: World) -> 
 
 def test_if_none_exist_is_no_patient_lookup_by_mrn(world: World) -> None:
     t = world.token("patient/*.cruds", world.a)
+    # a body naming the token's own Patient passes any check of the body alone
     r = world.c.post(
         "/fhir/Patient",
-        json={"resourceType": "Patient"},
+        json={"resourceType": "Patient", "id": world.a},
         headers={**t, "If-None-Exist": "identifier=urn:example:mrn|MRN-B"},
     )
     assert r.status_code == 403 and world.b not in r.text
     assert r.json()["resourceType"] == "OperationOutcome"
+    chained = world.c.post(
+        "/fhir/Observation",
+        json=observation(world.a),
+        headers={**t, "If-None-Exist": "subject:Patient.identifier=urn:example:mrn|MRN-B"},
+    )
+    assert chained.status_code == 403 and world.b not in chained.text
 
 
 def test_transaction_if_none_exist_with_representation_does_not_leak(world: World) -> None:
