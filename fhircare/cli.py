@@ -14,9 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from fhircare import __version__
+from fhircare.commands import population_export, terminology
 from fhircare.commands import sync as sync_commands
-from fhircare.commands import terminology
+from fhircare.commands.population import population_app
 from fhircare.config import Settings, config_errors
+from fhircare.fhir import jsonio
+from fhircare.fhir.errors import BadRequest
 
 app = typer.Typer(
     help="fhircare: care management on FHIR R4 (care plans, goals, tasks, transitions of care).",
@@ -26,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(sync_commands.app, name="sync")
 app.add_typer(terminology.app, name="terminology")
+population_export.register(population_app)
+app.add_typer(population_app, name="population")
 
 console = Console()
 err = Console(stderr=True)
@@ -123,7 +128,7 @@ def serve(
             port=settings.port,
             log_config=None,  # fhircare's logging (FHIRCARE_LOG_LEVEL, FHIRCARE_LOG_FORMAT)
             access_log=False,  # fhircare writes its own access line (route templates)
-            **server_options(),
+            **server_options(settings.max_header_bytes),
         )
 
 
@@ -270,15 +275,17 @@ def mllp(
 def load_json_file(path: Path) -> Any:
     """Read a JSON file or exit 2 with a clear message."""
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         _fail(f"{path}: no such file")
     except IsADirectoryError:
         _fail(f"{path}: is a directory, not a JSON file")
     except OSError as exc:
         _fail(f"{path}: cannot be read ({exc.strerror or exc})")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _fail(f"{path}: not valid JSON ({exc})")
+    try:
+        return jsonio.parse_json(raw)
+    except BadRequest as exc:
+        _fail(f"{path}: not valid JSON ({exc.diagnostics})")
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m fhircare`

@@ -36,6 +36,7 @@ class Access:
         svc: ResourceService,
         bundles: BundleProcessor,
     ) -> None:
+        self.authenticated = ctx is not None  # a verified token (FHIRCARE_AUTH=smart)
         self.ctx = ctx or UNRESTRICTED
         self.recorder = recorder
         self.policy = AccessPolicy(self.ctx, bases=(bundles.base_url,))
@@ -65,6 +66,35 @@ class Access:
         """Raise Forbidden unless the caller may act across patients (user/ or system/)."""
         if not any(s.level in ("user", "system") for s in self.ctx.scopes.resource):
             raise Forbidden(f"{what} needs a user/ or system/ scope")
+
+    def bulk_types(self) -> frozenset[str] | None:
+        """The types a Bulk Data export may hold for this caller (None: every type).
+
+        Bulk Data is for backend services: system-level scopes granting read and search
+        (`system/*.rs`, `system/*.read`, or per type), with no query; patient and user
+        tokens are refused (Forbidden)."""
+        if self.ctx.patient is not None:
+            raise Forbidden("Bulk Data export needs a system/ scope, not a patient context")
+        granted = [
+            s
+            for s in self.ctx.scopes.resource
+            if s.level == "system" and {"r", "s"} <= s.permissions and not s.query
+        ]
+        if not granted:
+            raise Forbidden(
+                "Bulk Data export needs a backend-services token with system/*.rs "
+                "(or system/<type>.rs for each type exported)"
+            )
+        if any(s.resource_type == "*" for s in granted):
+            return None
+        return frozenset(s.resource_type for s in granted)
+
+    @property
+    def client(self) -> str | None:
+        """The client the token was issued to (None without SMART)."""
+        if not self.authenticated:
+            return None
+        return self.ctx.client_id or self.ctx.subject
 
     def audit_search(self, resource_type: str, query: str, bundle: dict[str, Any]) -> None:
         """Record the patients whose data a search returned (one AuditEvent each)."""

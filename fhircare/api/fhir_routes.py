@@ -23,6 +23,7 @@ from fhircare.api.http import (
 )
 from fhircare.api.operations import run_operation
 from fhircare.api.workers import run_blocking
+from fhircare.fhir.bundle_shape import check_bundle_shape
 from fhircare.fhir.errors import BadRequest, MethodNotAllowed, NotFound, PreconditionFailed
 from fhircare.fhir.summary import check_summary, parse_elements, subset
 from fhircare.fhir.validation import check_id, check_type
@@ -98,6 +99,7 @@ async def post_bundle(request: Request, access: Access = Depends(get_access)) ->
 
 
 def _bundle(request: Request, body: Any, access: Access) -> Response:
+    check_bundle_shape(body, access.bundles.max_entries)  # before anything walks the entries
     representation = "return=representation" in request.headers.get("prefer", "")
     return FhirJSONResponse(access.bundles.process(body, representation=representation))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 import urllib.parse
 from contextvars import ContextVar
 from email.utils import format_datetime
@@ -19,7 +17,6 @@ from fhircare.fhir.errors import BadRequest, FhirError, PayloadTooLarge, Unsuppo
 FHIR_JSON = "application/fhir+json"
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 XML_TYPES = ("application/fhir+xml", "application/xml", "application/xml+fhir", "text/xml")
-MAX_DEPTH = 64
 
 # How the current request wants its FHIR JSON: media type and indentation (set by
 # `negotiate`, read when a response renders; contextvars follow the request into threads).
@@ -207,7 +204,7 @@ async def read_json_body(request: Request) -> Any:
     raw = await read_body(request)
     if not raw.strip():
         raise BadRequest("The request has no body")
-    return parse_json(raw)
+    return jsonio.parse_json(raw)
 
 
 def check_json_content_type(request: Request, also: tuple[str, ...] = ()) -> str:
@@ -256,56 +253,6 @@ async def read_form(request: Request) -> list[tuple[str, str]]:
     except UnicodeDecodeError as exc:
         raise BadRequest("The body is not UTF-8") from exc
     return urllib.parse.parse_qsl(text, keep_blank_values=True)
-
-
-def parse_json(raw: bytes) -> Any:
-    """Strict JSON (RFC 8259): UTF-8 (one leading BOM tolerated), no NaN/Infinity, no
-    duplicate keys, no lone surrogates, nesting at most MAX_DEPTH. BadRequest otherwise."""
-    try:
-        text = raw.decode("utf-8-sig")
-        data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
-    except UnicodeDecodeError as exc:
-        raise BadRequest("The body is not UTF-8") from exc
-    except json.JSONDecodeError as exc:
-        raise BadRequest(
-            f"Malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    except RecursionError as exc:
-        raise BadRequest("The JSON is nested too deeply") from exc
-    if _depth(data) > MAX_DEPTH:
-        raise BadRequest(f"The JSON is nested deeper than {MAX_DEPTH} levels")
-    if _SURROGATE_ESCAPE.search(text):  # a \ud800-\udfff escape: is it half a pair?
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise BadRequest("The JSON holds an unpaired surrogate (\\uD800-\\uDFFF)") from exc
-    return data
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _no_constant(name: str) -> Any:
-    raise BadRequest(f"Malformed JSON: {name} is not a JSON value")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise BadRequest(f"Malformed JSON: the key {dup!r} appears twice in one object")
-    return obj
-
-
-def _depth(node: Any, level: int = 0) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if isinstance(node, dict):
-        return max((_depth(v, level + 1) for v in node.values()), default=level + 1)
-    if isinstance(node, list):
-        return max((_depth(v, level + 1) for v in node), default=level + 1)
-    return level
 
 
 def prefer_return(request: Request) -> str:

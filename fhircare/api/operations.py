@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from fhircare.api.access import Access
 from fhircare.api.http import FhirJSONResponse
 from fhircare.fhir.errors import BadRequest, NotFound
+from fhircare.fhir.parameters_shape import check_parameters_shape
 from fhircare.security.gate import GatedStore
 from fhircare.services.resources import ResourceService
 
@@ -32,6 +33,7 @@ class OpCall:
     access: Access
     state: Any  # app.state: settings, base_url, paging (data only through `store`/`svc`)
     headers: dict[str, str] = field(default_factory=dict)
+    url: str = ""  # the request URL as received
 
     @property
     def store(self) -> GatedStore:
@@ -68,7 +70,9 @@ class OpCall:
         return out
 
 
-Handler = Callable[[OpCall], tuple[dict[str, Any], int] | dict[str, Any]]
+# A handler returns a resource (200), a (resource, status) pair, or a whole Response (for
+# operations that answer with headers of their own, such as the asynchronous $export).
+Handler = Callable[[OpCall], tuple[dict[str, Any], int] | dict[str, Any] | Response]
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Operation:
     types: tuple[str, ...] = ()  # empty: any type
     affects_state: bool = True
     description: str = ""
+    definition: str | None = None  # canonical OperationDefinition URL when not R4 core's
 
 
 class OperationRegistry:
@@ -121,6 +126,8 @@ def run_operation(
         raise error
     if body is not None and not isinstance(body, dict):
         raise BadRequest("An operation body must be a FHIR resource (usually Parameters)")
+    if body is not None and body.get("resourceType") == "Parameters":
+        check_parameters_shape(body)  # before any handler reads a parameter
     call = OpCall(
         name=name,
         resource_type=resource_type,
@@ -130,7 +137,10 @@ def run_operation(
         access=access,
         state=st,
         headers=dict(request.headers),
+        url=str(request.url),
     )
     result = op.handler(call)
+    if isinstance(result, Response):
+        return result
     resource, status = result if isinstance(result, tuple) else (result, 200)
     return FhirJSONResponse(resource, status_code=status)

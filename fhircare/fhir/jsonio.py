@@ -1,20 +1,120 @@
-"""Fast JSON encoding and copying of FHIR data: orjson where it is exact, the standard
-library where it is not.
+"""JSON for FHIR data: the one strict decoder of request bodies and files, and fast
+encoding and copying (orjson where it is exact, the standard library where it is not).
 
 orjson writes the same JSON as `json.dumps(..., ensure_ascii=False, separators=(",", ":"))`
 for everything a FHIR resource holds, except integers beyond 64 bits (a FHIR `decimal` may
 be one), which it refuses: those documents take the standard library's path. Decoding
 stays with the standard library where exactness matters (orjson turns such integers into
 floats); `copy` only decodes what orjson itself encoded, so it is exact.
+
+`parse_json` refuses, with a 400, what cannot be FHIR JSON. Numbers: a FHIR integer is 32
+bits and a decimal is read as a double (integers stay exact), so a number of more than
+MAX_NUMBER_DIGITS digits, or one a double cannot hold (overflow to infinity, or a non-zero
+value that underflows to 0), is refused instead of reaching Python's int-size limit or
+being stored as a value it is not.
 """
 
 from __future__ import annotations
 
 import copy as _copy
 import json
+import math
+import re
 from typing import Any
 
 import orjson
+
+from fhircare.fhir.errors import BadRequest
+
+MAX_DEPTH = 64
+MAX_NUMBER_DIGITS = 64
+# Only a body with a long digit run or a 3-digit exponent takes the number-checking parse
+# (a Python call per number); every other body keeps the C fast path.
+_SUSPECT_NUMBER = re.compile(rf"\d{{{MAX_NUMBER_DIGITS + 1},}}|[eE][+-]?\d{{3,}}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON (RFC 8259): UTF-8 (one leading BOM tolerated), no NaN/Infinity, no
+    duplicate keys, no lone surrogates, nesting at most MAX_DEPTH, numbers a FHIR integer
+    or decimal can be. BadRequest otherwise."""
+    try:
+        text = raw.decode("utf-8-sig")
+        hooks: dict[str, Any] = (
+            {"parse_int": _integer, "parse_float": _decimal}
+            if _SUSPECT_NUMBER.search(text)
+            else {}
+        )
+        data = json.loads(
+            text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates, **hooks
+        )
+    except UnicodeDecodeError as exc:
+        raise BadRequest("The body is not UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"Malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except RecursionError as exc:
+        raise BadRequest("The JSON is nested too deeply") from exc
+    if _depth(data) > MAX_DEPTH:
+        raise BadRequest(f"The JSON is nested deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text):  # a \ud800-\udfff escape: is it half a pair?
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest("The JSON holds an unpaired surrogate (\\uD800-\\uDFFF)") from exc
+    return data
+
+
+def _too_many_digits(literal: str, digits: int) -> BadRequest:
+    shown = literal if len(literal) <= 24 else f"{literal[:12]}...{literal[-8:]}"
+    return BadRequest(
+        f"The JSON number {shown} has {digits} digits: a FHIR integer or decimal has at "
+        f"most {MAX_NUMBER_DIGITS} here"
+    )
+
+
+def _integer(literal: str) -> int:
+    digits = len(literal) - literal.startswith("-")
+    if digits > MAX_NUMBER_DIGITS:
+        raise _too_many_digits(literal, digits)
+    return int(literal)
+
+
+def _decimal(literal: str) -> float:
+    mantissa = re.split("[eE]", literal, maxsplit=1)[0]
+    digits = sum(c.isdigit() for c in mantissa)
+    if digits > MAX_NUMBER_DIGITS:
+        raise _too_many_digits(literal, digits)
+    value = float(literal)
+    if math.isinf(value):
+        raise BadRequest(f"The JSON number {literal[:40]} is beyond the range of a decimal")
+    if value == 0.0 and any(c in "123456789" for c in mantissa):
+        raise BadRequest(f"The JSON number {literal[:40]} is too small for a decimal (not 0)")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"Malformed JSON: {name} is not a JSON value")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise BadRequest(f"Malformed JSON: the key {dup!r} appears twice in one object")
+    return obj
+
+
+def _depth(node: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(node, dict):
+        return max((_depth(v, level + 1) for v in node.values()), default=level + 1)
+    if isinstance(node, list):
+        return max((_depth(v, level + 1) for v in node), default=level + 1)
+    return level
 
 
 def dumps(value: Any) -> bytes:
@@ -42,4 +142,4 @@ def copy(value: Any) -> Any:
         return _copy.deepcopy(value)
 
 
-__all__ = ["copy", "dumps", "dumps_pretty"]
+__all__ = ["MAX_DEPTH", "MAX_NUMBER_DIGITS", "copy", "dumps", "dumps_pretty", "parse_json"]

@@ -153,4 +153,34 @@ def _value(
         if not bindings_only:
             yield where, f"{where}: an object ({type_code}) is expected"
         return
+    if type_code == "Reference" and el.target_types and "Resource" not in el.target_types:
+        yield from _reference_target(item, el.target_types, where)
     yield from _walk(item, info.node_path(el, type_code), where, bindings_only, contained)
+
+
+# "Type/id", "Type/id/_history/v", or an absolute URL ending so (not "#x", not "urn:...")
+_TARGET = re.compile(
+    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
+
+
+def _reference_target(
+    item: dict[str, Any], targets: tuple[str, ...], where: str
+) -> Iterator[Problem]:
+    """The element's allowed target types (its targetProfiles) against the type a Reference
+    names, in `reference` or in `type`."""
+    allowed = ", ".join(targets)
+    ref = item.get("reference")
+    if isinstance(ref, str) and not ref.startswith(("#", "urn:")):
+        m = _TARGET.search(ref.split("?", 1)[0])
+        named = m["type"] if m else None
+        if named and named not in targets and registry.is_resource_type(named):
+            yield (
+                f"{where}.reference",
+                f"{where}.reference: {ref[:80]} is a {named}; this element refers to "
+                f"{allowed}",
+            )
+            return
+    kind = item.get("type")
+    if isinstance(kind, str) and registry.is_resource_type(kind) and kind not in targets:
+        yield f"{where}.type", f"{where}.type: {kind} is not one of {allowed}"

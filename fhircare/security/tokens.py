@@ -1,8 +1,9 @@
 """Access-token (JWT) validation for the resource server.
 
 Checks signature (asymmetric algorithms only), ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat``
-with a small leeway. Keys come from a JWKS: an https URL fetched through a callable the
-edge supplies (this module does no I/O beyond reading a local file), or a local JWKS file.
+with a small leeway; the three times must be NumericDates (JSON numbers, RFC 7519). Keys
+come from a JWKS: an https URL fetched through a callable the edge supplies (this module
+does no I/O beyond reading a local file), or a local JWKS file.
 Keys are cached for `ttl` seconds; an unknown ``kid`` triggers one refetch (at most once
 per `refetch_cooldown` seconds, so random kids cannot make us hammer the JWKS endpoint).
 
@@ -12,6 +13,7 @@ Failures raise `Unauthorized` with a short reason. Tokens are never logged or ec
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +30,7 @@ FetchJwks = Callable[[str], dict[str, Any]]
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("RS256", "RS384", "PS256", "PS384", "ES256", "ES384")
 _KTY = {"RS": "RSA", "PS": "RSA", "ES": "EC"}
 _CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+_NUMERIC_DATES = ("exp", "nbf", "iat")
 _ASYMMETRIC = {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 
 
@@ -191,7 +194,7 @@ class TokenValidator:
         except jwt.PyJWTError:
             raise Unauthorized("token signing key is malformed") from None
         try:
-            return jwt.decode(
+            claims = jwt.decode(
                 token,
                 key=key,
                 algorithms=[alg],
@@ -214,3 +217,15 @@ class TokenValidator:
             raise Unauthorized("token signature is invalid") from None
         except jwt.PyJWTError:
             raise Unauthorized("invalid token") from None
+        for name in _NUMERIC_DATES:
+            if name in claims and not _is_numeric_date(claims[name]):
+                raise Unauthorized(f"token claim {name!r} is not a NumericDate (a JSON number)")
+        return claims
+
+
+def _is_numeric_date(value: Any) -> bool:
+    """RFC 7519 section 2: a NumericDate is a JSON number of seconds (PyJWT also accepts
+    a string of digits, which the RFC does not)."""
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from fhircare.fhir.bundle_shape import check_bundle_shape
 from fhircare.fhir.errors import BadRequest, FhirError, NotFound, PreconditionFailed, Unprocessable
 from fhircare.fhir.meta import without_server_meta
 from fhircare.fhir.references import rewrite_references
@@ -50,60 +51,6 @@ def _split_url(url: str, base_url: str) -> tuple[str, str]:
     return path, query
 
 
-def check_bundle(bundle: Any, max_entries: int) -> list[dict[str, Any]]:
-    """The Bundle's entries after structural checks."""
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise BadRequest("POST to the base needs a Bundle")
-    if bundle.get("type") not in ("transaction", "batch"):
-        raise BadRequest(
-            f"Bundle.type must be transaction or batch, not {bundle.get('type')!r}",
-            expression=["Bundle.type"],
-        )
-    entries = bundle.get("entry") or []
-    if not isinstance(entries, list):
-        raise BadRequest("Bundle.entry must be an array", expression=["Bundle.entry"])
-    if len(entries) > max_entries:
-        raise BadRequest(
-            f"The Bundle has {len(entries)} entries; the limit is {max_entries}",
-            code="too-costly",
-            status=413,
-        )
-    full_urls: set[str] = set()
-    for i, entry in enumerate(entries):
-        request = entry.get("request") if isinstance(entry, dict) else None
-        if not isinstance(request, dict) or not isinstance(request.get("url"), str):
-            raise BadRequest(
-                f"Bundle.entry[{i}] has no request.url", expression=[f"Bundle.entry[{i}].request"]
-            )
-        method = request.get("method")
-        if method not in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"):
-            raise BadRequest(
-                f"Bundle.entry[{i}].request.method {method!r} is not an HTTP verb",
-                expression=[f"Bundle.entry[{i}].request.method"],
-            )
-        if method == "PATCH" and not isinstance(entry.get("resource"), dict):
-            raise BadRequest(
-                f"Bundle.entry[{i}] (PATCH) needs the patch as its resource: a Binary "
-                "(JSON Patch) or a Parameters (FHIRPath Patch)",
-                expression=[f"Bundle.entry[{i}].resource"],
-            )
-        full_url = entry.get("fullUrl")
-        if full_url is not None:
-            # bdl-7: fullUrl is unique in a transaction or batch (references resolve by it)
-            if not isinstance(full_url, str) or full_url in full_urls:
-                raise BadRequest(
-                    f"Bundle.entry[{i}].fullUrl {str(full_url)[:80]!r} is not a unique string",
-                    expression=[f"Bundle.entry[{i}].fullUrl"],
-                )
-            full_urls.add(full_url)
-        if method in ("POST", "PUT") and not isinstance(entry.get("resource"), dict):
-            raise BadRequest(
-                f"Bundle.entry[{i}] ({method}) has no resource",
-                expression=[f"Bundle.entry[{i}].resource"],
-            )
-    return entries
-
-
 class BundleProcessor:
     def __init__(
         self,
@@ -125,7 +72,7 @@ class BundleProcessor:
         )
 
     def process(self, bundle: Any, *, representation: bool = False) -> dict[str, Any]:
-        entries = check_bundle(bundle, self.max_entries)
+        entries = check_bundle_shape(bundle, self.max_entries)
         if bundle["type"] == "transaction":
             return self.transaction(entries, representation=representation)
         return self.batch(entries, representation=representation)
@@ -164,7 +111,8 @@ class BundleProcessor:
                 assert plan.resource is not None
                 try:
                     rewrite_references(plan.resource, mapping)
-                    plan.resource["id"] = plan.id
+                    if plan.method != "PUT" or "id" not in plan.resource:
+                        plan.resource["id"] = plan.id  # a PUT's own id must match (prepare)
                     data = self.svc.prepare(
                         plan.resource,
                         resource_type=plan.resource_type,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +25,9 @@ import jsonpointer
 from fhirpathpy import evaluate
 from fhirpathpy.models import models
 
+from fhircare.fhir import jsonio
 from fhircare.fhir.errors import BadRequest, FhirError, Unprocessable
+from fhircare.fhir.parameters_shape import check_parameters_shape
 from fhircare.fhir.validation import validate_resource
 
 PatchKind = Literal["json-patch", "fhirpath-patch", "merge-patch"]
@@ -79,10 +80,12 @@ def patch_in_bundle(resource: Any) -> Patch:
             expression=["Binary.contentType"],
         )
     try:
-        body = json.loads(base64.b64decode(resource.get("data") or "", validate=True))
-    except (ValueError, binascii.Error) as exc:
+        body = jsonio.parse_json(base64.b64decode(resource.get("data") or "", validate=True))
+    except (ValueError, binascii.Error, BadRequest) as exc:
+        detail = f" ({exc.diagnostics})" if isinstance(exc, BadRequest) else ""
         raise BadRequest(
-            "The PATCH Binary's data is not base64-encoded JSON", expression=["Binary.data"]
+            f"The PATCH Binary's data is not base64-encoded JSON{detail}",
+            expression=["Binary.data"],
         ) from exc
     return patch_of(ctype, body)
 
@@ -144,6 +147,7 @@ _OPERATION_PARTS = {"type", "path", "name", "value", "index", "source", "destina
 
 
 def _fhirpath_patch(resource: Resource, parameters: Resource) -> Resource:
+    check_parameters_shape(parameters)
     out = copy.deepcopy(resource)
     operations = parameters.get("parameter") or []  # none: a valid patch that changes nothing
     if not isinstance(operations, list):

@@ -130,7 +130,10 @@ class ResourceService:
         if id is not None:
             check_id(id)
             if "id" in data and data["id"] != id:
-                raise BadRequest(f"The resource id '{data['id']}' does not match the URL id '{id}'")
+                raise BadRequest(
+                    f"The resource id '{data['id']}' does not match the URL id '{id}'",
+                    expression=[f"{rtype}.id"],
+                )
         if self.check_references:
             own = {f"{rtype}/{id}"} if id is not None else set()  # a self-reference resolves
             self._check_references(data, (pending or set()) | own)

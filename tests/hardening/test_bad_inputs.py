@@ -1,6 +1,9 @@
 """A corpus of bad inputs (tests/hardening/corpus/cases.yaml): each must be refused with a
 4xx and an OperationOutcome (an HL7 ACK with MSA-1 AE or AR for /hl7v2), never a 5xx, and
-must store nothing (the store's change log and sequence are unchanged).
+must store nothing (the store's change log and sequence are unchanged). Every case runs
+twice: without authentication and under FHIRCARE_AUTH=smart with a valid token (signed by
+a key of the server's JWKS) whose scopes allow everything, so the answer comes from input
+checking, not from the access check.
 
 A case lists method, path, headers, a body file under corpus/ (or a `generate` recipe for
 the big ones) and the expected status: an int, a list of ints or "4xx".
@@ -9,13 +12,17 @@ the big ones) and the expected status: an int, a list of ints or "4xx".
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
+from jwt.algorithms import RSAAlgorithm
 
 from fhircare.api.app import create_app
 from fhircare.config import Settings
@@ -24,6 +31,8 @@ CORPUS = Path(__file__).parent / "corpus"
 CASES: list[dict[str, Any]] = yaml.safe_load((CORPUS / "cases.yaml").read_text("utf-8"))
 MAX_BODY = 256 * 1024
 MAX_ENTRIES = 50
+BASE = "http://testserver/fhir"
+ISS = "https://auth.example.org"
 
 
 def _compact(data: Any) -> bytes:
@@ -113,17 +122,56 @@ def _seed(c: TestClient) -> None:
         assert r.status_code == 200, r.text
 
 
-@pytest.fixture(scope="module")
-def corpus_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+def _smart_settings(root: Path) -> dict[str, Any]:
+    """SMART settings trusting a fresh key; the Authorization header of a valid token."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="corpus", alg="RS256", use="sig")
+    (root / "jwks.json").write_text(json.dumps({"keys": [jwk]}))
+    now = int(time.time())
+    claims = {
+        "iss": ISS,
+        "aud": BASE,
+        "sub": "corpus",
+        "client_id": "corpus",
+        "scope": "system/*.cruds user/*.cruds",
+        "iat": now,
+        "exp": now + 3600,
+    }
+    token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "corpus"})
+    return {
+        "settings": {
+            "auth": "smart",
+            "auth_jwks": str(root / "jwks.json"),
+            "auth_issuer": ISS,
+            "auth_audience": BASE,
+            "auth_token_url": f"{ISS}/token",
+            "auth_authorize_url": f"{ISS}/authorize",
+        },
+        "headers": {"Authorization": f"Bearer {token}"},
+    }
+
+
+@pytest.fixture(scope="module", params=["auth-off", "auth-smart"])
+def corpus_client(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("corpus")
+    smart = _smart_settings(root) if request.param == "auth-smart" else None
     settings = Settings(
-        data=tmp_path_factory.mktemp("corpus") / "data",
-        base_url="http://testserver/fhir",
+        data=root / "data",
+        base_url=BASE,
         audit=False,  # reads write no AuditEvents: the change log moves only on writes
         fsync=False,
         max_body_bytes=MAX_BODY,
         max_bundle_entries=MAX_ENTRIES,
+        **(smart["settings"] if smart else {}),
     )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(settings),
+        raise_server_exceptions=False,
+        headers=smart["headers"] if smart else None,
+    ) as c:
         _seed(c)
         yield c
 
@@ -143,6 +191,16 @@ def _msa1(ack: str) -> str | None:
         if segment.startswith("MSA"):
             return segment.split(segment[3])[1] if len(segment) > 4 else ""
     return None
+
+
+def test_the_smart_run_checks_tokens(corpus_client: TestClient) -> None:
+    """Under SMART the corpus's token is what lets requests in: none or a forged one is 401."""
+    if corpus_client.app.state.settings.auth != "smart":
+        pytest.skip("the run without authentication")
+    assert corpus_client.get("/fhir/Patient/hp-1").status_code == 200
+    for bad in ("", "Bearer x.y.z"):
+        r = corpus_client.get("/fhir/Patient/hp-1", headers={"Authorization": bad})
+        assert r.status_code == 401, r.text
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])

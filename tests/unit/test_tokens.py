@@ -146,6 +146,24 @@ def test_iat_in_future(validator, rsa_key):
         validator.validate(sign(rsa_key, "RS256", "rsa-1", iat=int(time.time()) + 600))
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("kind", ["digits", "boolean", "object"])
+def test_times_must_be_json_numbers(validator, rsa_key, claim, kind):
+    """RFC 7519 NumericDate: a JSON number. A valid time sent as a string of digits (which
+    PyJWT converts), a boolean or an object is refused, though the token is signed."""
+    now = int(time.time())
+    good = {"exp": now + 300, "nbf": now - 10, "iat": now - 10}[claim]
+    value = {"digits": str(good), "boolean": True, "object": {"t": good}}[kind]
+    with pytest.raises(Unauthorized):
+        validator.validate(sign(rsa_key, "RS256", "rsa-1", **{claim: value}))
+
+
+def test_fractional_numeric_dates_are_accepted(validator, rsa_key):
+    now = time.time()
+    token = sign(rsa_key, "RS256", "rsa-1", iat=now - 1.5, nbf=now - 1.5, exp=now + 300.25)
+    assert validator.validate(token)["sub"] == "user-1"
+
+
 def test_alg_none_refused(validator):
     token = jwt.encode(claims(), None, algorithm="none", headers={"kid": "rsa-1"})
     with pytest.raises(Unauthorized, match="algorithm"):
