@@ -222,9 +222,12 @@ class GatedStore:
         """Forbidden unless the op is allowed; the stored version it replaces (or None)."""
         policy = self.policy
         rtype = op.resource_type
+        body = op.resource
+        if isinstance(body, dict) and op.id is not None and op.method == "update":
+            body = {**body, "id": op.id}  # what the store will write (a Patient's own id)
         try:
             if op.method == "create":
-                policy.check_write(rtype, "c", op.resource, creating=True)
+                policy.check_write(rtype, "c", body, creating=True)
                 return None
             old = self._stored(op)
             if op.method == "delete":
@@ -233,10 +236,10 @@ class GatedStore:
                     raise Forbidden("a cascading delete needs an unrestricted system/ scope")
                 return old
             if old is None:  # an update that creates (client-assigned id)
-                policy.check_write(rtype, "c", op.resource, creating=True)
+                policy.check_write(rtype, "c", body, creating=True)
                 return None
             policy.check_write(rtype, "u", old)
-            policy.check_write(rtype, "u", op.resource)
+            policy.check_write(rtype, "u", body)
             return old
         except Forbidden as exc:
             exc.diagnostics = f"{op.method} {rtype}: {exc.diagnostics}"
