@@ -428,3 +428,28 @@ def test_chains_and_has_cannot_probe_another_patient(world: World) -> None:
         headers=world.token("system/*.rs"),
     )
     assert system.status_code == 200 and system.json()["total"] == 1
+
+
+def test_apply_is_refused_for_each_type_it_writes_without_a_scope(world: World) -> None:
+    """No list of types: whatever $apply writes is checked at commit, type by type."""
+    if world.c.store_kind == "hapi":  # type: ignore[attr-defined]
+        pytest.skip("reads the embedded store's change log")
+    store = world.c.app.state.container.store
+    cm = world.create({"resourceType": "Practitioner", "name": [{"family": "Manager"}]})["id"]
+
+    def apply(headers: dict[str, str]) -> Any:
+        pid = world.create({"resourceType": "Patient"})["id"]
+        seq = store.last_seq
+        params = {"subject": f"Patient/{pid}", "practitioner": f"Practitioner/{cm}"}
+        r = world.c.post("/fhir/PlanDefinition/t2dm/$apply", params=params, headers=headers)
+        return r, {c.resource_type for c in store.changes(seq)}
+
+    ok, written = apply(world.admin)
+    assert ok.status_code == 201, ok.text
+    assert {"CarePlan", "Goal", "Task", "CareTeam"} <= written, written
+    for missing in sorted(written):
+        scopes = ["user/*.rs"] + [f"user/{t}.cu" for t in written if t != missing]
+        r, changed = apply(world.token(" ".join(scopes)))
+        assert r.status_code == 403, (missing, r.text)
+        assert f"{missing}.c" in r.json()["issue"][0]["diagnostics"], r.text
+        assert changed <= {"Patient"}, (missing, changed)  # only the test's own new Patient
