@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from fhircare.fhir.errors import BadRequest, Forbidden, Gone, NotFound
+from fhircare.fhir.errors import BadRequest, Forbidden
 from fhircare.fhir.search import parse_query, sort_resources
 from fhircare.fhir.search.query import Criterion, Has, InList
 from fhircare.security.policy import AccessPolicy, Params
@@ -67,13 +67,6 @@ class GatedStore:
 
     def current_version(self, resource_type: str, id: str) -> str | None:
         return self._store.current_version(resource_type, id)
-
-    def visible(self, resource_type: str, id: str) -> Resource | None:
-        """The current version when it exists and the caller may read it, else None."""
-        try:
-            return self.read(resource_type, id)
-        except (Forbidden, NotFound, Gone):
-            return None
 
     # ---- searches ---------------------------------------------------------------------------
 
