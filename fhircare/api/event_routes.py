@@ -80,17 +80,20 @@ def _check_secret(request: Request, secret: str | None, header: str, what: str) 
 async def hl7v2(request: Request) -> Response:
     st = request.app.state
     settings = st.settings
+    intake = st.hl7  # the shared secret (or no auth): the intake acts as the server
     if settings.hl7_secret:
         _check_secret(request, settings.hl7_secret, "X-Fhircare-Secret", "HL7 v2 intake")
     elif settings.auth == "smart":
-        access_for(request).require_system("HL7 v2 intake")
+        caller = access_for(request)
+        caller.require_system("HL7 v2 intake")
+        intake = intake.scoped(caller.bundles)  # writes only what the token's scopes allow
     limit = settings.max_body_bytes
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:
             raise PayloadTooLarge(f"The message exceeds the limit of {limit} bytes")
-    ack = await run_in_threadpool(st.hl7.handle, raw)
+    ack = await run_in_threadpool(intake.handle, raw)
     return Response(ack, media_type="x-application/hl7-v2+er7; charset=utf-8")
 
 

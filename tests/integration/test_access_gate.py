@@ -453,3 +453,18 @@ def test_apply_is_refused_for_each_type_it_writes_without_a_scope(world: World) 
         assert r.status_code == 403, (missing, r.text)
         assert f"{missing}.c" in r.json()["issue"][0]["diagnostics"], r.text
         assert changed <= {"Patient"}, (missing, changed)  # only the test's own new Patient
+
+
+def test_hl7v2_intake_under_smart_writes_only_what_the_token_allows(world: World) -> None:
+    if world.c.store_kind == "hapi":  # type: ignore[attr-defined]
+        pytest.skip("one store kind is enough for the intake edge")
+    message = (Path(__file__).parents[2] / "examples" / "adt-a03.hl7").read_bytes()
+    headers = {"Content-Type": "x-application/hl7-v2+er7"}
+    before = world.get("Encounter", _summary="count")["total"]
+    reader = world.token("user/Observation.rs")
+    r = world.c.post("/hl7v2", content=message, headers={**headers, **reader})
+    assert r.status_code == 200 and b"MSA|AA" not in r.content, r.content
+    assert world.get("Encounter", _summary="count")["total"] == before
+    ok = world.c.post("/hl7v2", content=message, headers={**headers, **world.admin})
+    assert b"MSA|AA" in ok.content, ok.content
+    assert world.get("Encounter", _summary="count")["total"] == before + 1
