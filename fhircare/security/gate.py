@@ -191,7 +191,13 @@ class GatedStore:
     def commit(self, ops: list[WriteOp], meta: dict[str, Any] | None = None) -> list[WriteResult]:
         """Check every op against the scopes, then commit them all (or none)."""
         if not self._open:
-            olds = [self._check(op) for op in ops]
+            olds = []
+            for index, op in enumerate(ops):
+                try:
+                    olds.append(self._check(op))
+                except Forbidden as exc:
+                    exc.op_index = index  # type: ignore[attr-defined] # which op (Bundle entry)
+                    raise
         else:  # only a deletion's audit needs the version it removes
             audited = self._on_write is not None
             olds = [self._stored(op) if audited and op.method == "delete" else None for op in ops]

@@ -189,6 +189,13 @@ def test_transaction_if_none_exist_with_representation_does_not_leak(world: Worl
     assert r.status_code == 200, r.text
     assert world.b_obs not in r.text and world.b not in r.text
     assert r.json()["entry"][0]["response"]["status"].startswith("201")
+    # a refused entry names itself; nothing of the transaction is written
+    bundle["entry"].append(
+        {"resource": observation(world.b), "request": {"method": "POST", "url": "Observation"}}
+    )
+    refused = world.c.post("/fhir", json=bundle, headers=t)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["issue"][0]["diagnostics"].startswith("Bundle.entry[1]")
 
 
 def test_multiple_matches_count_only_the_callers_compartment(world: World) -> None:
