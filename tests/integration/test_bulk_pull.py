@@ -87,6 +87,16 @@ def test_cli_export_from_fhircare(served: ServerProcess, tmp_path: Path) -> None
     assert out.returncode == 0, out.stderr
     assert "exported 9 resources" in out.stdout
     assert {p.name for p in (tmp_path / "o").iterdir()} >= {"Patient.ndjson", "Condition.ndjson"}
+    # --source fhircare: the server this configuration's `serve` runs; --since narrows it
+    since = httpx.get(f"{served.base}/Patient/example-dana").json()["meta"]["lastUpdated"]
+    env = {"FHIRCARE_PORT": str(served.port)}
+    own = fhircare(
+        "population", "export", "--source", "fhircare", "--out", str(tmp_path / "s"),
+        "--type", "Patient", "--since", since, env=env,
+    )  # fmt: skip
+    assert own.returncode == 0, own.stderr
+    exported = _lines(sorted((tmp_path / "s").glob("*.ndjson")))
+    assert [r["id"] for r in exported["Patient"]] == ["example-dana"]  # loaded after the panel
     for args, needle in (
         (["--type", "Nope"], "--type"),
         (["--since", "last week"], "--since"),
