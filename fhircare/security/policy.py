@@ -142,14 +142,6 @@ class AccessPolicy:
             raise Forbidden(reasons[0])
         return rules
 
-    def may(self, resource_type: str, letter: str) -> bool:
-        """True when some scope grants the letter on the type (at type level)."""
-        try:
-            self.rules(resource_type, letter)
-        except Forbidden:
-            return False
-        return True
-
     def whole_type(self, resource_type: str, letter: str) -> bool:
         """True when the caller reaches every resource of the type (no restriction)."""
         try:
