@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from fhircare import __version__
+from fhircare.commands import population_export, terminology
 from fhircare.commands import sync as sync_commands
-from fhircare.commands import terminology
+from fhircare.commands.population import population_app
 from fhircare.config import Settings, config_errors
 from fhircare.fhir import jsonio
 from fhircare.fhir.errors import BadRequest
@@ -28,6 +29,8 @@ app = typer.Typer(
 )
 app.add_typer(sync_commands.app, name="sync")
 app.add_typer(terminology.app, name="terminology")
+population_export.register(population_app)
+app.add_typer(population_app, name="population")
 
 console = Console()
 err = Console(stderr=True)

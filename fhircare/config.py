@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     max_page_size: int = 1000
     max_bundle_entries: int = 5000
     request_timeout: float = 60.0
+
+    # Bulk Data export ($export)
+    bulk_dir: Path | None = None  # where export files go; default FHIRCARE_DATA/bulk
+    bulk_file_lines: int = Field(50_000, ge=1)  # resources per ndjson file (more: split)
+    bulk_max_jobs: int = Field(2, ge=1)  # exports running at once; more kick-offs get 429
+    bulk_retention_hours: float = Field(24.0, gt=0)  # finished exports are then deleted
+    bulk_retry_after: int = Field(2, ge=1)  # seconds, the Retry-After of a running export
 
     # HAPI / remote FHIR server
     hapi_url: str | None = None

@@ -9,7 +9,12 @@ if TYPE_CHECKING:
 
 
 def register(container: Container) -> None:
-    from fhircare.api import care_operations, generic_operations, review_operations
+    from fhircare.api import (
+        bulk_routes,
+        care_operations,
+        generic_operations,
+        review_operations,
+    )
     from fhircare.care import assessment, goals, tasks
     from fhircare.transitions import discharge
 
@@ -31,3 +36,4 @@ def register(container: Container) -> None:
     generic_operations.register(container.operations)
     care_operations.register(container.operations)
     review_operations.register(container.operations)
+    bulk_routes.register(container.operations)  # $export (Bulk Data)

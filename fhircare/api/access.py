@@ -40,6 +40,16 @@ class Access:
         """Extra search parameters that confine a search to what the caller may see."""
         return []
 
+    def bulk_types(self) -> frozenset[str] | None:
+        """The types a Bulk Data export may hold for this caller (None: every type);
+        Forbidden unless the caller may export at all."""
+        return None
+
+    @property
+    def client(self) -> str | None:
+        """The client the token was issued to (None without SMART)."""
+        return None
+
     def filter_bundle(self, bundle: dict[str, Any]) -> None:
         """Drop entries (e.g. _include results) the caller may not see."""
 
@@ -80,6 +90,29 @@ class SmartAccess(Access):
     def require_system(self, what: str) -> None:
         if not any(s.level in ("user", "system") for s in self.ctx.scopes.resource):
             raise Forbidden(f"{what} needs a user/ or system/ scope")
+
+    def bulk_types(self) -> frozenset[str] | None:
+        """Bulk Data is for backend services: system-level scopes granting read and search
+        (`system/*.rs`, `system/*.read`, or per type); patient and user tokens are refused."""
+        if self.ctx.patient is not None:
+            raise Forbidden("Bulk Data export needs a system/ scope, not a patient context")
+        granted = [
+            s
+            for s in self.ctx.scopes.resource
+            if s.level == "system" and {"r", "s"} <= s.permissions and not s.query
+        ]
+        if not granted:
+            raise Forbidden(
+                "Bulk Data export needs a backend-services token with system/*.rs "
+                "(or system/<type>.rs for each type exported)"
+            )
+        if any(s.resource_type == "*" for s in granted):
+            return None
+        return frozenset(s.resource_type for s in granted)
+
+    @property
+    def client(self) -> str | None:
+        return self.ctx.client_id or self.ctx.subject
 
     def search_restriction(self, resource_type: str) -> list[tuple[str, str]]:
         self._guard = search_guard(self.ctx, resource_type)

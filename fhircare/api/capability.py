@@ -18,6 +18,7 @@ from fhircare.fhir import registry
 from fhircare.fhir.registry import SearchRegistry
 
 PREFIX = "/fhir"
+BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
 # (HTTP method, route path below /fhir) -> (level, interaction codes)
 ROUTE_INTERACTIONS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     ("GET", "/{resource_type}/{resource_id}"): ("type", ("read",)),
@@ -95,7 +96,9 @@ def _rev_includes(reg: SearchRegistry, rtype: str) -> list[str]:
     return out
 
 
-def _operation_url(name: str, resource_type: str | None) -> str:
+def _operation_url(name: str, resource_type: str | None, definition: str | None = None) -> str:
+    if definition:
+        return definition
     official = registry.operation_definition(name, resource_type)
     if official is not None:
         return official.url
@@ -138,7 +141,7 @@ def capability_statement(
             "searchParam": _search_params(reg, rtype),
         }
         ops = [
-            {"name": op.name, "definition": _operation_url(op.name, rtype)}
+            {"name": op.name, "definition": _operation_url(op.name, rtype, op.definition)}
             for op in operations.all()
             if op.level in ("type", "instance") and (not op.types or rtype in op.types)
         ]
@@ -154,15 +157,17 @@ def capability_statement(
             {"name": "_offset", "type": "number"},
         ],
         "operation": [
-            {"name": op.name, "definition": _operation_url(op.name, None)}
+            {"name": op.name, "definition": _operation_url(op.name, None, op.definition)}
             for op in operations.all()
             if op.level == "system"
         ],
     }
     if security:
         rest["security"] = security
+    instantiates = sorted({BULK_DATA_CAPABILITY for op in operations.all() if op.name == "export"})
     return {
         "resourceType": "CapabilityStatement",
+        **({"instantiates": instantiates} if instantiates else {}),
         "status": "active",
         "date": software_date,
         "publisher": "fhircare",

@@ -42,6 +42,9 @@ CORS_REQUEST_HEADERS = [
 CORS_EXPOSED_HEADERS = ["ETag", "Location", "Content-Location", "Last-Modified"]
 
 
+BULK_FILES = FHIR_PREFIX + "/bulk/"
+
+
 class FhirEdgeMiddleware:
     """Normalise `/fhir` paths and negotiate the response format of FHIR requests."""
 
@@ -62,6 +65,9 @@ class FhirEdgeMiddleware:
         accept = next(
             (v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"accept"), None
         )
+        if path.startswith(BULK_FILES):  # ndjson files and the manifest: not FHIR JSON
+            await self.app(scope, receive, send)
+            return
         try:
             media, pretty = negotiate(query, accept)
         except FhirError as exc:

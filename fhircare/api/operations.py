@@ -31,6 +31,7 @@ class OpCall:
     access: Access
     state: Any  # app.state: svc, settings, base_url, ...
     headers: dict[str, str] = field(default_factory=dict)
+    url: str = ""  # the request URL as received
 
     def param(self, name: str) -> Any:
         """A parameter from the query string or a Parameters body (value[x] or resource)."""
@@ -57,7 +58,9 @@ class OpCall:
         return out
 
 
-Handler = Callable[[OpCall], tuple[dict[str, Any], int] | dict[str, Any]]
+# A handler returns a resource (200), a (resource, status) pair, or a whole Response (for
+# operations that answer with headers of their own, such as the asynchronous $export).
+Handler = Callable[[OpCall], tuple[dict[str, Any], int] | dict[str, Any] | Response]
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Operation:
     types: tuple[str, ...] = ()  # empty: any type
     affects_state: bool = True
     description: str = ""
+    definition: str | None = None  # canonical OperationDefinition URL when not R4 core's
 
 
 class OperationRegistry:
@@ -121,7 +125,10 @@ def run_operation(
         access=access,
         state=st,
         headers=dict(request.headers),
+        url=str(request.url),
     )
     result = op.handler(call)
+    if isinstance(result, Response):
+        return result
     resource, status = result if isinstance(result, tuple) else (result, 200)
     return FhirJSONResponse(resource, status_code=status)

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from fhircare.api import (
     auth,
+    bulk_routes,
     care_routes,
     event_routes,
     fhir_routes,
@@ -52,6 +53,7 @@ def install(app: FastAPI, container: Container) -> None:
     app.include_router(auth.router)
     app.include_router(event_routes.router)
     app.include_router(care_routes.router)
+    bulk_routes.install(app, container)  # /fhir/bulk/...: before the generic routes
     app.include_router(operation_router(container.operations))  # before the generic routes
     app.include_router(fhir_routes.router)
     webapp.install(app, settings)

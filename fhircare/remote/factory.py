@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import httpx
+
 from fhircare.config import Settings
 from fhircare.remote.client import FhirClient
 
 
-def remote_client(settings: Settings) -> FhirClient:
-    """A client for FHIRCARE_HAPI_URL, authenticated as a SMART backend service if configured."""
-    if not settings.hapi_url:
-        raise ValueError("FHIRCARE_HAPI_URL is not set: no remote FHIR server to talk to")
-    auth = None
+def remote_auth(settings: Settings) -> httpx.Auth | None:
+    """SMART backend-services auth from FHIRCARE_REMOTE_* when configured, else None."""
     if settings.remote_client_id and settings.remote_token_url and settings.remote_private_key:
         from fhircare.security.backend_auth import BackendServicesAuth, load_private_key
 
-        auth = BackendServicesAuth(
+        return BackendServicesAuth(
             token_url=settings.remote_token_url,
             client_id=settings.remote_client_id,
             private_key=load_private_key(
@@ -24,7 +23,14 @@ def remote_client(settings: Settings) -> FhirClient:
             alg=settings.remote_alg,
             scope=settings.remote_scope,
         )
-    return FhirClient(settings.hapi_url, auth=auth, timeout=settings.hapi_timeout)
+    return None
+
+
+def remote_client(settings: Settings) -> FhirClient:
+    """A client for FHIRCARE_HAPI_URL, authenticated as a SMART backend service if configured."""
+    if not settings.hapi_url:
+        raise ValueError("FHIRCARE_HAPI_URL is not set: no remote FHIR server to talk to")
+    return FhirClient(settings.hapi_url, auth=remote_auth(settings), timeout=settings.hapi_timeout)
 
 
 def remote_store(settings: Settings):  # noqa: ANN201 - RemoteStore, imported lazily

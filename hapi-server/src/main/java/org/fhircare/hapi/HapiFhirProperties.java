@@ -39,6 +39,9 @@ public class HapiFhirProperties {
 	private boolean etagSupportEnabled = true;
 	private boolean defaultPrettyPrint = true;
 	private boolean bulkExportEnabled = false;
+	/** Batch2 jobs (bulk export) start their next step as soon as one ends, not at the next
+	 * maintenance pass. Off in the image. */
+	private boolean jobFastTrackingEnabled = false;
 	private int defaultPageSize = 20;
 	private int maxPageSize = Integer.MAX_VALUE;
 	private List<Integer> searchPrefetchThresholds = new ArrayList<>();
@@ -203,6 +206,14 @@ public class HapiFhirProperties {
 
 	public void setBulkExportEnabled(boolean value) {
 		this.bulkExportEnabled = value;
+	}
+
+	public boolean isJobFastTrackingEnabled() {
+		return jobFastTrackingEnabled;
+	}
+
+	public void setJobFastTrackingEnabled(boolean value) {
+		this.jobFastTrackingEnabled = value;
 	}
 
 	public int getDefaultPageSize() {

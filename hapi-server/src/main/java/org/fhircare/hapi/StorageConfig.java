@@ -1,5 +1,6 @@
 package org.fhircare.hapi;
 
+import ca.uhn.fhir.batch2.maintenance.JobMaintenanceServiceImpl;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings.ClientIdStrategyEnum;
@@ -13,12 +14,14 @@ import java.util.HashSet;
 import java.util.Map;
 import javax.sql.DataSource;
 import org.hl7.fhir.dstu2.model.Subscription.SubscriptionChannelType;
+import org.springframework.beans.factory.config.BeanPostProcessor;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.boot.autoconfigure.orm.jpa.JpaProperties;
 import org.springframework.boot.context.properties.EnableConfigurationProperties;
 import org.springframework.context.annotation.Bean;
 import org.springframework.context.annotation.Configuration;
 import org.springframework.context.annotation.Primary;
+import org.springframework.core.env.Environment;
 import org.springframework.orm.jpa.JpaTransactionManager;
 import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 
@@ -59,6 +62,7 @@ public class StorageConfig {
 		}
 		settings.setTreatReferencesAsLogical(new HashSet<>(props.getLogicalUrls()));
 		settings.setStoreMetaSourceInformation(props.getStoreMetaSourceInformation());
+		settings.setJobFastTrackingEnabled(props.isJobFastTrackingEnabled());
 		// No Lucene/Elasticsearch indexing (the image's default too).
 		settings.setHibernateSearchIndexFullText(false);
 		settings.setHibernateSearchIndexSearchParams(false);
@@ -79,6 +83,26 @@ public class StorageConfig {
 			settings.setSubscriptionChangeQueuedImmediately(true);
 		}
 		return settings;
+	}
+
+	/**
+	 * The batch2 maintenance pass (which moves a job such as $export from one step to the
+	 * next) every {@code hapi.fhir.batch2_maintenance_interval_millis}; set before HAPI's
+	 * scheduler registers the pass at start.
+	 */
+	@Bean
+	public static BeanPostProcessor batch2MaintenanceInterval(Environment env) {
+		long millis = env.getProperty(
+				"hapi.fhir.batch2_maintenance_interval_millis", Long.class, 60_000L);
+		return new BeanPostProcessor() {
+			@Override
+			public Object postProcessBeforeInitialization(Object bean, String name) {
+				if (bean instanceof JobMaintenanceServiceImpl maintenance) {
+					maintenance.setScheduledJobFrequencyMillis(millis);
+				}
+				return bean;
+			}
+		};
 	}
 
 	@Bean

@@ -1,0 +1,200 @@
+"""FHIR Bulk Data Access (IG v2) at the edge: the `$export` kick-offs (system, Patient,
+Group/{id}), registered as operations so the CapabilityStatement lists them, and the
+status (`GET`/`DELETE /fhir/bulk/{job}`) and file (`GET /fhir/bulk/{job}/{file}`) URLs.
+
+Under `FHIRCARE_AUTH=smart` every step needs a backend-services token with system-level
+read and search scopes (`Access.bulk_types`); a job is polled and downloaded only by the
+client that started it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from fhircare.api.access import Access, get_access
+from fhircare.api.http import ERROR_RESPONSES, FhirJSONResponse
+from fhircare.api.operations import OpCall, Operation, OperationRegistry
+from fhircare.api.workers import run_blocking
+from fhircare.fhir.errors import BadRequest, Forbidden, outcome
+from fhircare.population.bulk_jobs import Busy, ExportJob, ExportJobs
+from fhircare.population.bulk_request import Level, parse_request, prefer_tokens
+from fhircare.security.compartment import PATIENT_COMPARTMENT
+
+if TYPE_CHECKING:
+    from fhircare.bootstrap import Container
+
+IG = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+NDJSON = "application/fhir+ndjson"
+STATUS_PATH = "bulk"
+
+router = APIRouter(prefix=f"/fhir/{STATUS_PATH}", tags=["Bulk Data"], responses=ERROR_RESPONSES)
+
+
+def _values(call: OpCall) -> list[tuple[str, Any]]:
+    """(name, value) of every parameter, from the query string and a Parameters body."""
+    values: list[tuple[str, Any]] = list(call.query)
+    body = call.body
+    if body is None:
+        return values
+    if body.get("resourceType") != "Parameters":
+        raise BadRequest("A POST $export takes a Parameters resource (or no body)")
+    for p in body.get("parameter") or []:
+        name = str(p.get("name", ""))
+        given = [v for k, v in p.items() if k.startswith("value")]
+        values.append((name, given[0] if given else p.get("resource")))
+    return values
+
+
+def kick_off(call: OpCall) -> Response:
+    """$export: start an asynchronous export; 202 with the status URL in Content-Location."""
+    prefer = prefer_tokens(call.headers.get("prefer"))
+    if "respond-async" not in prefer:
+        raise BadRequest(
+            "$export is asynchronous: send the header Prefer: respond-async", code="required"
+        )
+    level: Level = (
+        "group"
+        if call.resource_type == "Group"
+        else "patient"
+        if call.resource_type == "Patient"
+        else "system"
+    )
+    request = parse_request(
+        level,
+        _values(call),
+        request_url=call.url,
+        lenient="handling=lenient" in prefer,
+        group_id=call.id,
+    )
+    allowed = call.access.bulk_types()
+    if allowed is not None:
+        if request.types is None:
+            kept = sorted(
+                t
+                for t in allowed
+                if level == "system" or t == "Patient" or t in PATIENT_COMPARTMENT
+            )
+            if not kept:
+                raise Forbidden("The token's system/ scopes grant no type this export holds")
+            request = replace(request, types=tuple(kept))
+        elif not set(request.types) <= allowed:
+            missing = sorted(set(request.types) - allowed)
+            raise Forbidden(f"The token's scopes do not cover {', '.join(missing)}")
+    state = call.state
+    if level == "group":
+        group = state.svc.read("Group", call.id)  # 404/410 for an unknown Group, now
+        call.access.require("Group", "read", group)
+    jobs: ExportJobs = state.exports
+    try:
+        job = jobs.start(
+            request, owner=call.access.client, requires_token=state.settings.auth == "smart"
+        )
+    except Busy as exc:
+        return FhirJSONResponse(
+            exc.outcome(), status_code=429, headers={"Retry-After": str(exc.retry_after)}
+        )
+    return FhirJSONResponse(
+        outcome("information", "informational", f"Export job {job.id} started"),
+        status_code=202,
+        headers={"Content-Location": f"{state.base_url}/{STATUS_PATH}/{job.id}"},
+    )
+
+
+def _job(request: Request, access: Access, job_id: str) -> ExportJob:
+    access.bulk_types()
+    job = request.app.state.exports.get(job_id)
+    if job.owner is not None and job.owner != access.client:
+        raise Forbidden("This export job was started by another client")
+    return job
+
+
+@router.get("/{job_id}", summary="Bulk Data export status (202 running, 200 manifest)")
+async def status(request: Request, job_id: str, access: Access = Depends(get_access)) -> Response:
+    job = _job(request, access, job_id)
+    jobs: ExportJobs = request.app.state.exports
+    if job.state == "running":
+        return Response(
+            status_code=202,
+            headers={"X-Progress": job.progress, "Retry-After": str(jobs.retry_after)},
+        )
+    if job.state == "failed":  # the IG's error answer: 5xx with an OperationOutcome
+        return FhirJSONResponse(
+            outcome("fatal", "exception", job.failure or "The export failed"), status_code=500
+        )
+    base = request.app.state.base_url
+    return JSONResponse(job.manifest(f"{base}/{STATUS_PATH}/{job.id}"))
+
+
+@router.delete("/{job_id}", summary="Cancel a Bulk Data export or delete its files")
+async def delete(request: Request, job_id: str, access: Access = Depends(get_access)) -> Response:
+    job = _job(request, access, job_id)
+    await run_blocking(request.app.state.exports.delete, job.id)
+    return FhirJSONResponse(
+        outcome("information", "informational", f"Export job {job.id} deleted"), status_code=202
+    )
+
+
+@router.get("/{job_id}/{file_name}", summary="One ndjson file of a finished export")
+async def download(
+    request: Request, job_id: str, file_name: str, access: Access = Depends(get_access)
+) -> Response:
+    job = _job(request, access, job_id)
+    path = request.app.state.exports.file_path(job, file_name)
+    return FileResponse(path, media_type=NDJSON)
+
+
+def register(ops: OperationRegistry) -> None:
+    common: dict[str, Any] = {"affects_state": False}
+    ops.add(
+        Operation(
+            "export",
+            kick_off,
+            "system",
+            definition=f"{IG}/export",
+            description="Bulk Data export of the whole server",
+            **common,
+        )
+    )
+    ops.add(
+        Operation(
+            "export",
+            kick_off,
+            "type",
+            ("Patient",),
+            definition=f"{IG}/patient-export",
+            description="Bulk Data export of every patient's compartment",
+            **common,
+        )
+    )
+    ops.add(
+        Operation(
+            "export",
+            kick_off,
+            "instance",
+            ("Group",),
+            definition=f"{IG}/group-export",
+            description="Bulk Data export of a Group's members' compartments",
+            **common,
+        )
+    )
+
+
+def install(app: Any, container: Container) -> None:
+    """The job manager of this app (files under FHIRCARE_DATA/bulk) and the status routes."""
+    settings = container.settings
+    jobs = ExportJobs(
+        container.store,
+        settings.bulk_dir or settings.data / "bulk",
+        max_running=settings.bulk_max_jobs,
+        max_lines=settings.bulk_file_lines,
+        retention=settings.bulk_retention_hours * 3600.0,
+        retry_after=settings.bulk_retry_after,
+        bases=(container.base_url,),
+    )
+    container.closers.append(jobs.close)
+    app.state.exports = jobs
+    app.include_router(router)

@@ -1,0 +1,1 @@
+"""Population scale: Bulk Data export and import, panel-wide case finding."""

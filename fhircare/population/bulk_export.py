@@ -1,0 +1,217 @@
+"""What a `$export` holds, written as ndjson files: one or more files per resource type.
+
+System level: every live resource of the requested types (default: every type the store
+holds). Patient level: the resources in any patient's compartment (the R4 Patient
+CompartmentDefinition, through `fhircare.security.compartment`). Group level: those in
+the compartments of the Group's active Patient members. `_since` keeps the resources whose
+`meta.lastUpdated` is at or after it.
+
+The store is read one type at a time through `iter_resources` (the embedded store holds
+its lock only to take the list), so writers are not held up while a file is written.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fhircare.fhir import jsonio, registry
+from fhircare.fhir.errors import NotFound
+from fhircare.population.bulk_request import ExportRequest
+from fhircare.security.compartment import (
+    PATIENT_COMPARTMENT,
+    compartment_references,
+    patient_id_of,
+)
+from fhircare.store.base import Store
+
+Resource = dict[str, Any]
+Progress = Callable[[int, int, str], None]  # (types done, types in all, current type)
+
+
+class Cancelled(Exception):
+    """The job was cancelled (DELETE on its status URL) while it ran."""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One ndjson file of an export."""
+
+    type: str
+    name: str
+    count: int
+
+
+def group_members(store: Store, group_id: str, *, bases: Iterable[str] = ()) -> set[str]:
+    """The ids of the Group's active Patient members; NotFound when there is no such Group."""
+    group = store.read("Group", group_id)
+    members = set()
+    for member in group.get("member") or []:
+        if member.get("inactive") is True:
+            continue
+        pid = patient_id_of(str((member.get("entity") or {}).get("reference", "")), bases)
+        if pid:
+            members.add(pid)
+    return members
+
+
+def export_types(store: Store, request: ExportRequest) -> list[str]:
+    """The types the export writes, in a stable order."""
+    if request.types is not None:
+        return list(request.types)
+    if request.level == "system":
+        held = getattr(store, "resource_types", None)
+        names = held() if callable(held) else registry.resource_types()
+        return [t for t in names if registry.is_resource_type(t)]
+    return ["Patient"] + sorted(t for t in PATIENT_COMPARTMENT if t != "Patient")
+
+
+def _updated_at_or_after(resource: Resource, since: datetime) -> bool:
+    text = (resource.get("meta") or {}).get("lastUpdated")
+    if not isinstance(text, str):
+        return True  # no timestamp: never silently dropped
+    try:
+        updated = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    return updated >= since
+
+
+def _in_some_compartment(
+    resource: Resource, patients: set[str] | None, bases: Sequence[str]
+) -> bool:
+    """In the compartment of some patient (of `patients`, when given)."""
+    if resource.get("resourceType") == "Patient":
+        return patients is None or resource.get("id") in patients
+    for ref in compartment_references(resource):
+        pid = patient_id_of(ref, bases)
+        if pid is not None and (patients is None or pid in patients):
+            return True
+    return False
+
+
+def resources_of_type(
+    store: Store,
+    request: ExportRequest,
+    resource_type: str,
+    *,
+    members: set[str] | None,
+    bases: Sequence[str] = (),
+) -> Iterator[Resource]:
+    """The resources of one type that the export holds."""
+    in_compartment_types = resource_type == "Patient" or resource_type in PATIENT_COMPARTMENT
+    if request.level != "system" and not in_compartment_types:
+        return
+    if request.level == "group" and resource_type == "Patient":
+        source: Iterable[Resource] = _read_many(store, "Patient", sorted(members or ()))
+    else:
+        source = store.iter_resources(resource_type)
+    for resource in source:
+        if request.since is not None and not _updated_at_or_after(resource, request.since):
+            continue
+        if request.level != "system" and not _in_some_compartment(resource, members, bases):
+            continue
+        yield resource
+
+
+def _read_many(store: Store, resource_type: str, ids: Iterable[str]) -> Iterator[Resource]:
+    for rid in ids:
+        try:
+            yield store.read(resource_type, rid)
+        except NotFound:  # a member deleted (Gone) or never written: not exported
+            continue
+
+
+def write_export(
+    store: Store,
+    request: ExportRequest,
+    directory: Path,
+    *,
+    max_lines: int,
+    cancel: threading.Event | None = None,
+    progress: Progress | None = None,
+    bases: Sequence[str] = (),
+) -> tuple[list[OutputFile], list[OutputFile]]:
+    """Write the export's ndjson files into `directory`; (outputs, error files).
+
+    A type that cannot be read (a remote store failing) becomes an OperationOutcome line
+    in `OperationOutcome.ndjson` and the others are still written. Raises Cancelled when
+    `cancel` is set."""
+    members = None
+    if request.level == "group" and request.group_id is not None:
+        members = group_members(store, request.group_id, bases=bases)
+    types = export_types(store, request)
+    outputs: list[OutputFile] = []
+    failures: list[Resource] = []
+    for done, rtype in enumerate(types):
+        if progress is not None:
+            progress(done, len(types), rtype)
+        try:
+            outputs += _write_type(
+                directory,
+                rtype,
+                resources_of_type(store, request, rtype, members=members, bases=bases),
+                max_lines=max_lines,
+                cancel=cancel,
+            )
+        except Cancelled:
+            raise
+        except Exception as exc:  # one type failing does not lose the others
+            failures.append(_outcome(f"{rtype} could not be exported: {exc}"))
+    errors: list[OutputFile] = []
+    if failures:
+        path = directory / "OperationOutcome.ndjson"
+        path.write_bytes(b"".join(jsonio.dumps(f) + b"\n" for f in failures))
+        errors.append(OutputFile("OperationOutcome", path.name, len(failures)))
+    if progress is not None:
+        progress(len(types), len(types), "")
+    return outputs, errors
+
+
+def _write_type(
+    directory: Path,
+    resource_type: str,
+    resources: Iterable[Resource],
+    *,
+    max_lines: int,
+    cancel: threading.Event | None,
+) -> list[OutputFile]:
+    """`Type.ndjson`, then `Type.2.ndjson`... of at most `max_lines` lines; no empty file."""
+    files: list[OutputFile] = []
+    handle = None
+    name = ""
+    lines = 0
+    try:
+        for resource in resources:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            if handle is None or lines >= max_lines:
+                if handle is not None:
+                    handle.close()
+                    files.append(OutputFile(resource_type, name, lines))
+                name = (
+                    f"{resource_type}.ndjson"
+                    if not files
+                    else (f"{resource_type}.{len(files) + 1}.ndjson")
+                )
+                handle = (directory / name).open("wb")
+                lines = 0
+            handle.write(jsonio.dumps(resource) + b"\n")
+            lines += 1
+    finally:
+        if handle is not None:
+            handle.close()
+    if handle is not None:
+        files.append(OutputFile(resource_type, name, lines))
+    return files
+
+
+def _outcome(diagnostics: str) -> Resource:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception", "diagnostics": diagnostics}],
+    }
