@@ -28,9 +28,6 @@ from fhircare.fhir.errors import BadRequest
 
 MAX_DEPTH = 64
 MAX_NUMBER_DIGITS = 64
-# Only a body with a long digit run or a 3-digit exponent takes the number-checking parse
-# (a Python call per number); every other body keeps the C fast path.
-_SUSPECT_NUMBER = re.compile(rf"\d{{{MAX_NUMBER_DIGITS + 1},}}|[eE][+-]?\d{{3,}}")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -40,11 +37,12 @@ def parse_json(raw: bytes) -> Any:
     or decimal can be. BadRequest otherwise."""
     try:
         text = raw.decode("utf-8-sig")
-        hooks: dict[str, Any] = (
-            {"parse_int": _integer, "parse_float": _decimal} if _SUSPECT_NUMBER.search(text) else {}
-        )
         data = json.loads(
-            text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates, **hooks
+            text,
+            parse_int=_integer,  # about 4 ms per MB of FHIR JSON, with parse_float
+            parse_float=_decimal,
+            parse_constant=_no_constant,
+            object_pairs_hook=_no_duplicates,
         )
     except UnicodeDecodeError as exc:
         raise BadRequest("The body is not UTF-8") from exc

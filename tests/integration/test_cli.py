@@ -102,6 +102,9 @@ def test_reconcile_input_errors_are_one_line(tmp_path: Path) -> None:
     assert "no such file" in _one_line_error(fhircare("reconcile", str(tmp_path / "none.json")))
     (tmp_path / "broken.json").write_text('{"resourceType": "Bundle",')
     assert "not valid JSON" in _one_line_error(fhircare("reconcile", str(tmp_path / "broken.json")))
+    (tmp_path / "huge.json").write_text('{"resourceType": "Bundle", "total": ' + "9" * 5000 + "}")
+    line = _one_line_error(fhircare("reconcile", str(tmp_path / "huge.json")))
+    assert "not valid JSON" in line and "5000 digits" in line and len(line) < 300
 
     def text_dose(b: dict) -> None:
         b["entry"][2]["resource"]["dosage"][0]["doseAndRate"][0]["doseQuantity"]["value"] = "two"
