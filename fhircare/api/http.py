@@ -281,7 +281,9 @@ def resource_response(
             headers["ETag"] = f'W/"{vid}"'
         lu = resource["meta"].get("lastUpdated")
         if lu:
-            headers["Last-Modified"] = format_datetime(parse_datetime(lu), usegmt=True)
+            headers["Last-Modified"] = format_datetime(
+                parse_datetime(lu), usegmt=True
+            )
         versioned = f"{base_url}/{resource['resourceType']}/{resource['id']}/_history/{vid}"
         if location and vid:
             headers["Location"] = versioned

@@ -242,13 +242,8 @@ def _call_prescriber_ops(
     with_profile(task, "fhircare-task")
     action = {"text": "Prescriber to be called" + (f": {reason}" if reason else "")}
     provenance = _provenance(
-        [f"Task/{task_id}/_history/1"],
-        issue["id"],
-        issue["meta"]["versionId"],
-        reviewer,
-        "CREATE",
-        action,
-        at,
+        [f"Task/{task_id}/_history/1"], issue["id"], issue["meta"]["versionId"], reviewer,
+        "CREATE", action, at,
     )
     return [create_op(task), create_op(provenance)]
 

@@ -151,9 +151,8 @@ def apply_status(
     out = {k: v for k, v in task.items() if k != "meta"}
     # Keep what the Task claims (profiles, tags); never stamp our profile on a Task that a
     # client wrote without it: it may not conform.
-    meta = {
-        k: v for k, v in (task.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")
-    }
+    meta = {k: v for k, v in (task.get("meta") or {}).items()
+            if k not in ("versionId", "lastUpdated")}
     if meta:
         out["meta"] = meta
     out["status"] = new_status

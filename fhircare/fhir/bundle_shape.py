@@ -55,7 +55,8 @@ def _check_entry(entry: Any, where: str, full_urls: set[str]) -> None:
     method = request.get("method")
     if not isinstance(method, str) or method not in METHODS:
         raise BadRequest(
-            f"{where}.request.method {_shown(method)} is not an HTTP verb ({', '.join(METHODS)})",
+            f"{where}.request.method {_shown(method)} is not an HTTP verb "
+            f"({', '.join(METHODS)})",
             expression=[f"{where}.request.method"],
         )
     url = request.get("url")

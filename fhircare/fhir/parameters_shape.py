@@ -40,7 +40,9 @@ def _one_of_each(parameters: Any, where: str) -> list[tuple[str, str]]:
         values = [k for k in param if k.startswith("value") and len(k) > 5]
         kinds = len(values) + ("resource" in param) + ("part" in param)
         if kinds != 1:
-            out.append((at, f"{at} must have exactly one of value[x], resource or part (inv-1)"))
+            out.append(
+                (at, f"{at} must have exactly one of value[x], resource or part (inv-1)")
+            )
         out.extend(_one_of_each(param.get("part"), f"{at}.part"))
     return out
 

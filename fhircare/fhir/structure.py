@@ -177,7 +177,8 @@ def _reference_target(
         if named and named not in targets and registry.is_resource_type(named):
             yield (
                 f"{where}.reference",
-                f"{where}.reference: {ref[:80]} is a {named}; this element refers to {allowed}",
+                f"{where}.reference: {ref[:80]} is a {named}; this element refers to "
+                f"{allowed}",
             )
             return
     kind = item.get("type")

@@ -226,4 +226,6 @@ class TokenValidator:
 def _is_numeric_date(value: Any) -> bool:
     """RFC 7519 section 2: a NumericDate is a JSON number of seconds (PyJWT also accepts
     a string of digits, which the RFC does not)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    )

@@ -128,7 +128,6 @@ def peek_msh(raw: bytes) -> tuple[str, str]:
     kind = component.join(kind.split(component)[:2]) if kind else "-"
     return kind[:20] or "-", control[:40] or "-"
 
-
 def receive_remote(svc: ResourceService, resource: dict[str, Any]) -> list[dict[str, Any]]:
     """Store a resource delivered by the remote server's Subscription (as a remote change)
     and publish it, so a finished Encounter runs discharge processing."""
