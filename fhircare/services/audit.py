@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from fhircare.fhir.references import subject_reference
-from fhircare.security.audit import audit_event
+from fhircare.security.audit import ExportStage, audit_event, export_event
 from fhircare.security.context import AuthContext
 from fhircare.store.base import Store, WriteOp
 
@@ -46,10 +47,7 @@ class AuditRecorder:
             patient_ref=patient,
             now=datetime.now(UTC),
         )
-        with self._lock:
-            self._queue.append(event)
-            if len(self._queue) >= self.batch:
-                self._wake.set()
+        self._enqueue([event])
 
     def record_search(
         self, ctx: AuthContext, resource_type: str, query: str, resources: list[dict[str, Any]]
@@ -65,6 +63,29 @@ class AuditRecorder:
             )
             for patient in sorted(patients)
         ]
+        self._enqueue(events)
+
+    def record_export(
+        self,
+        ctx: AuthContext,
+        stage: ExportStage,
+        *,
+        job_url: str,
+        patients: Iterable[str] = (),
+        **details: Any,
+    ) -> None:
+        """Queue the AuditEvents of one step of a Bulk Data export: at ``complete`` one per
+        patient (`patients`, 'Patient/x') whose data it holds, or one when it holds none;
+        one otherwise. `details` are `export_event`'s (request_url, file_url, outcome...)."""
+        now = datetime.now(UTC)
+        refs: list[str | None] = sorted(set(patients)) if stage == "complete" else []
+        events = [
+            export_event(ctx, stage, job_url=job_url, now=now, patient_ref=ref, **details)
+            for ref in refs or [None]
+        ]
+        self._enqueue(events)
+
+    def _enqueue(self, events: list[dict[str, Any]]) -> None:
         with self._lock:
             self._queue.extend(events)
             if len(self._queue) >= self.batch:
