@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.auditevent import AuditEvent
@@ -19,6 +20,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from fhircare.api.app import create_app
 from fhircare.bootstrap import build_container
 from fhircare.config import Settings
+from fhircare.conformance import validate
 from tests.helpers.panel import example_resources, group, panel_resources, transaction
 from tests.integration import test_bulk_export, test_bulk_smart, test_smart_api
 from tests.integration.test_bulk_export import ASYNC, GatedStore, kick_off
@@ -239,3 +241,23 @@ def test_backend_service_export_is_audited_with_its_client(
     item = manifest["output"][0]["url"]
     assert smart.get("/fhir" + item[len(test_smart_api.AUD) :], headers=other).status_code == 403
     assert len(_stage(export_events(smart, admin), "download", manifest["url"])) == len(downloads)
+
+
+@pytest.mark.hapi
+def test_export_audit_events_pass_the_hapi_validator(
+    audited: TestClient, hapi_base_url: str
+) -> None:
+    """Each kind of export AuditEvent validates on the real HAPI server (base R4: the
+    required action and outcome bindings, sev-1, the Reference and entity shapes)."""
+    c = audited
+    url = kick_off(c, "/fhir/Group/g1/$export", {"_type": "Patient"})
+    manifest = test_bulk_export.finish(c, url).json()
+    _download_all(c, {"output": manifest["output"][:1]}, {}, test_bulk_export.BASE)
+    failed = kick_off(c, "/fhir/$export", {"_type": "Practitioner"})
+    test_bulk_export.finish(c, failed)
+    events = export_events(c)
+    chosen = [_stage(events, stage, url)[0] for stage in ("kick-off", "complete", "download")]
+    chosen.append(_stage(events, "complete", failed)[0])  # no patient entity
+    with httpx.Client(base_url=hapi_base_url, timeout=60) as client:
+        findings = [validate(client, e) for e in chosen]
+    assert [f.messages for f in findings] == [[], [], [], []]
