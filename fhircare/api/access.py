@@ -1,9 +1,11 @@
-"""Per-request access control and audit for the API edge.
+"""Per-request access for the API edge: the caller's gated services, and audit.
 
-`get_access` gives each request an `Access`. With `FHIRCARE_AUTH=none` (local use only)
-it allows everything; with `FHIRCARE_AUTH=smart` it holds the verified bearer token's
-context and enforces SMART scopes and the patient compartment (fhircare.security).
-Either way, reads and writes of patient data are recorded as AuditEvents.
+`get_access` gives each request an `Access`: the caller's `AuthContext` (the verified bearer
+token under ``FHIRCARE_AUTH=smart``; everything under ``FHIRCARE_AUTH=none``, local use
+only), and the services bound to the one access gate (`fhircare.security.gate`): `store`,
+`svc` and `bundles` see and write only what the caller's scopes reach. Routes and
+operations use these, never the container's store. Reads and searches of patient data are
+recorded as AuditEvents here, writes by the gate.
 """
 
 from __future__ import annotations
@@ -13,92 +15,64 @@ from typing import Any
 from fastapi import Request
 
 from fhircare.fhir.errors import Forbidden
-from fhircare.security.context import AuthContext, SearchGuard, allowed, authorize, search_guard
+from fhircare.security.context import AuthContext
+from fhircare.security.gate import GatedStore
+from fhircare.security.policy import AccessPolicy
+from fhircare.security.scopes import required
+from fhircare.services.bundles import BundleProcessor
+from fhircare.services.resources import ResourceService
 
 INTERACTION = {"search": "search-type"}
-METHOD_INTERACTION = {"POST": "create", "PUT": "update", "PATCH": "update", "DELETE": "delete"}
+UNRESTRICTED = AuthContext.unrestricted()  # FHIRCARE_AUTH=none: parsed once, not per request
 
 
 class Access:
-    """Allow-all access (FHIRCARE_AUTH=none); `SmartAccess` enforces scopes."""
+    """One caller's view of the server: the gated store and services, and its audit."""
 
-    def __init__(self, ctx: AuthContext | None = None, recorder: Any = None) -> None:
-        self.ctx = ctx or AuthContext.unrestricted()
+    def __init__(
+        self,
+        ctx: AuthContext | None,
+        recorder: Any,
+        svc: ResourceService,
+        bundles: BundleProcessor,
+    ) -> None:
+        self.authenticated = ctx is not None  # a verified token (FHIRCARE_AUTH=smart)
+        self.ctx = ctx or UNRESTRICTED
         self.recorder = recorder
+        self.policy = AccessPolicy(self.ctx, bases=(bundles.base_url,))
+        self.store = GatedStore(
+            svc.store, self.policy, on_write=self._audit_write if recorder else None
+        )
+        self.svc = svc.scoped(self.store)
+        self.bundles = bundles.scoped(self.svc)
 
     @property
     def patient(self) -> str | None:
         return self.ctx.patient
 
     def require(self, resource_type: str, interaction: str, resource: Any = None) -> None:
-        """Raise Forbidden unless the interaction is allowed on the type (and resource)."""
+        """Raise Forbidden unless the interaction is allowed on the type (and resource):
+        for edges that act on something other than a stored resource."""
+        letter = required(INTERACTION.get(interaction, interaction))
+        data = resource if isinstance(resource, dict) else None
+        if letter in "rs":
+            self.policy.check_read(resource_type, letter, data)
+        elif data is None:
+            self.policy.rules(resource_type, letter)  # type level only
+        else:
+            self.policy.check_write(resource_type, letter, data, creating=letter == "c")
 
     def require_system(self, what: str) -> None:
         """Raise Forbidden unless the caller may act across patients (user/ or system/)."""
-
-    def search_restriction(self, resource_type: str) -> list[tuple[str, str]]:
-        """Extra search parameters that confine a search to what the caller may see."""
-        return []
-
-    def bulk_types(self) -> frozenset[str] | None:
-        """The types a Bulk Data export may hold for this caller (None: every type);
-        Forbidden unless the caller may export at all."""
-        return None
-
-    @property
-    def client(self) -> str | None:
-        """The client the token was issued to (None without SMART)."""
-        return None
-
-    def filter_bundle(self, bundle: dict[str, Any]) -> None:
-        """Drop entries (e.g. _include results) the caller may not see."""
-
-    def filter_history(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return entries
-
-    def check_bundle(self, bundle: Any) -> None:
-        """Check every entry of a transaction/batch before anything runs."""
-
-    def audit_search(self, resource_type: str, query: str, bundle: dict[str, Any]) -> None:
-        """Record the patients whose data a search returned (one AuditEvent each)."""
-        if self.recorder is not None:
-            found = [e["resource"] for e in bundle.get("entry") or [] if "resource" in e]
-            self.recorder.record_search(self.ctx, resource_type, query, found)
-
-    def audit(self, action: str, resource: dict[str, Any] | None, outcome: str = "0") -> None:
-        """Record an AuditEvent for a read or write of patient data."""
-        if self.recorder is not None and resource is not None:
-            self.recorder.record(self.ctx, action, resource, outcome)
-
-    def audit_export(self, stage: str, *, job_url: str, **details: Any) -> None:
-        """Record a step of a Bulk Data export (kick-off, complete, download)."""
-        if self.recorder is not None:
-            self.recorder.record_export(self.ctx, stage, job_url=job_url, **details)
-
-
-class SmartAccess(Access):
-    """SMART on FHIR scopes and the patient compartment, for one verified token."""
-
-    def __init__(self, ctx: AuthContext, recorder: Any = None, store: Any = None) -> None:
-        super().__init__(ctx, recorder)
-        self._guard: SearchGuard | None = None
-        self._store = store
-
-    def require(self, resource_type: str, interaction: str, resource: Any = None) -> None:
-        authorize(
-            self.ctx,
-            resource_type,
-            INTERACTION.get(interaction, interaction),
-            resource=resource if isinstance(resource, dict) else None,
-        )
-
-    def require_system(self, what: str) -> None:
         if not any(s.level in ("user", "system") for s in self.ctx.scopes.resource):
             raise Forbidden(f"{what} needs a user/ or system/ scope")
 
     def bulk_types(self) -> frozenset[str] | None:
-        """Bulk Data is for backend services: system-level scopes granting read and search
-        (`system/*.rs`, `system/*.read`, or per type); patient and user tokens are refused."""
+        """The types a Bulk Data export may hold for this caller (None: every type).
+
+        Bulk Data is for backend services: system-level scopes granting read and search
+        (`system/*.rs`, `system/*.read`, or per type), with no query; patient and user
+        tokens are refused (Forbidden)."""
         if self.ctx.patient is not None:
             raise Forbidden("Bulk Data export needs a system/ scope, not a patient context")
         granted = [
@@ -117,91 +91,43 @@ class SmartAccess(Access):
 
     @property
     def client(self) -> str | None:
+        """The client the token was issued to (None without SMART)."""
+        if not self.authenticated:
+            return None
         return self.ctx.client_id or self.ctx.subject
 
-    def search_restriction(self, resource_type: str) -> list[tuple[str, str]]:
-        self._guard = search_guard(self.ctx, resource_type)
-        return list(self._guard.params)
+    def audit_search(self, resource_type: str, query: str, bundle: dict[str, Any]) -> None:
+        """Record the patients whose data a search returned (one AuditEvent each)."""
+        if self.recorder is not None:
+            found = [e["resource"] for e in bundle.get("entry") or [] if "resource" in e]
+            self.recorder.record_search(self.ctx, resource_type, query, found)
 
-    def filter_bundle(self, bundle: dict[str, Any]) -> None:
-        guard = self._guard
-        entries = bundle.get("entry") or []
-        kept = [
-            e
-            for e in entries
-            if (guard.allows(e["resource"]) if guard else allowed(self.ctx, e["resource"]))
-        ]
-        if len(kept) != len(entries):
-            bundle["entry"] = kept
+    def audit(self, action: str, resource: dict[str, Any] | None, outcome: str = "0") -> None:
+        """Record an AuditEvent for a read of patient data (writes: see `_audit_write`)."""
+        if self.recorder is not None and resource is not None:
+            self.recorder.record(self.ctx, action, resource, outcome)
 
-    def filter_history(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Keep the versions the token may read; a deletion only where the token may read
-        the type without a patient restriction."""
-        kept = []
-        for entry in entries:
-            resource = entry.get("resource")
-            if resource is not None:
-                if allowed(self.ctx, resource):
-                    kept.append(entry)
-                continue
-            rtype = str((entry.get("request") or {}).get("url", "")).split("/")[0]
-            if self.ctx.patient is None and self._may_read_type(rtype):
-                kept.append(entry)
-        return kept
+    def audit_export(self, stage: str, *, job_url: str, **details: Any) -> None:
+        """Record a step of a Bulk Data export (kick-off, complete, download)."""
+        if self.recorder is not None:
+            self.recorder.record_export(self.ctx, stage, job_url=job_url, **details)
 
-    def _may_read_type(self, resource_type: str) -> bool:
-        try:
-            authorize(self.ctx, resource_type, "history-type")
-        except Forbidden:
-            return False
-        return True
-
-    def check_bundle(self, bundle: Any) -> None:
-        if not isinstance(bundle, dict):
-            return
-        for i, entry in enumerate(bundle.get("entry") or []):
-            request = entry.get("request") or {} if isinstance(entry, dict) else {}
-            method = request.get("method")
-            url = str(request.get("url", ""))
-            rtype = url.split("?")[0].split("/")[0]
-            try:
-                if method in ("GET", "HEAD"):
-                    if self.ctx.patient is not None:
-                        raise Forbidden("reads inside a Bundle need a user/ or system/ scope")
-                    self.require(rtype, "search" if "/" not in url.split("?")[0] else "read")
-                    continue
-                interaction = METHOD_INTERACTION.get(method or "")
-                if interaction is None:
-                    continue
-                body = entry.get("resource")
-                # a PATCH entry's resource is the patch (Binary/Parameters), not the target
-                self.require(rtype, interaction, body if method in ("POST", "PUT") else None)
-                parts = url.split("?")[0].split("/")
-                if self._store is not None and len(parts) == 2 and self._store.exists(*parts):
-                    self.require(rtype, interaction, self._store.read(*parts))
-                if (
-                    method in ("PUT", "PATCH", "DELETE")
-                    and "?" in url
-                    and self.ctx.patient is not None
-                ):
-                    raise Forbidden("conditional writes need a user/ or system/ scope")
-            except Forbidden as exc:
-                exc.diagnostics = f"Bundle.entry[{i}]: {exc.diagnostics}"
-                raise
+    def _audit_write(self, action: str, resource: dict[str, Any]) -> None:
+        self.recorder.record(self.ctx, action, resource, "0")
 
 
 def access_for(request: Request) -> Access:
     """The Access for this request (verifies the bearer token under SMART)."""
-    factory = getattr(request.app.state, "access_factory", None)
-    if factory is None:
-        return Access(recorder=getattr(request.app.state, "audit", None))
-    return factory(request)
+    st = request.app.state
+    authenticate = getattr(st, "authenticate", None)
+    ctx = authenticate(request) if authenticate is not None else None
+    return Access(ctx, getattr(st, "audit", None), st.svc, st.bundles)
 
 
 async def get_access(request: Request) -> Access:
     """`access_for` as a FastAPI dependency. Async, so the common case costs no worker-thread
     hop; token verification (which may fetch a JWKS) runs in a worker thread."""
-    if getattr(request.app.state, "access_factory", None) is None:
+    if getattr(request.app.state, "authenticate", None) is None:
         return access_for(request)
     from starlette.concurrency import run_in_threadpool
 

@@ -1,4 +1,4 @@
-"""SMART on FHIR at the edge: bearer tokens -> AuthContext -> SmartAccess; discovery routes."""
+"""SMART on FHIR at the edge: bearer tokens -> AuthContext (-> the access gate); discovery."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request
 
-from fhircare.api.access import Access, SmartAccess
 from fhircare.api.http import ERROR_RESPONSES, FhirJSONResponse
 from fhircare.config import Settings
 from fhircare.fhir.errors import NotFound
@@ -36,16 +35,15 @@ def build_validator(settings: Settings) -> TokenValidator:
     return TokenValidator(issuer=settings.auth_issuer, audience=audiences, keys=keys)
 
 
-def access_factory(settings: Settings, recorder: Any, store: Any) -> Callable[[Request], Access]:
-    """A FastAPI-side factory that verifies the bearer token of each request."""
+def authenticator(settings: Settings) -> Callable[[Request], AuthContext]:
+    """Verify the bearer token of a request and give its caller (401 when it fails)."""
     validator = build_validator(settings)
 
-    def factory(request: Request) -> Access:
+    def authenticate(request: Request) -> AuthContext:
         token = bearer_token(request.headers.get("authorization"))
-        claims = validator.validate(token)
-        return SmartAccess(AuthContext.from_claims(claims), recorder, store)
+        return AuthContext.from_claims(validator.validate(token))
 
-    return factory
+    return authenticate
 
 
 def security_section(settings: Settings) -> dict[str, Any] | None:

@@ -32,9 +32,8 @@ router = APIRouter(
 )
 
 
-def _publish(request: Request, written: list[dict[str, Any]]) -> None:
-    if written:
-        request.app.state.bus.publish(request.app.state.store, written)
+def _publish(access: Access, written: list[dict[str, Any]]) -> None:
+    access.svc.publish(written)
 
 
 def _collection(written: list[dict[str, Any]]) -> dict[str, Any]:
@@ -63,10 +62,9 @@ def get_worklist(
     access: Access = Depends(get_access),
 ) -> FhirJSONResponse:
     access.require_system("The worklist")
-    access.require("Task", "search")
     ref = practitioner if "/" in practitioner else f"Practitioner/{practitioner}"
     check_id(ref.split("/", 1)[1])
-    items = worklist.worklist(request.app.state.store, ref)
+    items = worklist.worklist(access.store, ref)
     return FhirJSONResponse(
         {"practitioner": ref, "count": len(items), "items": [i.as_dict() for i in items]},
         media_type="application/json",
@@ -84,8 +82,8 @@ def get_eligibility(
     access: Access = Depends(get_access),
 ) -> FhirJSONResponse:
     ref = _patient_ref(patient)
-    store = request.app.state.store
-    access.require("Patient", "read", store.read("Patient", ref.split("/", 1)[1]))
+    store = access.store
+    store.read("Patient", ref.split("/", 1)[1])
     result = eligibility.assess_eligibility(store, ref)
     return FhirJSONResponse(
         {
@@ -111,7 +109,7 @@ def transition(
     task_id: str, body: TransitionBody, request: Request, access: Access = Depends(get_access)
 ) -> FhirJSONResponse:
     check_id(task_id)
-    store = request.app.state.store
+    store = access.store
     access.require("Task", "update", store.read("Task", task_id))
     task = tasks.transition(
         store,
@@ -120,7 +118,7 @@ def transition(
         reason=body.reason,
         if_match=parse_etag(request.headers.get("if-match")),
     )
-    _publish(request, [task])
+    _publish(access, [task])
     return FhirJSONResponse(task, headers={"ETag": f'W/"{task["meta"]["versionId"]}"'})
 
 
@@ -134,11 +132,10 @@ def document_call(
     task_id: str, body: CallBody, request: Request, access: Access = Depends(get_access)
 ) -> FhirJSONResponse:
     check_id(task_id)
-    store = request.app.state.store
+    store = access.store
     access.require("Task", "update", store.read("Task", task_id))
-    access.require("Communication", "create")
     written = followup.document_call(store, task_id, summary=body.summary, topics=body.topics)
-    _publish(request, written)
+    _publish(access, written)
     return FhirJSONResponse(_collection(written))
 
 
@@ -153,15 +150,14 @@ class FollowupBody(BaseModel):
 def schedule(
     body: FollowupBody, request: Request, access: Access = Depends(get_access)
 ) -> FhirJSONResponse:
-    store = request.app.state.store
+    store = access.store
     ref = _patient_ref(body.patient)
-    access.require("Patient", "read", store.read("Patient", ref.split("/", 1)[1]))
-    access.require("Task", "create")
+    store.read("Patient", ref.split("/", 1)[1])
     tier = body.tier or eligibility.assess_eligibility(store, ref).tier
     written = followup.schedule_followups(
         store, ref, tier, start=datetime.now(UTC), count=body.count, owner=body.owner
     )
-    _publish(request, written)
+    _publish(access, written)
     return FhirJSONResponse(
         _collection(written),
         status_code=201,
@@ -179,7 +175,7 @@ def education_delivered(
     careplan_id: str, body: EducationBody, request: Request, access: Access = Depends(get_access)
 ) -> FhirJSONResponse:
     check_id(careplan_id)
-    store = request.app.state.store
+    store = access.store
     access.require("CarePlan", "update", store.read("CarePlan", careplan_id))
     material: dict[str, str] | str = {
         "title": body.title,
@@ -192,7 +188,7 @@ def education_delivered(
         material=material,
         if_match=parse_etag(request.headers.get("if-match")),
     )
-    _publish(request, written)
+    _publish(access, written)
     return FhirJSONResponse(_collection(written))
 
 
@@ -207,7 +203,7 @@ def revise(
     careplan_id: str, body: ReviseBody, request: Request, access: Access = Depends(get_access)
 ) -> FhirJSONResponse:
     check_id(careplan_id)
-    store = request.app.state.store
+    store = access.store
     access.require("CarePlan", "update", store.read("CarePlan", careplan_id))
     if_match = parse_etag(request.headers.get("if-match"))
     if if_match is None:
@@ -217,5 +213,5 @@ def revise(
     written = revisions.revise_careplan(
         store, careplan_id, body.changes, author=body.author, if_match=if_match, reason=body.reason
     )
-    _publish(request, written)
+    _publish(access, written)
     return FhirJSONResponse(_collection(written))

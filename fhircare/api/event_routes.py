@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from fhircare.api.access import access_for
+from fhircare.api.access import Access, access_for
 from fhircare.api.http import (
     ERROR_RESPONSES,
     FHIR_BODY,
@@ -47,17 +47,21 @@ def _syncs_with_remote(state: object) -> bool:
     return bool(settings.hapi_url) and settings.store == "embedded"
 
 
-def _check_secret(request: Request, secret: str | None, header: str, what: str) -> None:
-    """The shared secret when one is configured; else, under SMART, a system-level token."""
+def _check_secret(request: Request, secret: str | None, header: str, what: str) -> Access | None:
+    """The shared secret when one is configured; else, under SMART, a system-level token
+    (its Access: what it delivers is written through the access gate with its scopes)."""
     if not secret:
         if request.app.state.settings.auth == "smart":
-            access_for(request).require_system(what)
-        return
+            access = access_for(request)
+            access.require_system(what)
+            return access
+        return None
     given = request.headers.get(header, "")
     if given.lower().startswith("bearer "):
         given = given[7:]
     if not hmac.compare_digest(given.encode(), secret.encode()):
         raise Unauthorized(f"A valid {header} header is required")
+    return None
 
 
 @router.post(
@@ -76,17 +80,20 @@ def _check_secret(request: Request, secret: str | None, header: str, what: str) 
 async def hl7v2(request: Request) -> Response:
     st = request.app.state
     settings = st.settings
+    intake = st.hl7  # the shared secret (or no auth): the intake acts as the server
     if settings.hl7_secret:
         _check_secret(request, settings.hl7_secret, "X-Fhircare-Secret", "HL7 v2 intake")
     elif settings.auth == "smart":
-        access_for(request).require_system("HL7 v2 intake")
+        caller = access_for(request)
+        caller.require_system("HL7 v2 intake")
+        intake = intake.scoped(caller.bundles)  # writes only what the token's scopes allow
     limit = settings.max_body_bytes
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > limit:
             raise PayloadTooLarge(f"The message exceeds the limit of {limit} bytes")
-    ack = await run_in_threadpool(st.hl7.handle, raw)
+    ack = await run_in_threadpool(intake.handle, raw)
     return Response(ack, media_type="x-application/hl7-v2+er7; charset=utf-8")
 
 
@@ -99,7 +106,7 @@ async def hl7v2(request: Request) -> Response:
 )
 async def rest_hook(resource_type: str, resource_id: str, request: Request) -> FhirJSONResponse:
     st = request.app.state
-    _check_secret(request, st.settings.webhook_secret, "Authorization", "The webhook")
+    caller = _check_secret(request, st.settings.webhook_secret, "Authorization", "The webhook")
     body = await read_json_body(request)
     if not isinstance(body, dict) or (body.get("resourceType"), body.get("id")) != (
         resource_type,
@@ -114,7 +121,8 @@ async def rest_hook(resource_type: str, resource_id: str, request: Request) -> F
         counts = await run_in_threadpool(sync_cycle, st.container, notified)
         summary = f"{counts['pulled']} pulled, {counts['discharges']} discharges processed"
     else:
-        written = await run_in_threadpool(receive_remote, st.svc, body)
+        svc = caller.svc if caller is not None else st.svc  # the secret: the server's own
+        written = await run_in_threadpool(receive_remote, svc, body)
         summary = f"{len(written)} written"
     return FhirJSONResponse(
         {

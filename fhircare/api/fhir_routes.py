@@ -85,7 +85,7 @@ def system_history(request: Request, access: Access = Depends(get_access)) -> Re
     _refuse_query(request, "History", HISTORY_PARAMS)
     params = _params(request)
     since = since_param(params)
-    entries = access.filter_history(st.svc.store.history(None, None, since=since))
+    entries = access.store.history(None, None, since=since)
     return FhirJSONResponse(
         history_bundle(entries, params, base_url=st.base_url, path="_history", paging=st.paging)
     )
@@ -99,11 +99,9 @@ async def post_bundle(request: Request, access: Access = Depends(get_access)) ->
 
 
 def _bundle(request: Request, body: Any, access: Access) -> Response:
-    st = _state(request)
-    check_bundle_shape(body, st.bundles.max_entries)  # before anything walks the entries
-    access.check_bundle(body)
+    check_bundle_shape(body, access.bundles.max_entries)  # before anything walks the entries
     representation = "return=representation" in request.headers.get("prefer", "")
-    return FhirJSONResponse(st.bundles.process(body, representation=representation))
+    return FhirJSONResponse(access.bundles.process(body, representation=representation))
 
 
 @router.get("/{resource_type}", summary="Search")
@@ -118,17 +116,14 @@ def _search(resource_type: str, request: Request, access: Access) -> Response:
     if resource_type.startswith("$"):
         return run_operation(request, access, resource_type[1:], None, None, None)
     check_type(resource_type)
-    access.require(resource_type, "search")
     bundle = search_bundle(
-        st.svc,
+        access.svc,
         resource_type,
         _params(request),
         base_url=st.base_url,
         paging=st.paging,
-        restrict=access.search_restriction(resource_type),
         lenient=_lenient(request),
     )
-    access.filter_bundle(bundle)
     access.audit_search(resource_type, request.url.query, bundle)
     return FhirJSONResponse(bundle)
 
@@ -154,9 +149,7 @@ def _create(request: Request, resource_type: str, body: Any, access: Access) -> 
             f"resourceType {body.get('resourceType')!r} does not match "
             f"the URL type {resource_type!r}"
         )
-    access.require(resource_type, "create", body)
-    outcome = st.svc.create(body, if_none_exist=_create_condition(request))
-    access.audit("C", outcome.resource)
+    outcome = access.svc.create(body, if_none_exist=_create_condition(request))
     return resource_response(
         outcome.resource, outcome.status, request=request, base_url=st.base_url, location=True
     )
@@ -192,11 +185,9 @@ def _conditional_update(
     query = urllib.parse.urlencode(_params(request))
     if not query:
         raise BadRequest("PUT to a type needs search parameters (conditional update)")
-    access.require(resource_type, "update", body)
-    outcome = st.svc.conditional_update(
+    outcome = access.svc.conditional_update(
         resource_type, query, body, if_match=parse_etag(request.headers.get("if-match"))
     )
-    access.audit("U", outcome.resource)
     return resource_response(
         outcome.resource, outcome.status, request=request, base_url=st.base_url, location=True
     )
@@ -206,16 +197,11 @@ def _conditional_update(
 def conditional_delete(
     resource_type: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
-    st = _state(request)
     check_type(resource_type)
-    access.require(resource_type, "delete")
     query = urllib.parse.urlencode(_params(request))
     if not query:
         raise BadRequest("DELETE on a type needs search parameters (conditional delete)")
-    restricted = access.search_restriction(resource_type)
-    if restricted:
-        raise BadRequest("Conditional delete is not allowed with a patient-context token")
-    outcome = st.svc.conditional_delete(resource_type, query)
+    outcome = access.svc.conditional_delete(resource_type, query)
     return Response(status_code=outcome.status)
 
 
@@ -225,11 +211,10 @@ def type_history(
 ) -> Response:
     st = _state(request)
     check_type(resource_type)
-    access.require(resource_type, "history-type")
     _refuse_query(request, "History", HISTORY_PARAMS)
     params = _params(request)
     since = since_param(params)
-    entries = access.filter_history(st.svc.store.history(resource_type, None, since=since))
+    entries = access.store.history(resource_type, None, since=since)
     return FhirJSONResponse(
         history_bundle(
             entries,
@@ -249,18 +234,15 @@ async def search_post(
 ) -> Response:
     st = _state(request)
     check_type(resource_type)
-    access.require(resource_type, "search")
     params = _params(request) + await read_form(request)
     bundle = search_bundle(
-        st.svc,
+        access.svc,
         resource_type,
         params,
         base_url=st.base_url,
         paging=st.paging,
-        restrict=access.search_restriction(resource_type),
         lenient=_lenient(request),
     )
-    access.filter_bundle(bundle)
     access.audit_search(resource_type, urllib.parse.urlencode(params), bundle)
     return FhirJSONResponse(bundle)
 
@@ -274,7 +256,7 @@ async def read(
         return await _run_sync(
             request, run_operation, request, access, resource_id[1:], resource_type, None, None
         )
-    if getattr(_state(request).svc.store, "memory_reads", False):
+    if access.store.memory_reads:
         return _read(request, resource_type, resource_id, access)  # no worker-thread hop
     return await _run_sync(request, _read, request, resource_type, resource_id, access)
 
@@ -282,8 +264,7 @@ async def read(
 def _read(request: Request, resource_type: str, resource_id: str, access: Access) -> Response:
     st = _state(request)
     _refuse_query(request, "A read", ("_summary", "_elements"))
-    resource = st.svc.read(resource_type, resource_id)
-    access.require(resource_type, "read", resource)
+    resource = access.svc.read(resource_type, resource_id)
     access.audit("R", resource)
     etag = request.headers.get("if-none-match")
     if etag and parse_etag(etag) == resource["meta"]["versionId"]:
@@ -342,11 +323,7 @@ def _update(
             "An update body must carry the resource id (FHIR R4 http.html#update)",
             expression=[f"{resource_type}.id"],
         )
-    access.require(resource_type, "update", body)
-    if st.svc.store.exists(resource_type, resource_id):
-        access.require(resource_type, "update", st.svc.store.read(resource_type, resource_id))
-    outcome = st.svc.update(resource_type, resource_id, body, if_match=_if_match(request))
-    access.audit("U" if outcome.status == 200 else "C", outcome.resource)
+    outcome = access.svc.update(resource_type, resource_id, body, if_match=_if_match(request))
     return resource_response(
         outcome.resource,
         outcome.status,
@@ -365,12 +342,6 @@ def delete(
     check_id(resource_id)
     _refuse_query(request, "A delete", ("_cascade",))
     if_match = _if_match(request)
-    if st.svc.store.exists(resource_type, resource_id):
-        current = st.svc.store.read(resource_type, resource_id)
-        access.require(resource_type, "delete", current)
-        access.audit("D", current)
-    else:
-        access.require(resource_type, "delete")
     cascade = request.query_params.get("_cascade")
     if cascade is not None and cascade != "delete":
         raise BadRequest(f"_cascade takes 'delete', not {cascade[:40]!r}", code="value")
@@ -379,7 +350,7 @@ def delete(
             "Cascading deletes are disabled on this server (FHIRCARE_ALLOW_CASCADING_DELETES)",
             code="not-supported",
         )
-    st.svc.delete(
+    access.svc.delete(
         resource_type,
         resource_id,
         if_match=if_match,
@@ -447,16 +418,8 @@ def _patch(
     if_match = _if_match(request)
     if resource_id is None:
         assert query is not None
-        if access.search_restriction(resource_type):
-            raise BadRequest("Conditional patch is not allowed with a patient-context token")
-        resource_id = st.svc.conditional_patch_target(resource_type, query)
-
-    def check(current: dict[str, Any], patched: dict[str, Any]) -> None:
-        access.require(resource_type, "update", current)
-        access.require(resource_type, "update", patched)
-
-    outcome = st.svc.patch(resource_type, resource_id, patch, if_match=if_match, check=check)
-    access.audit("U", outcome.resource)
+        resource_id = access.svc.conditional_patch_target(resource_type, query)
+    outcome = access.svc.patch(resource_type, resource_id, patch, if_match=if_match)
     return resource_response(outcome.resource, 200, request=request, base_url=st.base_url)
 
 
@@ -468,9 +431,7 @@ def instance_history(
     check_type(resource_type)
     check_id(resource_id)
     _refuse_query(request, "History", ("_count", "_offset"))
-    entries = st.svc.store.history(resource_type, resource_id)
-    latest = next((e["resource"] for e in entries if "resource" in e), None)
-    access.require(resource_type, "history-instance", latest)
+    entries = access.store.history(resource_type, resource_id)
     return FhirJSONResponse(
         history_bundle(
             entries,
@@ -492,8 +453,7 @@ def vread(
 ) -> Response:
     st = _state(request)
     _refuse_query(request, "A version read")
-    resource = st.svc.vread(resource_type, resource_id, version_id)
-    access.require(resource_type, "vread", resource)
+    resource = access.svc.vread(resource_type, resource_id, version_id)
     access.audit("R", resource)
     return resource_response(resource, 200, request=request, base_url=st.base_url)
 

@@ -20,8 +20,7 @@ def validate(call: OpCall) -> dict[str, Any]:
         else call.body
     )
     if resource is None and call.id:
-        resource = call.state.svc.read(call.resource_type, call.id)
-        call.access.require(call.resource_type, "read", resource)
+        resource = call.svc.read(call.resource_type, call.id)
     if not isinstance(resource, dict):
         raise BadRequest("$validate needs a resource (body or Parameters.parameter 'resource')")
     try:
@@ -58,8 +57,7 @@ def everything(call: OpCall) -> dict[str, Any]:
             "(it takes _since, _type and _count)",
             code="not-supported",
         )
-    patient = state.svc.read("Patient", call.id)
-    call.access.require("Patient", "read", patient)
+    patient = call.svc.read("Patient", call.id)
     params = [(k, str(v)) for k in EVERYTHING_PARAMS if (v := call.param(k)) is not None]
     types = None
     if call.param("_type"):
@@ -67,7 +65,7 @@ def everything(call: OpCall) -> dict[str, Any]:
         for rtype in types:
             check_type(rtype)
     found = patient_everything(
-        state.store,
+        call.store,
         patient,
         since=since_param(params),
         types=types,
@@ -108,7 +106,6 @@ def everything(call: OpCall) -> dict[str, Any]:
             for r, mode in page
         ],
     }
-    call.access.filter_bundle(bundle)
     call.access.audit_search("Patient", f"_id={call.id}&$everything", bundle)
     return bundle
 

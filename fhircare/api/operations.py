@@ -17,6 +17,8 @@ from fhircare.api.access import Access
 from fhircare.api.http import FhirJSONResponse
 from fhircare.fhir.errors import BadRequest, NotFound
 from fhircare.fhir.parameters_shape import check_parameters_shape
+from fhircare.security.gate import GatedStore
+from fhircare.services.resources import ResourceService
 
 
 @dataclass
@@ -29,9 +31,19 @@ class OpCall:
     body: Any
     query: list[tuple[str, str]]
     access: Access
-    state: Any  # app.state: svc, settings, base_url, ...
+    state: Any  # app.state: settings, base_url, paging (data only through `store`/`svc`)
     headers: dict[str, str] = field(default_factory=dict)
     url: str = ""  # the request URL as received
+
+    @property
+    def store(self) -> GatedStore:
+        """The caller's gated store: everything the operation reads and writes goes here."""
+        return self.access.store
+
+    @property
+    def svc(self) -> ResourceService:
+        """The resource service bound to the caller's gated store."""
+        return self.access.svc
 
     def param(self, name: str) -> Any:
         """A parameter from the query string or a Parameters body (value[x] or resource)."""

@@ -34,7 +34,7 @@ def install(app: FastAPI, container: Container) -> None:
         container.closers.append(recorder.close)
     app.state.audit = recorder
     if settings.auth == "smart":
-        app.state.access_factory = auth.access_factory(settings, recorder, container.store)
+        app.state.authenticate = auth.authenticator(settings)
     app.state.capability = CapabilityProvider(
         app,
         base_url=container.base_url,

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhircare.fhir.bundle_shape import check_bundle_shape
-from fhircare.fhir.errors import BadRequest, FhirError, NotFound, PreconditionFailed, Unprocessable
+from fhircare.fhir.errors import (
+    BadRequest,
+    FhirError,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    Unprocessable,
+)
 from fhircare.fhir.meta import without_server_meta
 from fhircare.fhir.references import rewrite_references
 from fhircare.fhir.search import parse_query
@@ -65,6 +72,12 @@ class BundleProcessor:
         self.paging = paging
         self.max_entries = max_entries
 
+    def scoped(self, svc: ResourceService) -> BundleProcessor:
+        """The same processor working through another (a caller's scoped) service."""
+        return BundleProcessor(
+            svc, base_url=self.base_url, paging=self.paging, max_entries=self.max_entries
+        )
+
     def process(self, bundle: Any, *, representation: bool = False) -> dict[str, Any]:
         entries = check_bundle_shape(bundle, self.max_entries)
         if bundle["type"] == "transaction":
@@ -100,6 +113,7 @@ class BundleProcessor:
 
         pending = set(targets)
         ops: list[WriteOp] = []
+        entry_of: list[int] = []  # the Bundle entry of each op
         for plan in sorted(planned, key=lambda p: ORDER[p.method]):
             if plan.method in ("POST", "PUT", "PATCH") and plan.existing is None:
                 assert plan.resource is not None
@@ -132,11 +146,20 @@ class BundleProcessor:
                     )
                 )
                 plan.status = 201 if (plan.method == "POST" or exists is None) else 200
+                entry_of.append(plan.index)
             elif plan.method == "DELETE" and plan.id is not None:
                 ops.append(
                     WriteOp("delete", plan.resource_type, id=plan.id, if_match=plan.if_match)
                 )
-        results = {(r.resource_type, r.id): r for r in self.svc.commit_prepared(ops)} if ops else {}
+                entry_of.append(plan.index)
+        try:
+            committed = self.svc.commit_prepared(ops) if ops else []
+        except Forbidden as exc:  # the access gate refused one op: name its entry
+            index = getattr(exc, "op_index", None)
+            if isinstance(index, int) and 0 <= index < len(entry_of):
+                raise entry_error(entry_of[index], exc) from exc
+            raise
+        results = {(r.resource_type, r.id): r for r in committed}
 
         out_entries: list[dict[str, Any]] = []
         for plan in planned:

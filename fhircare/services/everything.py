@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from fhircare.fhir.errors import BadRequest
+from fhircare.fhir.errors import BadRequest, Forbidden
 from fhircare.fhir.references import iter_references, parse_local
 from fhircare.fhir.validation import SUPPORTED_TYPES
 from fhircare.security.compartment import (
@@ -60,7 +60,10 @@ def patient_everything(
             key = (local[0], local[1])
             if key in compartment or key in referenced or not store.exists(*key):
                 continue
-            target = store.read(*key)
+            try:
+                target = store.read(*key)
+            except Forbidden:
+                continue  # not the caller's to see (a gated store)
             if is_compartment_type(key[0]) and not in_compartment(target, pid, bases=bases):
                 continue  # another patient's record: never part of this one
             referenced[key] = target
@@ -88,6 +91,8 @@ def _compartment_of_type(
     for params in compartment_search_alternatives(resource_type, patient_id):
         try:
             results = store.search(resource_type, params)
+        except Forbidden:
+            return []  # a type the caller may not search (a gated store)
         except BadRequest:
             results = [
                 r

@@ -33,6 +33,10 @@ class Hl7Intake:
         self.store = bundles.svc.store
         self.default_tz = default_tz
 
+    def scoped(self, bundles: BundleProcessor) -> Hl7Intake:
+        """The same intake writing through a caller's (gated) Bundle processor."""
+        return Hl7Intake(bundles, default_tz=self.default_tz)
+
     def handle(self, raw: bytes, transport: str = "http") -> bytes:
         """Process one ER7 message; returns the encoded ACK (AA, AE or AR). One log line
         and one metric per message: transport, message type, control id, ACK code."""
@@ -137,4 +141,4 @@ def receive_remote(svc: ResourceService, resource: dict[str, Any]) -> list[dict[
         [WriteOp("update", rtype, id=rid, resource=resource, origin="remote")]
     )
     written = [r.resource for r in results if r.resource is not None]
-    return written + svc.bus.publish(svc.store, written)
+    return written + svc.publish(written)

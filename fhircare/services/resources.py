@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,16 +55,34 @@ class Outcome:
 
 
 class ResourceService:
+    """Reads, searches and writes through `store`; `scoped(view)` gives the same service
+    bound to a caller's gated view (`fhircare.security.gate.GatedStore`)."""
+
     def __init__(
         self,
         store: Store,
         bus: MessageBus | None = None,
         *,
         check_references: bool = True,
+        system_store: Store | None = None,
     ) -> None:
         self.store = store
         self.bus = bus or MessageBus()
         self.check_references = check_references
+        # validation (references, the version replaced, domain checks) and bus reactions
+        # are the server's own work: they see the whole store, and return no data
+        self._system = system_store or store
+
+    def scoped(self, view: Store) -> ResourceService:
+        """This service with every read, search, match and write going through `view`."""
+        return ResourceService(
+            view, self.bus, check_references=self.check_references, system_store=self._system
+        )
+
+    def publish(self, written: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Publish what a domain service committed (bus reactions run as the server);
+        returns what the reactions wrote."""
+        return self.bus.publish(self._system, written) if written else []
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -121,10 +138,10 @@ class ResourceService:
             own = {f"{rtype}/{id}"} if id is not None else set()  # a self-reference resolves
             self._check_references(data, (pending or set()) | own)
         old = None
-        if id is not None and self.store.exists(rtype, id):
-            old = self.store.read(rtype, id)
+        if id is not None and self._system.exists(rtype, id):
+            old = self._system.read(rtype, id)
         check_claimed_profiles(data)
-        self.bus.run_checks(self.store, old, data)
+        self.bus.run_checks(self._system, old, data)
         return data
 
     def _check_references(self, data: dict[str, Any], pending: set[str]) -> None:
@@ -155,8 +172,8 @@ class ResourceService:
             rtype, rid, vid = local
             if f"{rtype}/{rid}" in pending:
                 continue
-            if not self.store.exists(rtype, rid) or (
-                vid is not None and not _version_exists(self.store, rtype, rid, vid)
+            if not self._system.exists(rtype, rid) or (
+                vid is not None and not _version_exists(self._system, rtype, rid, vid)
             ):
                 raise Unprocessable(
                     f"Reference {target} does not point to an existing resource",
@@ -168,9 +185,7 @@ class ResourceService:
 
     def _commit(self, ops: list[WriteOp]) -> list[WriteResult]:
         results = self.store.commit(ops)
-        written = [r.resource for r in results if r.resource is not None]
-        if written:
-            self.bus.publish(self.store, written)
+        self.publish([r.resource for r in results if r.resource is not None])
         return results
 
     def create(self, resource: Any, *, if_none_exist: str | None = None) -> Outcome:
@@ -221,16 +236,17 @@ class ResourceService:
         patch: Patch,
         *,
         if_match: str | None = None,
-        check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     ) -> Outcome:
         """Apply a patch and write the result as an update of the version it was applied to.
 
         Validated like any update (an invalid result is a 422 and nothing changes). Without
         If-Match a concurrent write between read and commit makes the patch re-apply to the
-        new version (a few times), so no write is lost; with If-Match it is a 412.
-        `check(current, patched)` runs before the write (access to both versions)."""
+        new version (a few times), so no write is lost; with If-Match it is a 412."""
+        check_type(resource_type)
+        check_id(id)
         for _attempt in range(5):
-            current = self.read(resource_type, id)
+            # the version patched is checked with the result, at commit (update on both)
+            current = self._system.read(resource_type, id)
             vid = current["meta"]["versionId"]
             if if_match is not None and if_match != vid:
                 raise PreconditionFailed(
@@ -238,8 +254,6 @@ class ResourceService:
                     code="conflict",
                 )
             result = apply_patch(without_server_meta(current), patch)
-            if check is not None:
-                check(current, result)
             try:
                 data = self.prepare(result, resource_type=resource_type, id=id)
             except BadRequest as exc:  # the patch made a well-formed request invalid

@@ -14,7 +14,7 @@ from datetime import UTC
 from typing import Any
 
 from fhircare.fhir import registry
-from fhircare.fhir.errors import BadRequest
+from fhircare.fhir.errors import BadRequest, Forbidden
 from fhircare.fhir.references import parse_local
 from fhircare.fhir.registry import SearchParam
 from fhircare.fhir.search import date_range, extract, parse_query
@@ -93,10 +93,10 @@ def search_bundle(
     *,
     base_url: str,
     paging: Paging = Paging(),
-    restrict: list[tuple[str, str]] | None = None,
     lenient: bool = False,
 ) -> dict[str, Any]:
-    """A searchset Bundle for one page of a search."""
+    """A searchset Bundle for one page of a search (through `svc`'s store: a caller's gated
+    view restricts the matches, the total and the included resources)."""
     store = svc.store
     query = parse_query(resource_type, params, registry_=store.registry, lenient=lenient)
     if query.ignored:
@@ -109,7 +109,7 @@ def search_bundle(
     includes = _include_specs(store.registry, resource_type, params)
     if summary == "count":
         count = 0
-    result = store.search_page(resource_type, params + (restrict or []), offset=offset, count=count)
+    result = store.search_page(resource_type, params, offset=offset, count=count)
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total_mode != "none" or summary == "count":
         bundle["total"] = result.total
@@ -265,7 +265,10 @@ def _apply(
                         wanted[(local[0], local[1])] = None
         for rtype, rid in wanted:
             if svc.store.exists(rtype, rid):
-                found.append(svc.store.read(rtype, rid))
+                try:
+                    found.append(svc.store.read(rtype, rid))
+                except Forbidden:
+                    continue  # not the caller's to see: left out, as if absent
         return found
     targets = [f"{r['resourceType']}/{r['id']}" for r in resources]
     if not targets:
@@ -278,7 +281,10 @@ def _apply(
         for param in _reference_params(reg, source, spec.param):
             if param.targets and not page_types & set(param.targets):
                 continue
-            found.extend(svc.store.search(source, [(param.code, ",".join(targets))]))
+            try:
+                found.extend(svc.store.search(source, [(param.code, ",".join(targets))]))
+            except Forbidden:
+                continue  # a type the caller may not search
     return found
 
 

@@ -190,7 +190,7 @@ def test_unexpected_errors_are_logged_with_a_traceback_and_never_sent(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError(QUOTED_PATIENT)  # a message quoting patient data
 
-    monkeypatch.setattr(client.app.state.svc, "read", broken)
+    monkeypatch.setattr(client.app.state.container.store, "read", broken)
     with caplog.at_level(logging.ERROR, logger="fhircare.api"):
         r = client.get("/fhir/Patient/x1")
     assert r.status_code == 500

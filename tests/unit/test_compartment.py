@@ -13,7 +13,8 @@ from fhircare.security.compartment import (
     in_compartment,
     patient_id_of,
 )
-from fhircare.security.context import AuthContext, allowed, authorize, search_guard
+from fhircare.security.context import AuthContext
+from fhircare.security.policy import AccessPolicy, allowed, authorize
 from fhircare.security.scopes import ScopeSet
 
 P = "pat-1"
@@ -259,44 +260,84 @@ def test_v2_query_scope_enforced_on_resource():
         authorize(c, "Observation", "read", resource=lab_obs(OTHER))
 
 
-def test_v2_query_with_unsupported_modifier_fails_closed():
+def test_v2_query_is_evaluated_by_the_search_engine():
     c = ctx("user/Observation.rs?category:not=laboratory")
-    assert not allowed(c, lab_obs(P, "vital-signs"))
+    assert allowed(c, lab_obs(P, "vital-signs"))
+    assert not allowed(c, lab_obs(P))
 
 
-def test_search_guard_patient_scope_adds_compartment_and_query():
-    guard = search_guard(ctx(f"patient/Observation.rs?category={LAB}"), "Observation")
-    assert guard.params == (("subject", f"Patient/{P}"), ("category", LAB))
-    assert guard.allows(lab_obs(P))
-    assert not guard.allows(lab_obs(OTHER))
+def test_v2_query_the_engine_cannot_evaluate_on_one_resource_fails_closed():
+    for query in ("subject:Patient.name=x", "_has:Provenance:target:agent=x", "foo=1"):
+        c = ctx(f"user/Observation.rs?{query}")
+        assert not allowed(c, lab_obs(P))
+
+
+def test_search_restriction_patient_scope_is_each_compartment_link_and_query():
+    policy = AccessPolicy(ctx(f"patient/Observation.rs?category={LAB}"))
+    assert policy.searches("Observation") == [
+        [("subject", f"Patient/{P}"), ("category", LAB)],
+        [("performer", f"Patient/{P}"), ("category", LAB)],
+    ]
+    assert policy.permits(lab_obs(P), "s")
+    assert not policy.permits(lab_obs(OTHER), "s")
     # an _include'd Patient: read needs a Patient scope
-    assert not guard.allows({"resourceType": "Patient", "id": P})
+    assert not policy.permits({"resourceType": "Patient", "id": P}, "r")
 
 
-def test_search_guard_filters_included_resources():
-    guard = search_guard(ctx("patient/CarePlan.rs patient/Patient.r patient/Goal.r"), "CarePlan")
-    assert guard.params == (("patient", f"Patient/{P}"),)
-    assert guard.allows({"resourceType": "Patient", "id": P})
-    assert not guard.allows({"resourceType": "Patient", "id": OTHER})
-    assert not guard.allows({"resourceType": "Goal", "subject": ref(OTHER)})
+def test_several_scopes_combine_as_a_union():
+    vitals = f"{LAB.split('|')[0]}|vital-signs"
+    policy = AccessPolicy(
+        ctx(f"patient/Observation.rs?category={LAB} patient/Observation.rs?category={vitals}")
+    )
+    assert len(policy.searches("Observation") or []) == 4
+    assert policy.permits(lab_obs(P), "s") and policy.permits(lab_obs(P, "vital-signs"), "s")
+    assert not policy.permits(lab_obs(P, "social-history"), "s")
 
 
-def test_search_guard_user_scope_is_unrestricted():
-    guard = search_guard(ctx("patient/CarePlan.rs user/CarePlan.s"), "CarePlan")
-    assert guard.params == ()
-    assert guard.unrestricted
-    assert guard.allows({"resourceType": "CarePlan", "subject": ref(OTHER)})
+def test_included_resources_need_their_own_scope():
+    policy = AccessPolicy(ctx("patient/CarePlan.rs patient/Patient.r patient/Goal.r"))
+    assert policy.permits({"resourceType": "Patient", "id": P}, "r")
+    assert not policy.permits({"resourceType": "Patient", "id": OTHER}, "r")
+    assert not policy.permits({"resourceType": "Goal", "subject": ref(OTHER)}, "r")
 
 
-def test_search_guard_denies_task_for_patient_scope():
+def test_user_scope_is_unrestricted():
+    policy = AccessPolicy(ctx("patient/CarePlan.rs user/CarePlan.s"))
+    assert policy.searches("CarePlan") is None
+    assert policy.permits({"resourceType": "CarePlan", "subject": ref(OTHER)}, "s")
+
+
+def test_patient_scope_never_reaches_task():
     with pytest.raises(Forbidden, match="compartment"):
-        search_guard(ctx("patient/*.rs"), "Task")
+        AccessPolicy(ctx("patient/*.rs")).searches("Task")
 
 
-def test_search_guard_shared_type_no_params():
-    guard = search_guard(ctx("patient/*.rs"), "Practitioner")
-    assert guard.params == ()
-    assert guard.allows({"resourceType": "Practitioner", "id": "d1"})
+def test_shared_type_is_not_restricted():
+    policy = AccessPolicy(ctx("patient/*.rs"))
+    assert policy.searches("Practitioner") is None
+    assert policy.permits({"resourceType": "Practitioner", "id": "d1"}, "r")
+
+
+def test_patient_writes_need_the_compartment_to_hold_only_that_patient():
+    c = ctx("patient/*.cruds")
+    mine = {"resourceType": "CarePlan", "subject": ref(P)}
+    authorize(c, "CarePlan", "create", resource=mine)
+    theirs = {
+        "resourceType": "CarePlan",
+        "subject": ref(OTHER),
+        "activity": [{"detail": {"performer": [ref(P)]}}],
+    }
+    assert allowed(c, theirs, "read")  # A performs it: in A's compartment, A may read it
+    with pytest.raises(Forbidden, match="another patient"):
+        authorize(c, "CarePlan", "create", resource=theirs)
+    with pytest.raises(Forbidden, match="create a Patient"):
+        authorize(c, "Patient", "create", resource={"resourceType": "Patient"})
+    with pytest.raises(Forbidden, match="delete a Patient"):
+        authorize(c, "Patient", "delete", resource={"resourceType": "Patient", "id": P})
+    authorize(c, "Patient", "update", resource={"resourceType": "Patient", "id": P})
+    with pytest.raises(Forbidden, match="only its own"):
+        authorize(c, "Patient", "update", resource={"resourceType": "Patient", "id": OTHER})
+
 
 
 def test_unrestricted_context():
