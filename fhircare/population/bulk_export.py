@@ -114,7 +114,8 @@ def resources_of_type(
     seen: set[str] | None = None,
 ) -> Iterator[Resource]:
     """The resources of one type that the export holds; the ids of the patients whose
-    data they are go into `seen` (when given)."""
+    data they are go into `seen` (when given; AuditEvents count for none, as reading them
+    is not audited either)."""
     in_compartment_types = resource_type == "Patient" or resource_type in PATIENT_COMPARTMENT
     if request.level != "system" and not in_compartment_types:
         return
@@ -122,7 +123,7 @@ def resources_of_type(
         source: Iterable[Resource] = _read_many(store, "Patient", sorted(members or ()))
     else:
         source = store.iter_resources(resource_type)
-    track = seen is not None and in_compartment_types
+    track = seen is not None and in_compartment_types and resource_type != "AuditEvent"
     for resource in source:
         if request.since is not None and not _updated_at_or_after(resource, request.since):
             continue
@@ -132,7 +133,7 @@ def resources_of_type(
                 owners if members is None else not owners.isdisjoint(members)
             ):
                 continue
-            if seen is not None:
+            if track and seen is not None:
                 seen |= owners
         yield resource
 
