@@ -21,6 +21,7 @@ from fhircare.api.app import create_app
 from fhircare.bootstrap import build_container
 from fhircare.config import Settings
 from fhircare.conformance import validate
+from fhircare.store.embedded import EmbeddedStore
 from tests.helpers.panel import example_resources, group, panel_resources, transaction
 from tests.integration import test_bulk_export, test_bulk_smart, test_smart_api
 from tests.integration.test_bulk_export import ASYNC, GatedStore, kick_off
@@ -209,6 +210,27 @@ def test_a_failed_export_is_audited_as_a_serious_failure(tmp_path: Path) -> None
             assert _patients(done) == []
     finally:
         store.gate.set()
+        container.close()
+
+
+def test_a_type_in_the_error_file_makes_the_completion_a_minor_failure(tmp_path: Path) -> None:
+    class Failing(EmbeddedStore):
+        def iter_resources(self, resource_type: str):  # noqa: ANN201 - as EmbeddedStore
+            if resource_type == "Condition":
+                raise OSError("disk on fire")
+            return super().iter_resources(resource_type)
+
+    settings = _settings(tmp_path)
+    container = build_container(settings, store=Failing(settings.data, fsync=False))
+    try:
+        with TestClient(create_app(settings, container=container)) as c:
+            _load(c)
+            url = kick_off(c, "/fhir/$export", {"_type": "Patient,Condition"})
+            assert test_bulk_export.finish(c, url).json()["error"]
+            done = _stage(export_events(c), "complete", url)
+            assert len(done) == 6  # the Patients were exported; the Conditions were not
+            assert {(e["outcome"], "error file" in e["outcomeDesc"]) for e in done} == {("4", True)}
+    finally:
         container.close()
 
 
