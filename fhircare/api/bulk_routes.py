@@ -53,6 +53,7 @@ def _values(call: OpCall) -> list[tuple[str, Any]]:
 
 
 def status_url(base_url: str, job_id: str) -> str:
+    """A job's status URL; its files are under it."""
     return f"{base_url}/{STATUS_PATH}/{job_id}"
 
 
@@ -129,8 +130,8 @@ def kick_off(call: OpCall) -> Response:
     if level == "group":
         call.svc.read("Group", call.id)  # 404/410 for an unknown Group (403: not the caller's)
     jobs: ExportJobs = state.exports
+    observer: JobObserver = ExportAudit(call.access, state.base_url)
     try:
-        observer: JobObserver = ExportAudit(call.access, state.base_url)
         job = jobs.start(
             request,
             owner=call.access.client,

@@ -156,7 +156,13 @@ class ExportJobs:
             )
             self._jobs[job_id] = job
         if observer is not None:
-            observer.started(job)
+            try:
+                observer.started(job)
+            except BaseException:  # not audited: not started either
+                with self._lock:
+                    self._jobs.pop(job_id, None)
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
         self._pool.submit(self._run, job)
         return job
 
