@@ -107,6 +107,11 @@ class Access:
         if self.recorder is not None and resource is not None:
             self.recorder.record(self.ctx, action, resource, outcome)
 
+    def audit_export(self, stage: str, *, job_url: str, **details: Any) -> None:
+        """Record a step of a Bulk Data export (kick-off, complete, download)."""
+        if self.recorder is not None:
+            self.recorder.record_export(self.ctx, stage, job_url=job_url, **details)
+
     def _audit_write(self, action: str, resource: dict[str, Any]) -> None:
         self.recorder.record(self.ctx, action, resource, "0")
 

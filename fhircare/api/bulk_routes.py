@@ -5,11 +5,14 @@ status (`GET`/`DELETE /fhir/bulk/{job}`) and file (`GET /fhir/bulk/{job}/{file}`
 Under `FHIRCARE_AUTH=smart` every step needs a backend-services token with system-level
 read and search scopes (`Access.bulk_types`); a job is polled and downloaded only by the
 client that started it.
+
+Each step leaves AuditEvents (type DICOM 110106 Export, `fhircare.security.audit`): one at
+the kick-off, one per patient whose data the finished export holds, one per file download.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -20,7 +23,7 @@ from fhircare.api.http import ERROR_RESPONSES, FhirJSONResponse
 from fhircare.api.operations import OpCall, Operation, OperationRegistry
 from fhircare.api.workers import run_blocking
 from fhircare.fhir.errors import BadRequest, Forbidden, outcome
-from fhircare.population.bulk_jobs import Busy, ExportJob, ExportJobs
+from fhircare.population.bulk_jobs import Busy, ExportJob, ExportJobs, JobObserver
 from fhircare.population.bulk_request import Level, parse_request, prefer_tokens
 from fhircare.security.compartment import PATIENT_COMPARTMENT
 
@@ -47,6 +50,45 @@ def _values(call: OpCall) -> list[tuple[str, Any]]:
         given = [v for k, v in p.items() if k.startswith("value")]
         values.append((name, given[0] if given else p.get("resource")))
     return values
+
+
+def status_url(base_url: str, job_id: str) -> str:
+    """A job's status URL; its files are under it."""
+    return f"{base_url}/{STATUS_PATH}/{job_id}"
+
+
+@dataclass
+class ExportAudit:
+    """The audit trail of one export (a `JobObserver`): its kick-off, then one AuditEvent
+    per patient whose data it holds (one with outcome 8 if it failed; outcome 4 when some
+    types went into the error file)."""
+
+    access: Access
+    base_url: str
+
+    def started(self, job: ExportJob) -> None:
+        group = job.request.group_id
+        self.access.audit_export(
+            "kick-off",
+            job_url=status_url(self.base_url, job.id),
+            request_url=job.request.request_url,
+            group_ref=f"Group/{group}" if group else None,
+        )
+
+    def finished(self, job: ExportJob, patients: set[str]) -> None:
+        outcome, desc = "0", None
+        if job.failure is not None:
+            outcome, desc = "8", job.failure
+        elif job.errors:
+            outcome, desc = "4", "Some resource types could not be exported (see the error file)"
+        self.access.audit_export(
+            "complete",
+            job_url=status_url(self.base_url, job.id),
+            request_url=job.request.request_url,
+            patients=[f"Patient/{pid}" for pid in patients],
+            outcome_code=outcome,
+            outcome_desc=desc,
+        )
 
 
 def kick_off(call: OpCall) -> Response:
@@ -88,9 +130,13 @@ def kick_off(call: OpCall) -> Response:
     if level == "group":
         call.svc.read("Group", call.id)  # 404/410 for an unknown Group (403: not the caller's)
     jobs: ExportJobs = state.exports
+    observer: JobObserver = ExportAudit(call.access, state.base_url)
     try:
         job = jobs.start(
-            request, owner=call.access.client, requires_token=state.settings.auth == "smart"
+            request,
+            owner=call.access.client,
+            requires_token=state.settings.auth == "smart",
+            observer=observer,
         )
     except Busy as exc:
         return FhirJSONResponse(
@@ -99,7 +145,7 @@ def kick_off(call: OpCall) -> Response:
     return FhirJSONResponse(
         outcome("information", "informational", f"Export job {job.id} started"),
         status_code=202,
-        headers={"Content-Location": f"{state.base_url}/{STATUS_PATH}/{job.id}"},
+        headers={"Content-Location": status_url(state.base_url, job.id)},
     )
 
 
@@ -124,8 +170,7 @@ async def status(request: Request, job_id: str, access: Access = Depends(get_acc
         return FhirJSONResponse(
             outcome("fatal", "exception", job.failure or "The export failed"), status_code=500
         )
-    base = request.app.state.base_url
-    return JSONResponse(job.manifest(f"{base}/{STATUS_PATH}/{job.id}"))
+    return JSONResponse(job.manifest(status_url(request.app.state.base_url, job.id)))
 
 
 @router.delete("/{job_id}", summary="Cancel a Bulk Data export or delete its files")
@@ -143,6 +188,8 @@ async def download(
 ) -> Response:
     job = _job(request, access, job_id)
     path = request.app.state.exports.file_path(job, file_name)
+    job_url = status_url(request.app.state.base_url, job.id)
+    access.audit_export("download", job_url=job_url, file_url=f"{job_url}/{file_name}")
     return FileResponse(path, media_type=NDJSON)
 
 

@@ -4,7 +4,8 @@ System level: every live resource of the requested types (default: every type th
 holds). Patient level: the resources in any patient's compartment (the R4 Patient
 CompartmentDefinition, through `fhircare.security.compartment`). Group level: those in
 the compartments of the Group's active Patient members. `_since` keeps the resources whose
-`meta.lastUpdated` is at or after it.
+`meta.lastUpdated` is at or after it. The export notes the patients whose data (by the
+same compartment rules) its files hold, for the audit trail.
 
 The store is read one type at a time through `iter_resources` (the embedded store holds
 its lock only to take the list), so writers are not held up while a file is written.
@@ -46,6 +47,16 @@ class OutputFile:
     count: int
 
 
+@dataclass
+class ExportResult:
+    """What `write_export` wrote: the files, the error files, and the ids of the patients
+    whose data the files hold (for the audit trail)."""
+
+    outputs: list[OutputFile]
+    errors: list[OutputFile]
+    patients: set[str]
+
+
 def group_members(store: Store, group_id: str, *, bases: Iterable[str] = ()) -> set[str]:
     """The ids of the Group's active Patient members; NotFound when there is no such Group."""
     group = store.read("Group", group_id)
@@ -81,17 +92,16 @@ def _updated_at_or_after(resource: Resource, since: datetime) -> bool:
     return updated >= since
 
 
-def _in_some_compartment(
-    resource: Resource, patients: set[str] | None, bases: Sequence[str]
-) -> bool:
-    """In the compartment of some patient (of `patients`, when given)."""
-    if resource.get("resourceType") == "Patient":
-        return patients is None or resource.get("id") in patients
-    for ref in compartment_references(resource):
-        pid = patient_id_of(ref, bases)
-        if pid is not None and (patients is None or pid in patients):
-            return True
-    return False
+def patients_of(resource: Resource, bases: Sequence[str] = ()) -> set[str]:
+    """The ids of the patients in whose compartment the resource is (a Patient: its own)."""
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        rid = resource.get("id")
+        return {rid} if isinstance(rid, str) else set()
+    if rtype not in PATIENT_COMPARTMENT:
+        return set()
+    found = (patient_id_of(ref, bases) for ref in compartment_references(resource))
+    return {pid for pid in found if pid is not None}
 
 
 def resources_of_type(
@@ -101,8 +111,11 @@ def resources_of_type(
     *,
     members: set[str] | None,
     bases: Sequence[str] = (),
+    seen: set[str] | None = None,
 ) -> Iterator[Resource]:
-    """The resources of one type that the export holds."""
+    """The resources of one type that the export holds; the ids of the patients whose
+    data they are go into `seen` (when given; AuditEvents count for none, as reading them
+    is not audited either)."""
     in_compartment_types = resource_type == "Patient" or resource_type in PATIENT_COMPARTMENT
     if request.level != "system" and not in_compartment_types:
         return
@@ -110,11 +123,18 @@ def resources_of_type(
         source: Iterable[Resource] = _read_many(store, "Patient", sorted(members or ()))
     else:
         source = store.iter_resources(resource_type)
+    track = seen is not None and in_compartment_types and resource_type != "AuditEvent"
     for resource in source:
         if request.since is not None and not _updated_at_or_after(resource, request.since):
             continue
-        if request.level != "system" and not _in_some_compartment(resource, members, bases):
-            continue
+        if request.level != "system" or track:
+            owners = patients_of(resource, bases)
+            if request.level != "system" and not (
+                owners if members is None else not owners.isdisjoint(members)
+            ):
+                continue
+            if track and seen is not None:
+                seen |= owners
         yield resource
 
 
@@ -135,8 +155,8 @@ def write_export(
     cancel: threading.Event | None = None,
     progress: Progress | None = None,
     bases: Sequence[str] = (),
-) -> tuple[list[OutputFile], list[OutputFile]]:
-    """Write the export's ndjson files into `directory`; (outputs, error files).
+) -> ExportResult:
+    """Write the export's ndjson files into `directory`.
 
     A type that cannot be read (a remote store failing) becomes an OperationOutcome line
     in `OperationOutcome.ndjson` and the others are still written. Raises Cancelled when
@@ -147,14 +167,16 @@ def write_export(
     types = export_types(store, request)
     outputs: list[OutputFile] = []
     failures: list[Resource] = []
+    patients: set[str] = set()
     for done, rtype in enumerate(types):
         if progress is not None:
             progress(done, len(types), rtype)
+        found: set[str] = set()
         try:
             outputs += _write_type(
                 directory,
                 rtype,
-                resources_of_type(store, request, rtype, members=members, bases=bases),
+                resources_of_type(store, request, rtype, members=members, bases=bases, seen=found),
                 max_lines=max_lines,
                 cancel=cancel,
             )
@@ -162,6 +184,8 @@ def write_export(
             raise
         except Exception as exc:  # one type failing does not lose the others
             failures.append(_outcome(f"{rtype} could not be exported: {exc}"))
+            continue
+        patients |= found
     errors: list[OutputFile] = []
     if failures:
         path = directory / "OperationOutcome.ndjson"
@@ -169,7 +193,7 @@ def write_export(
         errors.append(OutputFile("OperationOutcome", path.name, len(failures)))
     if progress is not None:
         progress(len(types), len(types), "")
-    return outputs, errors
+    return ExportResult(outputs, errors, patients)
 
 
 def _write_type(

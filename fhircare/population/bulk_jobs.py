@@ -5,7 +5,9 @@ most `max_running` at a time: a kick-off beyond that is refused as busy, 429). A
 job's manifest is saved next to its files (`job.json`), so finished exports survive a
 restart; a job still running when the server stops is lost (its directory is removed at
 the next start and its status URL answers 404). Finished jobs are removed after
-`retention` seconds, and on DELETE.
+`retention` seconds, and on DELETE. A `JobObserver` given at the start hears when the job
+starts and when it has finished (before its status URL shows the outcome): the edge
+records the export's AuditEvents through it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fhircare.fhir.errors import FhirError, NotFound
 from fhircare.population.bulk_export import Cancelled, OutputFile, write_export
@@ -62,6 +64,7 @@ class ExportJob:
     finished_at: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)  # done, failed or gone
+    observer: JobObserver | None = None
 
     def manifest(self, file_url: str) -> dict[str, Any]:
         """The completion manifest; `file_url` is the URL prefix of this job's files."""
@@ -81,6 +84,16 @@ class ExportJob:
         if self.request.ignored:
             body["extension"] = {"ignoredParameters": list(self.request.ignored)}
         return body
+
+
+class JobObserver(Protocol):
+    """Told about one job: `started` before it runs; `finished` once it has written its
+    files, with the ids of the patients whose data they hold (or once it failed:
+    `job.failure`, no patients), before its status URL shows that."""
+
+    def started(self, job: ExportJob) -> None: ...
+
+    def finished(self, job: ExportJob, patients: set[str]) -> None: ...
 
 
 def _instant(dt: datetime) -> str:
@@ -116,7 +129,12 @@ class ExportJobs:
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(
-        self, request: ExportRequest, *, owner: str | None, requires_token: bool
+        self,
+        request: ExportRequest,
+        *,
+        owner: str | None,
+        requires_token: bool,
+        observer: JobObserver | None = None,
     ) -> ExportJob:
         """Queue a new job (Busy when `max_running` are running)."""
         self._expire()
@@ -134,8 +152,17 @@ class ExportJobs:
                 owner=owner,
                 requires_token=requires_token,
                 directory=directory,
+                observer=observer,
             )
             self._jobs[job_id] = job
+        if observer is not None:
+            try:
+                observer.started(job)
+            except BaseException:  # not audited: not started either
+                with self._lock:
+                    self._jobs.pop(job_id, None)
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
         self._pool.submit(self._run, job)
         return job
 
@@ -189,7 +216,7 @@ class ExportJobs:
             job.progress = f"{pct}% ({done}/{total} types" + (f", {current})" if current else ")")
 
         try:
-            outputs, errors = write_export(
+            result = write_export(
                 self.store,
                 job.request,
                 job.directory,
@@ -208,15 +235,26 @@ class ExportJobs:
                 if isinstance(exc, FhirError)
                 else (f"The export failed: {type(exc).__name__}")
             )
+            self._notify(job, set())
             job.state, job.finished_at = "failed", time.time()
             return
         if job.cancel.is_set():
             shutil.rmtree(job.directory, ignore_errors=True)
             return
-        job.outputs, job.errors = outputs, errors
+        job.outputs, job.errors = result.outputs, result.errors
         job.finished_at = time.time()
+        self._notify(job, result.patients)
         job.state = "done"
         self._save(job)
+
+    def _notify(self, job: ExportJob, patients: set[str]) -> None:
+        observer, job.observer = job.observer, None
+        if observer is None:
+            return
+        try:
+            observer.finished(job, patients)
+        except Exception:  # the audit trail must not fail the export; no patient data logged
+            log.exception("export %s: the observer failed", job.id)
 
     # ---- durability of finished jobs ----------------------------------------------------
 

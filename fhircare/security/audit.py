@@ -2,7 +2,8 @@
 
 `audit_event` builds a FHIR R4 AuditEvent (type ``rest`` from
 http://terminology.hl7.org/CodeSystem/audit-event-type, subtype from
-http://hl7.org/fhir/restful-interaction). Patient data belongs in AuditEvents kept in the
+http://hl7.org/fhir/restful-interaction); `export_event` one for a step of a Bulk Data
+export (type DICOM ``110106`` Export). Patient data belongs in AuditEvents kept in the
 store, never in process logs: `RedactingFilter` scrubs bearer tokens/JWTs, query strings,
 patient references and SSN-like numbers from every log record it sees.
 """
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from fhircare.security.context import AuthContext
 
 Action = Literal["C", "R", "U", "D", "E"]
+ExportStage = Literal["kick-off", "complete", "download"]
 
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -26,7 +28,9 @@ OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
 SECURITY_ROLE = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
 DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+LIFECYCLE = "http://terminology.hl7.org/CodeSystem/dicom-audit-lifecycle"
 CLIENT_ID_SYSTEM = "http://fhircare.org/fhir/sid/oauth-client-id"
+URI = "urn:ietf:rfc:3986"
 
 _DEFAULT_SUBTYPE = {"C": "create", "R": "read", "U": "update", "D": "delete", "E": "operation"}
 _OUTCOMES = {"0", "4", "8", "12"}
@@ -98,33 +102,100 @@ def audit_event(
         raise ValueError(f"unknown restful interaction {subtype!r}")
     entities: list[dict[str, Any]] = []
     if resource_type and id:
-        entities.append(
-            {
-                "what": {"reference": f"{resource_type}/{id}"},
-                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-            }
-        )
+        entities.append(_object_entity({"reference": f"{resource_type}/{id}"}))
     if patient_ref:
-        entities.append(
-            {
-                "what": {"reference": patient_ref},
-                "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
-                "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
-            }
-        )
+        entities.append(_patient_entity(patient_ref))
     if query is not None:
-        entity: dict[str, Any] = {
-            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
-            "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
-            "query": base64.b64encode(query.encode("utf-8")).decode("ascii"),
-        }
-        if resource_type:
-            entity["description"] = f"search on {resource_type}"
-        entities.append(entity)
-    event: dict[str, Any] = {
-        "resourceType": "AuditEvent",
-        "type": {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
-        "subtype": [{"system": RESTFUL_INTERACTION, "code": subtype, "display": subtype}],
+        description = f"search on {resource_type}" if resource_type else None
+        entities.append(_query_entity(query, description))
+    event = _event(
+        ctx,
+        {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"},
+        subtype,
+        action,
+        outcome_code,
+        now=now,
+        outcome_desc=outcome_desc,
+        observer=observer,
+    )
+    if entities:
+        event["entity"] = entities
+    return event
+
+
+def export_event(
+    ctx: AuthContext,
+    stage: ExportStage,
+    *,
+    job_url: str,
+    now: datetime,
+    outcome_code: str = "0",
+    outcome_desc: str | None = None,
+    request_url: str | None = None,
+    group_ref: str | None = None,
+    patient_ref: str | None = None,
+    file_url: str | None = None,
+    observer: str = "fhircare",
+) -> dict[str, Any]:
+    """A FHIR R4 AuditEvent for one step of a Bulk Data export, type DICOM 110106 Export.
+
+    ``kick-off``: action E, subtype restful-interaction ``operation``; entities the job,
+    the request URL (a Query entity, base64) and the Group. ``complete``: action R, one
+    event per patient whose data the export holds (the Patient entity with lifecycle
+    Export), with the job and the request. ``download``: action R; the job and the file.
+    The job is identified by its status URL (`job_url`), which ties the steps together.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if outcome_code not in _OUTCOMES:
+        raise ValueError(f"outcome_code must be one of {sorted(_OUTCOMES)}")
+    if stage not in ("kick-off", "complete", "download"):
+        raise ValueError(f"unknown export stage {stage!r}")
+    entities: list[dict[str, Any]] = []
+    if patient_ref:
+        patient = _patient_entity(patient_ref)
+        patient["lifecycle"] = {"system": LIFECYCLE, "code": "10", "display": "Export"}
+        entities.append(patient)
+    job = _object_entity(_by_url(job_url), ("20", "Job"))
+    job["description"] = "Bulk Data export job"
+    entities.append(job)
+    if request_url is not None:
+        entities.append(_query_entity(request_url, "Bulk Data export request"))
+    if group_ref:
+        entities.append(_object_entity({"reference": group_ref}))
+    if file_url:
+        file = _object_entity(_by_url(file_url), ("3", "Report"))
+        file["name"] = file_url.rsplit("/", 1)[-1]
+        entities.append(file)
+    event = _event(
+        ctx,
+        {"system": DICOM, "code": "110106", "display": "Export"},
+        "operation" if stage == "kick-off" else None,
+        "E" if stage == "kick-off" else "R",
+        outcome_code,
+        now=now,
+        outcome_desc=outcome_desc,
+        observer=observer,
+    )
+    event["entity"] = entities
+    return event
+
+
+def _event(
+    ctx: AuthContext,
+    type_: dict[str, str],
+    subtype: str | None,
+    action: str,
+    outcome_code: str,
+    *,
+    now: datetime,
+    outcome_desc: str | None,
+    observer: str,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {"resourceType": "AuditEvent", "type": type_}
+    if subtype is not None:
+        event["subtype"] = [{"system": RESTFUL_INTERACTION, "code": subtype, "display": subtype}]
+    event |= {
         "action": action,
         "recorded": now.isoformat(timespec="milliseconds"),
         "outcome": outcome_code,
@@ -136,9 +207,42 @@ def audit_event(
     }
     if outcome_desc and outcome_code != "0":
         event["outcomeDesc"] = outcome_desc
-    if entities:
-        event["entity"] = entities
     return event
+
+
+def _object_entity(what: dict[str, Any], role: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A System Object entity (`what` a Reference), with an object-role when given."""
+    entity: dict[str, Any] = {
+        "what": what,
+        "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+    }
+    if role:
+        entity["role"] = {"system": OBJECT_ROLE, "code": role[0], "display": role[1]}
+    return entity
+
+
+def _by_url(url: str) -> dict[str, Any]:
+    """A Reference to something that is not a FHIR resource, by its URL."""
+    return {"identifier": {"system": URI, "value": url}}
+
+
+def _patient_entity(patient_ref: str) -> dict[str, Any]:
+    return {
+        "what": {"reference": patient_ref},
+        "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+        "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
+    }
+
+
+def _query_entity(query: str, description: str | None) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+        "role": {"system": OBJECT_ROLE, "code": "24", "display": "Query"},
+        "query": base64.b64encode(query.encode("utf-8")).decode("ascii"),
+    }
+    if description:
+        entity["description"] = description
+    return entity
 
 
 _REDACTIONS: list[tuple[re.Pattern[str], str]] = [

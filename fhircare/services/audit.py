@@ -3,17 +3,21 @@
 Recording must not add an fsync to every read, so events are queued and committed
 together by a background thread (every `interval` seconds, or at `batch` events, and at
 close). A kill -9 can lose at most the last interval's audit records, never clinical data.
+A flush commits at most `batch` events per commit: indexing an AuditEvent is done under
+the store's write lock, so the 10,000 events of a large export in one commit would hold
+other writers up for over a second; in commits of 500 each wait is under a tenth of that.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from fhircare.fhir.references import subject_reference
-from fhircare.security.audit import audit_event
+from fhircare.security.audit import ExportStage, audit_event, export_event
 from fhircare.security.context import AuthContext
 from fhircare.store.base import Store, WriteOp
 
@@ -46,10 +50,7 @@ class AuditRecorder:
             patient_ref=patient,
             now=datetime.now(UTC),
         )
-        with self._lock:
-            self._queue.append(event)
-            if len(self._queue) >= self.batch:
-                self._wake.set()
+        self._enqueue([event])
 
     def record_search(
         self, ctx: AuthContext, resource_type: str, query: str, resources: list[dict[str, Any]]
@@ -65,25 +66,52 @@ class AuditRecorder:
             )
             for patient in sorted(patients)
         ]
+        self._enqueue(events)
+
+    def record_export(
+        self,
+        ctx: AuthContext,
+        stage: ExportStage,
+        *,
+        job_url: str,
+        patients: Iterable[str] = (),
+        **details: Any,
+    ) -> None:
+        """Queue the AuditEvents of one step of a Bulk Data export: at ``complete`` one per
+        patient (`patients`, 'Patient/x') whose data it holds, or one when it holds none;
+        one otherwise. `details` are `export_event`'s (request_url, file_url, outcome...)."""
+        now = datetime.now(UTC)
+        refs: list[str | None] = sorted(set(patients)) if stage == "complete" else []
+        events = [
+            export_event(ctx, stage, job_url=job_url, now=now, patient_ref=ref, **details)
+            for ref in refs or [None]
+        ]
+        self._enqueue(events)
+
+    def _enqueue(self, events: list[dict[str, Any]]) -> None:
         with self._lock:
             self._queue.extend(events)
             if len(self._queue) >= self.batch:
                 self._wake.set()
 
     def flush(self) -> int:
+        """Commit the queued events, `batch` at a time; the number committed."""
         with self._lock:
             events, self._queue = self._queue, []
-        if events:
+        done = 0
+        for start in range(0, len(events), self.batch):
+            chunk = events[start : start + self.batch]
             try:
                 self.store.commit(
-                    [WriteOp("create", "AuditEvent", resource=e, handed_over=True) for e in events]
+                    [WriteOp("create", "AuditEvent", resource=e, handed_over=True) for e in chunk]
                 )
             except Exception:  # audit must never break serving; report without patient data
-                log.exception("could not commit %d audit events", len(events))
+                log.exception("could not commit %d audit events", len(events) - start)
                 with self._lock:
-                    self._queue = events + self._queue
-                return 0
-        return len(events)
+                    self._queue = events[start:] + self._queue
+                return done
+            done += len(chunk)
+        return done
 
     def _run(self) -> None:
         while not self._stop:

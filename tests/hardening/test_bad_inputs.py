@@ -193,10 +193,11 @@ def _msa1(ack: str) -> str | None:
     return None
 
 
+@pytest.mark.parametrize("corpus_client", ["auth-smart"], indirect=True)
 def test_the_smart_run_checks_tokens(corpus_client: TestClient) -> None:
-    """Under SMART the corpus's token is what lets requests in: none or a forged one is 401."""
-    if corpus_client.app.state.settings.auth != "smart":
-        pytest.skip("the run without authentication")
+    """Under SMART the corpus's token is what lets requests in: none or a forged one is 401.
+    (Only the SMART client: the same module-scoped app the corpus runs against.)"""
+    assert corpus_client.app.state.settings.auth == "smart"
     assert corpus_client.get("/fhir/Patient/hp-1").status_code == 200
     for bad in ("", "Bearer x.y.z"):
         r = corpus_client.get("/fhir/Patient/hp-1", headers={"Authorization": bad})

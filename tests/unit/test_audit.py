@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from fhircare.security.audit import RedactingFilter, audit_event, redact
+from fhircare.security.audit import RedactingFilter, audit_event, export_event, redact
 from fhircare.security.context import AuthContext
 from fhircare.security.scopes import ScopeSet
 
@@ -108,6 +108,61 @@ def test_bad_arguments(kwargs):
     args = {"action": "R", "outcome_code": "0", "now": NOW} | kwargs
     with pytest.raises(ValueError):
         audit_event(user_ctx(), args.pop("action"), "Goal", "g", args.pop("outcome_code"), **args)
+
+
+JOB = "https://ehr.example.org/fhir/bulk/0123abcd"
+
+
+def test_export_events_are_valid_r4_with_real_codes():
+    start = export_event(
+        backend_ctx(),
+        "kick-off",
+        job_url=JOB,
+        request_url="https://ehr.example.org/fhir/Group/g1/$export?_type=Patient",
+        group_ref="Group/g1",
+        now=NOW,
+    )
+    done = export_event(backend_ctx(), "complete", job_url=JOB, patient_ref="Patient/p1", now=NOW)
+    download = export_event(
+        backend_ctx(), "download", job_url=JOB, file_url=f"{JOB}/Patient.ndjson", now=NOW
+    )
+    for event in (start, done, download):
+        AuditEvent.model_validate(event)
+        assert event["type"] == {
+            "system": "http://dicom.nema.org/resources/ontology/DCM",
+            "code": "110106",
+            "display": "Export",
+        }
+        [job] = [e for e in event["entity"] if e.get("role", {}).get("code") == "20"]
+        assert job["what"]["identifier"]["value"] == JOB  # object-role Job: ties the steps
+    assert {"reference": "Group/g1"} in [e.get("what") for e in start["entity"]]
+    assert (start["action"], start["subtype"][0]["code"]) == ("E", "operation")
+    assert (done["action"], download["action"]) == ("R", "R")
+    patient = done["entity"][0]
+    assert patient["what"] == {"reference": "Patient/p1"}
+    assert patient["lifecycle"] == {
+        "system": "http://terminology.hl7.org/CodeSystem/dicom-audit-lifecycle",
+        "code": "10",
+        "display": "Export",
+    }
+    file = download["entity"][-1]
+    assert file["what"]["identifier"] == {
+        "system": "urn:ietf:rfc:3986",
+        "value": f"{JOB}/Patient.ndjson",
+    }
+    assert file["name"] == "Patient.ndjson" and "query" not in file  # sev-1
+
+
+def test_export_event_failure_and_bad_arguments():
+    failed = export_event(
+        backend_ctx(), "complete", job_url=JOB, outcome_code="8", outcome_desc="x", now=NOW
+    )
+    AuditEvent.model_validate(failed)
+    assert (failed["outcome"], failed["outcomeDesc"]) == ("8", "x")
+    for kwargs in ({"stage": "begin"}, {"outcome_code": "1"}, {"now": datetime(2024, 1, 1)}):
+        args: dict = {"stage": "kick-off", "now": NOW} | kwargs
+        with pytest.raises(ValueError):
+            export_event(backend_ctx(), args.pop("stage"), job_url=JOB, **args)
 
 
 def test_redact():
