@@ -8,6 +8,12 @@ import os
 import shutil
 from typing import Any
 
+# One short-lived JVM on a small machine: the JIT's quick tier only (the optimising tier
+# spends more CPU compiling than a run of minutes gains back) and one GC thread.
+LOCAL_SETTINGS = {
+    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
+}
+
 
 class SparkUnavailable(RuntimeError):
     """Spark cannot start here (no Java, or pyspark not installed): one line for the user."""
@@ -53,11 +59,14 @@ def spark_session(
     for key, value in (("spark.ui.enabled", "false"), ("spark.ui.showConsoleProgress", "false")):
         if not conf.contains(key):
             builder = builder.config(key, value)
+    local = (master or conf.get("spark.master", "local[*]")).startswith("local")
+    if local:
+        for key, value in LOCAL_SETTINGS.items():
+            if not conf.contains(key):
+                builder = builder.config(key, value)
     if shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions))
-    elif not conf.contains("spark.sql.shuffle.partitions") and (
-        master or conf.get("spark.master", "local[*]")
-    ).startswith("local"):
+    elif not conf.contains("spark.sql.shuffle.partitions") and local:
         # Spark's 200 shuffle partitions are for clusters; on one machine a few per core
         builder = builder.config("spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 2)))
     try:
