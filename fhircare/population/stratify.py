@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,7 +35,7 @@ class RunReport:
     patients: int = 0
     skipped: list[str] = field(default_factory=list)  # stages resumed from a checkpoint
     written: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)  # per stage run now
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage run now (wall)
 
 
 class Checkpoints:
@@ -77,6 +78,7 @@ def run_facts(
     from fhircare.population.spark_views import empty_view_frame, view_frame
 
     staging = out_dir / "staging"
+    start = time.perf_counter()
     done = marks.get("ingest")
     if done is None:
         progress("ingest", 0, None)
@@ -93,6 +95,7 @@ def run_facts(
         )
         done = {"counts": counts, "bad_lines": bad}
         marks.put("ingest", done)
+        report.seconds["ingest"] = time.perf_counter() - start
         progress("ingest", 1, 1)
     else:
         report.skipped.append("ingest")
@@ -101,10 +104,12 @@ def run_facts(
     if marks.get("facts") is not None:
         report.skipped.append("facts")
         return
+    start = time.perf_counter()
     progress("facts", 0, None)
     cf = case_finding()
     frames: dict[str, Any] = {}
-    typed: dict[str, Any] = {}  # one schema inference per resource type
+    typed: dict[str, Any] = {}  # one staged frame per resource type
+    uses = Counter([cf.panel.id, *(fact.view for fact in cf.facts)])
 
     def frame_of(view_id: str) -> Any:
         if view_id not in frames:
@@ -115,14 +120,18 @@ def run_facts(
             frame = (
                 empty_view_frame(spark, view) if resources is None else view_frame(view, resources)
             )
-            frames[view_id] = frame.persist(StorageLevel.MEMORY_AND_DISK)  # facts share views
+            if uses[view_id] > 1:  # a view read by several facts is computed once
+                frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+            frames[view_id] = frame
         return frames[view_id]
 
     facts = facts_frame(frame_of(cf.panel.id), frame_of, now=now, definitions=cf)
     facts.write.mode("overwrite").json(str(out_dir / "facts"))
     for frame in frames.values():
-        frame.unpersist()
+        if frame.is_cached:
+            frame.unpersist()
     marks.put("facts", {"at": fhir_datetime(now)})
+    report.seconds["facts"] = time.perf_counter() - start
     progress("facts", 1, 1)
 
 
@@ -241,12 +250,11 @@ def stratify(
         marks.put("run", run)
     at = parse_datetime(run["now"])
     report = RunReport(out_dir=out_dir, now=run["now"])
-    start = time.perf_counter()
     run_facts(spark, source, out_dir, now=at, progress=progress, report=report, marks=marks)
-    report.seconds["ingest+facts"] = time.perf_counter() - start
     start = time.perf_counter()
     run_decide(out_dir, progress=progress, report=report, marks=marks)
-    report.seconds["decide"] = time.perf_counter() - start
+    if "decide" not in report.skipped:
+        report.seconds["decide"] = time.perf_counter() - start
     if store is not None:
         run_writeback(
             store,
