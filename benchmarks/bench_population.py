@@ -145,8 +145,17 @@ def main() -> None:
                 "--spark-master",
                 args.spark_master,
             ]
-            wall, rss, _ = measured(cmd)
+            wall, rss, out = measured(cmd)
             figures["spark_s"][n] = wall
+            for line in out.splitlines():  # "stages: ingest 9.1 s, facts 8.2 s, decide 0.2 s"
+                if line.startswith("stages: "):
+                    staged = 0.0
+                    for part in line.removeprefix("stages: ").split(", "):
+                        stage, seconds, _ = part.rsplit(" ", 2)
+                        staged += float(seconds)
+                        print(f"spark_{n}_{stage.replace('-', '_')}_s={float(seconds):.1f}")
+                    # the rest: interpreter and JVM start, session, reading the options
+                    print(f"spark_{n}_start_and_rest_s={wall - staged:.1f}")
             print(f"spark_{n}_s={wall:.1f}")
             print(f"spark_{n}_patients_per_s={n / wall:.0f}")
             print(f"spark_{n}_peak_rss_mb={rss / 2**20:.0f}")

@@ -253,4 +253,7 @@ def _print(report: Any) -> None:
             ),
             soft_wrap=True,
         )
+    if report.seconds:
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
+        console.print(f"stages: {stages}", soft_wrap=True)
     console.print(f"results: {report.out_dir / 'results.ndjson'}", soft_wrap=True)

@@ -256,6 +256,7 @@ def stratify(
     if "decide" not in report.skipped:
         report.seconds["decide"] = time.perf_counter() - start
     if store is not None:
+        start = time.perf_counter()
         run_writeback(
             store,
             out_dir,
@@ -267,4 +268,5 @@ def stratify(
             report=report,
             marks=marks,
         )
+        report.seconds["write-back"] = time.perf_counter() - start
     return report
