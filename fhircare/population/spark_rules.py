@@ -44,22 +44,27 @@ def _test(test: Test, at: datetime) -> Column:
     return F.coalesce((ts >= F.lit(since)) & (ts <= F.lit(at)), F.lit(False))
 
 
+def _sql_text(value: str) -> str:
+    """A Spark SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _chronic_keys(cf: CaseFinding) -> Column:
-    """The chronic-condition keys of the row's (system, code), as an array."""
-    system, code = F.col("system"), F.col("code")
-    plain = F.upper(F.regexp_replace(code, r"\.", ""))
+    """The chronic-condition keys of the row's (system, code), as an array.
+
+    Built as one SQL expression (one JVM call instead of hundreds of py4j round trips)."""
+    plain = "upper(translate(code, '.', ''))"
     prefixes, _ = cf.chronic_codes()
     hits = []
     for key, spec in cf.conditions.items():
-        icd = F.lit(False)
-        for p in prefixes[key]:
-            icd = icd | plain.startswith(p)
-        sct = [str(s) for s in spec.get("snomed") or []]
-        match = ((system == F.lit(ICD10)) & icd) | (
-            (system == F.lit(SNOMED)) & code.isin(sct) if sct else F.lit(False)
-        )
-        hits.append(F.when(F.coalesce(match, F.lit(False)), F.lit(key)))
-    return F.filter(F.array(*hits), lambda x: x.isNotNull())
+        icd = " OR ".join(f"startswith({plain}, {_sql_text(p)})" for p in prefixes[key])
+        match = f"(system = {_sql_text(ICD10)} AND ({icd or 'false'}))"
+        sct = [str(c) for c in spec.get("snomed") or []]
+        if sct:
+            codes = ", ".join(_sql_text(c) for c in sct)
+            match += f" OR (system = {_sql_text(SNOMED)} AND code IN ({codes}))"
+        hits.append(f"CASE WHEN coalesce({match}, false) THEN {_sql_text(key)} END")
+    return F.expr(f"array_compact(array({', '.join(hits)}))")
 
 
 def _first(columns: tuple[str, ...]) -> Column:

@@ -50,9 +50,8 @@ def _field_present(name: str) -> Callable[[Column], Column]:
 
 def _as_array(value: Column, dtype: DataType) -> tuple[Column, DataType]:
     if isinstance(dtype, ArrayType):
-        arr = F.coalesce(value, F.array().cast(dtype))
-        return F.filter(arr, lambda x: x.isNotNull()), dtype.elementType
-    return F.filter(F.array(value), lambda x: x.isNotNull()), dtype
+        return F.array_compact(F.coalesce(value, F.array().cast(dtype))), dtype.elementType
+    return F.array_compact(F.array(value)), dtype
 
 
 def _member(
@@ -65,11 +64,12 @@ def _member(
     if arr is None:  # the first step: a field of the base struct (or of the row)
         value = F.col(name) if base is None else base.getField(name)
         return _as_array(value, ftype)
+    # a field of an array of structs is the array of the field's values (one JVM call, no
+    # lambda: building the plan over py4j costs more than running it on small panels)
+    values = arr.getField(name)
     if isinstance(ftype, ArrayType):
-        inner = ftype
-        nested = F.transform(arr, lambda x: F.coalesce(x.getField(name), F.array().cast(inner)))
-        return F.filter(F.flatten(nested), lambda x: x.isNotNull()), ftype.elementType
-    return F.filter(F.transform(arr, lambda x: x.getField(name)), lambda x: x.isNotNull()), ftype
+        return F.array_compact(F.flatten(F.array_compact(values))), ftype.elementType
+    return F.array_compact(values), ftype
 
 
 def compile_path(path: str, base: Column | None, base_type: StructType) -> tuple[Column, DataType]:
