@@ -50,8 +50,8 @@ def split_union(expression: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def _split_steps(path: str) -> list[str]:
-    """'a.where(b='x.y').c' -> ['a', "where(b='x.y')", 'c']."""
+def split_steps(path: str) -> list[str]:
+    """'a.where(b='x.y').c' -> ['a', "where(b='x.y')", 'c'] (dots outside quotes/brackets)."""
     steps: list[str] = []
     depth, quote, start = 0, False, 0
     for i, ch in enumerate(path):
@@ -101,12 +101,12 @@ def _parse_member(member: str, resource_type: str) -> list[_Step] | None:
         inner, rest = text[1:close].strip(), text[close + 1 :].strip()
         if rest and not rest.startswith("."):
             return None
-        tail = _split_steps(rest[1:]) if rest else []
+        tail = split_steps(rest[1:]) if rest else []
         text = inner
     m = _AS.match(text)
     if m:
         text, cast = m[1].strip(), m[2]
-    steps_text = _split_steps(text)
+    steps_text = split_steps(text)
     if not steps_text or steps_text[0] not in (resource_type, "Resource", "DomainResource"):
         return None
     steps: list[_Step] = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from fhircare.fhir.fhirpath import split_steps
 from fhircare.paths import profiles_dir
 
 Resource = dict[str, Any]
@@ -40,31 +41,11 @@ class Step:
     literal: str = ""  # where()'s literal
 
 
-def split_steps(path: str) -> list[str]:
-    """'a.where(b='x.y').c' -> ['a', "where(b='x.y')", 'c'] (dots outside quotes/brackets)."""
-    steps: list[str] = []
-    depth, quote, start = 0, False, 0
-    for i, ch in enumerate(path):
-        if ch == "'":
-            quote = not quote
-        elif quote:
-            continue
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "." and depth == 0:
-            steps.append(path[start:i].strip())
-            start = i + 1
-    steps.append(path[start:].strip())
-    return steps
-
-
 @lru_cache(maxsize=512)
 def parse_path(path: str) -> tuple[Step, ...]:
     """The steps of a path in the supported subset, or UnsupportedView."""
     out: list[Step] = []
-    for text in split_steps(path):
+    for text in (step.strip() for step in split_steps(path)):
         if text in _FUNCS:
             out.append(Step(text[:-2]))
         elif m := _OFTYPE.match(text):
