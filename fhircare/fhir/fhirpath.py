@@ -213,7 +213,11 @@ def _children(node: _Node, name: str) -> Iterator[_Node]:
 
 def _run(steps: list[_Step], resource: dict[str, Any]) -> list[Typed]:
     rtype = resource.get("resourceType", "")
-    nodes: list[_Node] = [(resource, rtype, rtype)]
+    return [(t, v) for v, _, t in _walk(steps, [(resource, rtype, rtype)])]
+
+
+def _walk(steps: list[_Step], nodes: list[_Node]) -> list[_Node]:
+    """The nodes a fast-path program reaches from `nodes`, one step at a time."""
     for step in steps:
         if step.kind == "name":
             nodes = [c for n in nodes for c in _children(n, step.arg)]
@@ -241,7 +245,7 @@ def _run(steps: list[_Step], resource: dict[str, Any]) -> list[Typed]:
             nodes = nodes[step.index : step.index + 1]
         if not nodes:
             return []
-    return [(t, v) for v, _, t in nodes]
+    return nodes
 
 
 def _fast(expression: str, resource_type: str) -> Extractor | None:
@@ -342,20 +346,7 @@ def _compile_relative(expression: str, type_path: str) -> Extractor:
         def run(value: dict[str, Any]) -> list[Typed]:
             out: list[Typed] = []
             for steps in programs:
-                nodes: list[_Node] = [(value, type_path, type_path)]
-                for step in steps:
-                    if step.kind == "name":
-                        nodes = [c for n in nodes for c in _children(n, step.arg)]
-                    elif step.kind == "type":
-                        nodes = [n for n in nodes if n[2] == step.arg]
-                    elif step.kind == "resolve":
-                        nodes = [n for n in nodes if _reference_type(n[0]) == step.arg]
-                    elif step.kind == "equals":
-                        nodes = [
-                            n
-                            for n in nodes
-                            if isinstance(n[0], dict) and n[0].get(step.arg) == step.value
-                        ]
+                nodes = _walk(steps, [(value, type_path, type_path)])
                 out.extend((t, v) for v, _, t in nodes)
             return out
 
@@ -389,21 +380,7 @@ def compile_nodes(expression: str, resource_type: str) -> Callable[[dict[str, An
 
 def _run_nodes(steps: list[_Step], resource: dict[str, Any]) -> list[_Node]:
     rtype = resource.get("resourceType", "")
-    nodes: list[_Node] = [(resource, rtype, rtype)]
-    for step in steps:
-        if step.kind == "name":
-            nodes = [c for n in nodes for c in _children(n, step.arg)]
-        elif step.kind == "type":
-            nodes = [n for n in nodes if n[2] == step.arg]
-        elif step.kind == "resolve":
-            nodes = [n for n in nodes if _reference_type(n[0]) == step.arg]
-        elif step.kind == "equals":
-            nodes = [
-                n for n in nodes if isinstance(n[0], dict) and n[0].get(step.arg) == step.value
-            ]
-        if step.index is not None:
-            nodes = nodes[step.index : step.index + 1]
-    return nodes
+    return _walk(steps, [(resource, rtype, rtype)])
 
 
 @lru_cache(maxsize=8192)
