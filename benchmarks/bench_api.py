@@ -10,15 +10,17 @@ HAPI/fhircare ratio of each (above 1: fhircare is faster).
 With `--clients N` (one or several counts) it runs instead N concurrent clients for
 `--duration` seconds on each server, 30% creates / 40% reads / 30% name searches
 (`mixed_load.py`: generator processes separate from both servers, their CPU reported),
-after seeding 2,000 Patients and an unmeasured warm-up, the servers taking turns round by
-round; it prints requests/s, p50, p99 and errors per server, the ratios, and the CPU each
-server spent per request (from /proc, for the servers it started).
+after seeding 2,000 Patients and an unmeasured warm-up (`--warmup`, 90 s; its requests/s
+per 5 s printed), the servers taking turns round by round; it prints requests/s, p50, p99
+and errors per server, the ratios, and the CPU each server spent per request (from /proc,
+for the servers it started).
 
 Both servers run with their stock settings (fhircare: embedded store, fsync and audit on;
-HAPI: `scripts/hapi`, H2 in memory). Each phase runs in rounds; in every round both targets
-do the same number of requests, the one going first alternating, after an unmeasured warm-up
-(the JVM's JIT). Search and `$everything` requests use a different patient each time, so
-neither server answers from a cache of the same query.
+HAPI: `scripts/hapi`, H2 in memory, with the official image's JVM settings: no JIT or GC
+options, see `hapi_jvm.py`). Each phase runs in rounds; in every round both targets do the
+same number of requests, the one going first alternating, after an unmeasured warm-up of
+`--warmup` seconds per phase (20; the JVM's C2 JIT). Search and `$everything` requests use a
+different patient each time, so neither server answers from a cache of the same query.
 
 The one-client workload is a list of `Phase`s, each making independent single-request `Op`s.
 """
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hapi_jvm
 import httpx
 from mixed_load import SURNAMES, Tally, run_load, seed_bundle
 
@@ -244,13 +247,18 @@ def phases(scale: float) -> list[Phase]:
 
 
 def run_phase(
-    phase: Phase, targets: list[Target], rounds: int, seed: int
+    phase: Phase, targets: list[Target], rounds: int, seed: int, warmup: float
 ) -> dict[str, list[float]]:
-    """Latencies (ms) per target; the targets take turns, round by round."""
+    """Latencies (ms) per target; the targets take turns, round by round, after an
+    unmeasured warm-up of at least `phase.warmup` requests and `warmup` seconds each."""
     rng = random.Random(seed)
-    for t in targets:  # warm-up, not measured
-        for op in phase.make(t, phase.warmup, rng):
-            op(t)
+    for t in targets:
+        deadline = time.monotonic() + warmup
+        done = 0
+        while done < phase.warmup or time.monotonic() < deadline:
+            for op in phase.make(t, phase.warmup, rng):
+                op(t)
+                done += 1
     times: dict[str, list[float]] = {t.name: [] for t in targets}
     for r in range(rounds):
         order = targets if r % 2 == 0 else list(reversed(targets))
@@ -316,8 +324,10 @@ def start_fhircare(data: Path) -> tuple[str, subprocess.Popen]:
 
 
 def start_hapi() -> tuple[str, int]:
+    """HAPI from `scripts/hapi` with the official image's JVM settings (`hapi_jvm`)."""
     port = free_port()
-    subprocess.run([str(ROOT / "scripts" / "hapi"), "start", str(port)], check=True, timeout=1800)
+    script = str(ROOT / "scripts" / "hapi")
+    subprocess.run([script, "start", str(port)], check=True, timeout=1800, env=hapi_jvm.env())
     return f"http://127.0.0.1:{port}/fhir", port
 
 
@@ -362,12 +372,13 @@ def run_mixed(
     rounds: int,
     processes: int,
     seed: int,
+    warmup: float,
 ) -> None:
     """The mixed workload at each client count, the targets taking turns round by round."""
     ids = {t.name: seed_patients(t) for t in targets}
     with ProcessPoolExecutor(processes) as pool:
         for t in targets:  # warm-up (JIT, caches, connection pools), not measured
-            run_load(pool, processes, t.base, max(clients), min(duration, 10.0), ids[t.name], seed)
+            warm_up(pool, processes, t, max(clients), warmup, ids[t.name], seed)
         for n in clients:
             tallies = {t.name: Tally() for t in targets}
             cpu = {t.name: 0.0 for t in targets}
@@ -382,6 +393,30 @@ def run_mixed(
                     tallies[t.name].merge(tally)
                     tallies[t.name].elapsed = duration * (r + 1)
             report_mixed(f"mixed{n}", tallies, cpu, pids)
+
+
+WARMUP_SLICE = 5.0  # seconds
+
+
+def warm_up(
+    pool: ProcessPoolExecutor,
+    processes: int,
+    target: Target,
+    clients: int,
+    seconds: float,
+    ids: list[str],
+    seed: int,
+) -> None:
+    """Unmeasured load for `seconds`, in slices of 5 s whose requests/s are printed: how long
+    a server takes to settle (HAPI's JIT compiles its hot paths with C2 as they run)."""
+    for i in range(max(1, round(seconds / WARMUP_SLICE))):
+        tally = run_load(pool, processes, target.base, clients, WARMUP_SLICE, ids, seed + 50 + i)
+        count = sum(len(v) for v in tally.latencies.values())
+        at = f"{(i + 1) * WARMUP_SLICE:g}s"
+        print(f"warmup{clients}_{target.name}_{at}_rps={count / tally.elapsed:.1f}")
+        if tally.errors:
+            print(f"warmup{clients}_{target.name}_{at}_errors={tally.errors}")
+    sys.stdout.flush()
 
 
 def report_mixed(
@@ -428,12 +463,17 @@ def main() -> None:
         help="concurrent clients, e.g. 32 or 32,64,128: the mixed workload instead",
     )
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per load run")
+    ap.add_argument("--processes", type=int, default=2, help="load generator processes (--clients)")
     ap.add_argument(
-        "--processes", type=int, default=2, help="load generator processes (--clients)"
+        "--warmup",
+        type=float,
+        help="unmeasured seconds per target: per phase (one client, default 20), "
+        "or before the runs (--clients, default 90)",
     )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")] if args.clients else []
     rounds = args.rounds or (2 if clients else 4)
+    warmup = args.warmup if args.warmup is not None else (90.0 if clients else 20.0)
 
     started: list[Callable[[], None]] = []
     pids: dict[str, int | None] = {}
@@ -449,6 +489,9 @@ def main() -> None:
         if not hapi_base:
             hapi_base, port = start_hapi()
             pids["hapi"] = hapi_pid(port)
+            print(f"hapi_java_opts={hapi_jvm.IMAGE_JAVA_OPTS or '(none)'}")
+            for key, value in hapi_jvm.flags(pids["hapi"]).items():
+                print(f"{key}={value}")
             script = str(ROOT / "scripts" / "hapi")
             started.append(lambda: subprocess.run([script, "stop", str(port)], check=False))
         timeout = httpx.Timeout(300.0)
@@ -457,15 +500,18 @@ def main() -> None:
             Target("hapi", hapi_base.rstrip("/"), httpx.Client(timeout=timeout)),
         ]
         print(f"rounds={rounds}")
+        print(f"warmup_s={warmup:g}")
         if clients:
             print(f"duration_s={args.duration:g}")
             print(f"loadgen_processes={args.processes}")
             print(f"cores={CORES}")
-            run_mixed(targets, pids, clients, args.duration, rounds, args.processes, args.seed)
+            run_mixed(
+                targets, pids, clients, args.duration, rounds, args.processes, args.seed, warmup
+            )
             return
         print(f"scale={args.scale}")
         for phase in phases(args.scale):
-            report(phase.name, run_phase(phase, targets, rounds, args.seed))
+            report(phase.name, run_phase(phase, targets, rounds, args.seed, warmup))
     finally:
         for stop in reversed(started):
             stop()

@@ -4,6 +4,8 @@ latency of fhircare while one of its exports runs, against the same reads when i
 
     python benchmarks/bench_bulk.py --patients 2000 [--hapi URL]   # HAPI: started if absent
 
+A HAPI it starts runs with the official image's JVM settings (`hapi_jvm.py`).
+
 Prints `name=value` lines: export seconds and resources/s per server, the HAPI/fhircare
 ratio of the export times (above 1: fhircare is faster), and p50/p99 of
 `GET /fhir/Patient/{id}` idle and during an export (their ratio: 1 means the export does
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import hapi_jvm
 import httpx
 
 from fhircare.population.bulk_pull import pull_export
@@ -148,8 +151,12 @@ def hapi_server(url: str | None) -> Iterator[str]:
         return
     port = free_port()
     script = ROOT / "scripts" / "hapi"
-    subprocess.run([str(script), "start", str(port), "recommended"], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [str(script), "start", str(port), "recommended"],
+        check=True,
+        capture_output=True,
+        env=hapi_jvm.env(),  # the official image's JVM settings
+    )
     try:
         yield f"http://127.0.0.1:{port}/fhir"
     finally:
