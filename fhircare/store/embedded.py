@@ -59,6 +59,9 @@ META = "_meta"
 # Records about other resources that must outlive them: their references never block a delete
 # (HAPI's enforce_referential_integrity_on_delete_disable_for_paths serves the same end).
 INTEGRITY_EXEMPT = frozenset({"AuditEvent", "Provenance"})
+# Indexed at the first search that needs them (`index.py`): the server writes an AuditEvent
+# per patient a request touches, and they are seldom searched.
+DEFERRED_INDEX = frozenset({"AuditEvent"})
 HISTORY = "._history"
 DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
 
@@ -132,7 +135,9 @@ class EmbeddedStore:
         for rid, cur in tables.get("SearchParameter", {}).items():
             if not cur["deleted"]:
                 self.registry.set_custom(rid, self._body("SearchParameter", cur))
-        self._index = SearchIndex(self.registry)
+        self._index = SearchIndex(
+            self.registry, deferred=DEFERRED_INDEX, body=self.body, version_body=self._version_body
+        )
         for name in list(tables):
             if not name.endswith(HISTORY) and name != META:
                 for rid, cur in tables[name].items():
@@ -166,6 +171,10 @@ class EmbeddedStore:
 
     def _version_doc(self, resource_type: str, id: str, vid: str) -> dict[str, Any] | None:
         return self._mem.get(resource_type + HISTORY, {}).get(f"{id}/{vid}")
+
+    def _version_body(self, resource_type: str, id: str, vid: str) -> dict[str, Any] | None:
+        doc = self._version_doc(resource_type, id, vid)
+        return None if doc is None or doc["deleted"] else doc["resource"]
 
     def _written(self, table: str, key: str) -> dict[str, Any] | None:
         """A document as writers see it: the latest written, applied or not."""
@@ -447,8 +456,8 @@ class EmbeddedStore:
         problems: list[str] = []
         for target in sorted(deleted):
             holders = set()
-            for htype, ids in self._index.referrer_types(target):
-                if htype not in INTEGRITY_EXEMPT:
+            with self._lock:  # the index is read (and may catch up) under the read lock
+                for htype, ids in self._index.referrer_types(target, skip=INTEGRITY_EXEMPT):
                     holders |= {(htype, h) for h in ids if (htype, h) not in written}
             holders |= {
                 key
@@ -550,6 +559,9 @@ class EmbeddedStore:
             if name.endswith(HISTORY) or name == META:
                 continue
             for rid, cur in docs.items():
+                if name in DEFERRED_INDEX:  # indexed when a search needs it
+                    keys[(name, rid)] = (None, None)
+                    continue
                 old = self._written(name, rid)
                 old_keys = None
                 if old is not None and not old["deleted"]:
@@ -620,7 +632,10 @@ class EmbeddedStore:
             fresh = self.registry.version
             for (name, rid), (old_keys, _) in written.keys.items():
                 old = self._mem.get(name, {}).get(rid)
-                if old is not None and not old["deleted"]:
+                if name in DEFERRED_INDEX:
+                    live = old is not None and not old["deleted"]
+                    self._index.touch(name, rid, old["vid"] if live else None)
+                elif old is not None and not old["deleted"]:
                     if old_keys is None or old_keys.registry_version != fresh:
                         old_keys = self._index.keys(name, self._body(name, old))
                     self._index.remove_keys(name, rid, old_keys)
@@ -635,7 +650,7 @@ class EmbeddedStore:
                 body = None if cur["deleted"] else self._body("SearchParameter", cur)
                 reindex |= self.registry.set_custom(rid, body)
             for (name, rid), (_, new_keys) in written.keys.items():
-                if new_keys is None or name in reindex:
+                if new_keys is None or name in reindex or name in DEFERRED_INDEX:
                     continue
                 if new_keys.registry_version != self.registry.version:
                     new_keys = self._index.keys(name, self._body(name, tables[name][rid]))

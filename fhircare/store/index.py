@@ -11,11 +11,17 @@ Per resource type, two inverted maps from a key to the ids of the live resources
 An index lookup gives a superset of the matches; the engine checks every candidate, so the
 indexes only make searches faster. Dates, numbers and quantities are not indexed: a search
 on them alone scans the type, and with a reference or token criterion it is narrowed first.
+
+Deferred types (the store's AuditEvents: the server writes one or more per request, and
+they are seldom searched) are indexed when a lookup first needs them: a write only notes
+the id and the version it replaced, and the next lookup on the type indexes what changed
+since the last one. Searches see the same results; the indexing is paid once, by the first
+search that needs it, not by every request that writes an audit record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,14 +81,36 @@ class Keys:
     terms: frozenset[str]
 
 
-class SearchIndex:
-    """Inverted maps of one store, kept in step with its live resources."""
+Body = Callable[[str, str], dict[str, Any] | None]  # (type, id) -> the live resource
+VersionBody = Callable[[str, str, str], dict[str, Any] | None]  # (type, id, versionId)
 
-    def __init__(self, registry: SearchRegistry) -> None:
+
+class SearchIndex:
+    """Inverted maps of one store, kept in step with its live resources.
+
+    `deferred` types are indexed at their next lookup (`touch` notes a change); `body` and
+    `version_body` read the store's applied state for that. Every lookup and change runs
+    under the store's read lock."""
+
+    def __init__(
+        self,
+        registry: SearchRegistry,
+        *,
+        deferred: frozenset[str] = frozenset(),
+        body: Body | None = None,
+        version_body: VersionBody | None = None,
+    ) -> None:
+        if deferred and (body is None or version_body is None):
+            raise ValueError("deferred types need the body and version_body readers")
         self.registry = registry
         self.refs: dict[str, dict[str, set[str]]] = {}
         self.terms: dict[str, dict[str, set[str]]] = {}
         self._plan: dict[str, tuple[int, tuple[tuple[SearchParam, ...], ...], frozenset[str]]] = {}
+        self.deferred = deferred
+        self._body = body
+        self._version_body = version_body
+        # per deferred type: (id, the versionId it replaced if that one was indexed)
+        self._pending: dict[str, list[tuple[str, str | None]]] = {}
 
     # ---- keys of a resource ---------------------------------------------------------------
 
@@ -132,7 +160,33 @@ class SearchIndex:
     # ---- maintenance ----------------------------------------------------------------------
 
     def add(self, resource_type: str, rid: str, resource: dict[str, Any]) -> None:
+        if resource_type in self.deferred:
+            self.touch(resource_type, rid, None)
+            return
         self.add_keys(resource_type, rid, self.keys(resource_type, resource))
+
+    def touch(self, resource_type: str, rid: str, replaced: str | None) -> None:
+        """Note a change of a deferred type's resource: `replaced` is the versionId of the
+        live version it replaced (None: there was none, or it was never indexed)."""
+        self._pending.setdefault(resource_type, []).append((rid, replaced))
+
+    def _catch_up(self, resource_type: str) -> None:
+        """Index what changed in a deferred type since its last lookup."""
+        pending = self._pending.pop(resource_type, None)
+        if not pending:
+            return
+        assert self._body is not None and self._version_body is not None
+        first: dict[str, str | None] = {}
+        for rid, replaced in pending:  # what the index holds is what the first change replaced
+            first.setdefault(rid, replaced)
+        for rid, replaced in first.items():
+            if replaced is not None:
+                old = self._version_body(resource_type, rid, replaced)
+                if old is not None:
+                    self.remove_keys(resource_type, rid, self.keys(resource_type, old))
+            body = self._body(resource_type, rid)
+            if body is not None:
+                self.add_keys(resource_type, rid, self.keys(resource_type, body))
 
     def remove(self, resource_type: str, rid: str, resource: dict[str, Any]) -> None:
         self.remove_keys(resource_type, rid, self.keys(resource_type, resource))
@@ -159,16 +213,26 @@ class SearchIndex:
         """Index a type afresh (after its search parameters changed)."""
         self.refs.pop(resource_type, None)
         self.terms.pop(resource_type, None)
+        self._pending.pop(resource_type, None)  # nothing of the type is indexed any more
         for rid, resource in live:
             self.add(resource_type, rid, resource)
 
     # ---- lookups --------------------------------------------------------------------------
 
     def referrers(self, resource_type: str, key: str) -> set[str]:
+        if resource_type in self._pending:
+            self._catch_up(resource_type)
         return set(self.refs.get(resource_type, {}).get(key, ()))
 
-    def referrer_types(self, key: str) -> Iterable[tuple[str, set[str]]]:
-        for rtype, index in self.refs.items():
+    def referrer_types(
+        self, key: str, skip: frozenset[str] = frozenset()
+    ) -> Iterable[tuple[str, set[str]]]:
+        """(type, ids) of the resources referencing `key`, but for the `skip` types."""
+        for rtype in [t for t in self._pending if t not in skip]:
+            self._catch_up(rtype)
+        for rtype, index in list(self.refs.items()):
+            if rtype in skip:
+                continue
             holders = index.get(key)
             if holders:
                 yield rtype, holders
@@ -178,6 +242,8 @@ class SearchIndex:
         param = crit.param
         if param.type not in TERM_TYPES or param.code not in self._planned(resource_type)[2]:
             return None
+        if resource_type in self._pending:
+            self._catch_up(resource_type)
         code = param.code + SEP
         terms = self.terms.get(resource_type, {})
         keys: list[str] = []

@@ -379,3 +379,53 @@ def test_audit_trail_does_not_block_a_delete(data: EmbeddedStore) -> None:
     put(data, ann, bob)
     data.commit([WriteOp("delete", "Organization", id="org", cascade=True)])
     assert data.exists("AuditEvent", "ae")  # kept, not cascaded
+
+
+def _audit(aid: str, patient: str, subtype: str = "read") -> dict[str, Any]:
+    return {
+        "resourceType": "AuditEvent",
+        "id": aid,
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "x"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
+        "recorded": "2024-01-01T00:00:00Z",
+        "agent": [{"who": {"display": "tester"}, "requestor": True}],
+        "source": {"observer": {"display": "fhircare"}},
+        "entity": [{"what": {"reference": patient}}],
+    }
+
+
+def test_deferred_audit_index_follows_every_change(tmp_path: Path) -> None:
+    """AuditEvents are indexed at the first search that needs them: searches between and
+    after creates, repeated updates, deletes, re-creation and a reopen find what a scan
+    would."""
+    store = EmbeddedStore(tmp_path / "s", fsync=False)
+
+    def found(params: list[tuple[str, str]]) -> list[str]:
+        return ids(store, "AuditEvent", params)
+
+    put(store, _audit("a1", "Patient/a"), _audit("a2", "Patient/b", "create"))
+    assert found([("entity", "Patient/a")]) == ["a1"]
+    assert found([("subtype", "create")]) == ["a2"]
+    put(store, _audit("a1", "Patient/b"))
+    assert found([("entity", "Patient/a")]) == []
+    assert found([("entity", "Patient/b")]) == ["a1", "a2"]
+    put(store, _audit("a2", "Patient/c", "update"))  # two versions with no search between
+    put(store, _audit("a2", "Patient/d", "vread"))
+    assert found([("entity", "Patient/b")]) == ["a1"]
+    # referenced_by answers from the index alone: no key of a replaced version is left
+    assert store.referenced_by("Patient", "b") == ["AuditEvent/a1"]
+    assert store.referenced_by("Patient", "a") == store.referenced_by("Patient", "c") == []
+    assert found([("entity", "Patient/c")]) == [] and found([("subtype", "update")]) == []
+    assert found([("entity", "Patient/d")]) == ["a2"] and found([("subtype", "vread")]) == ["a2"]
+    store.commit([WriteOp("delete", "AuditEvent", id="a1")])
+    assert found([("entity", "Patient/b")]) == []
+    assert store.referenced_by("Patient", "b") == []
+    put(store, _audit("a1", "Patient/e"))  # created again after its deletion
+    put(store, _audit("a3", "Patient/e", "delete"))
+    assert found([("entity", "Patient/e")]) == ["a1", "a3"]
+    store.close()
+    store = EmbeddedStore(tmp_path / "s", fsync=False)
+    assert found([("entity", "Patient/e")]) == ["a1", "a3"]
+    assert found([("subtype", "vread")]) == ["a2"]
+    assert store.referenced_by("Patient", "d") == ["AuditEvent/a2"]
+    store.close()
