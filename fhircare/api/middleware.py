@@ -9,7 +9,7 @@
   FHIR clients send and read.
 * `FHIRCARE_REQUEST_TIMEOUT`: a request still unanswered after it is answered 503
   (`RequestTimeoutMiddleware`, plain ASGI: Starlette's `BaseHTTPMiddleware` costs a task and
-  a memory stream per request).
+  a memory stream per request; `asyncio.timeout` cancels the request's own task).
 """
 
 from __future__ import annotations
@@ -104,7 +104,8 @@ class RequestTimeoutMiddleware:
             await send(message)
 
         try:
-            await asyncio.wait_for(self.app(scope, receive, send_tracked), self.seconds)
+            async with asyncio.timeout(self.seconds):  # no task per request, as wait_for made
+                await self.app(scope, receive, send_tracked)
         except TimeoutError:
             if started:
                 raise
