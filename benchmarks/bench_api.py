@@ -10,7 +10,7 @@ HAPI/fhircare ratio of each (above 1: fhircare is faster).
 With `--clients N` (one or several counts) it runs instead N concurrent clients for
 `--duration` seconds on each server, 30% creates / 40% reads / 30% name searches
 (`mixed_load.py`: generator processes separate from both servers, their CPU reported),
-after seeding 2,000 Patients and an unmeasured warm-up (`--warmup`, 90 s; its requests/s
+after seeding 2,000 Patients and an unmeasured warm-up (`--warmup`, 240 s; its requests/s
 per 5 s printed), the servers taking turns round by round; it prints requests/s, p50, p99
 and errors per server, the ratios, and the CPU each server spent per request (from /proc,
 for the servers it started).
@@ -468,12 +468,12 @@ def main() -> None:
         "--warmup",
         type=float,
         help="unmeasured seconds per target: per phase (one client, default 20), "
-        "or before the runs (--clients, default 90)",
+        "or before the runs (--clients, default 240)",
     )
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")] if args.clients else []
     rounds = args.rounds or (2 if clients else 4)
-    warmup = args.warmup if args.warmup is not None else (90.0 if clients else 20.0)
+    warmup = args.warmup if args.warmup is not None else (240.0 if clients else 20.0)
 
     started: list[Callable[[], None]] = []
     pids: dict[str, int | None] = {}
