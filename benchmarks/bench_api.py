@@ -10,10 +10,11 @@ HAPI/fhircare ratio of each (above 1: fhircare is faster).
 With `--clients N` (one or several counts) it runs instead N concurrent clients for
 `--duration` seconds on each server, 30% creates / 40% reads / 30% name searches
 (`mixed_load.py`: generator processes separate from both servers, their CPU reported),
-after seeding 2,000 Patients and an unmeasured warm-up (`--warmup`, 240 s; its requests/s
-per 5 s printed), the servers taking turns round by round; it prints requests/s, p50, p99
-and errors per server, the ratios, and the CPU each server spent per request (from /proc,
-for the servers it started).
+after seeding 2,000 Patients and an unmeasured warm-up (`--warmup`, 240 s: HAPI's C2 JIT
+keeps raising its throughput for minutes; the requests/s of each 5 s are printed), the
+servers taking turns round by round; it prints requests/s, p50, p99 and errors per server,
+the ratios, and the CPU each server spent per request (from /proc, for the servers it
+started).
 
 Both servers run with their stock settings (fhircare: embedded store, fsync and audit on;
 HAPI: `scripts/hapi`, H2 in memory, with the official image's JVM settings: no JIT or GC
