@@ -34,10 +34,10 @@ def flags(pid: int | None) -> dict[str, str]:
         parts = line.split()
         if len(parts) >= 4 and parts[2] == "=":
             found[parts[1]] = parts[3]
-    gc = next((g for g in ("G1", "Serial", "Parallel", "Z", "Shenandoah")
-               if found.get(f"Use{g}GC") == "true"), "?")  # fmt: skip
     if not found:
         return {}
+    gc = next((g for g in ("G1", "Serial", "Parallel", "Z", "Shenandoah")
+               if found.get(f"Use{g}GC") == "true"), "?")  # fmt: skip
     return {
         "hapi_jvm_gc": gc,
         "hapi_jvm_tiered_stop_at_level": found.get("TieredStopAtLevel", "?"),
