@@ -5,6 +5,8 @@
   httpx build URLs with the slash).
 * `_format`, `_pretty` and `Accept` are negotiated before routing: FHIR JSON or a 406
   OperationOutcome (see `fhircare.api.http.negotiate`).
+* Read, search and create are dispatched directly (`fhircare.api.fastpath`), without
+  FastAPI's route search.
 * CORS (`FHIRCARE_CORS_ORIGINS`) through Starlette's `CORSMiddleware`, with the headers
   FHIR clients send and read.
 * `FHIRCARE_REQUEST_TIMEOUT`: a request still unanswered after it is answered 503
@@ -22,6 +24,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhircare.api.fastpath import FhirFastPath
 from fhircare.api.http import RESPONSE_MEDIA_TYPE, RESPONSE_PRETTY, FhirJSONResponse, negotiate
 from fhircare.config import Settings
 from fhircare.fhir.errors import FhirError, outcome
@@ -132,7 +135,9 @@ def cors_origins(settings: Settings) -> list[str]:
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Add the FHIR edge middleware, and CORS outside it when origins are configured."""
+    """Add the FHIR edge middleware (with the fast path of the hot routes inside it), and
+    CORS outside it when origins are configured."""
+    app.add_middleware(FhirFastPath)
     app.add_middleware(FhirEdgeMiddleware)
     origins = cors_origins(settings)
     if origins:
