@@ -108,6 +108,8 @@ def _bundle(request: Request, body: Any, access: Access) -> Response:
 async def search(
     resource_type: str, request: Request, access: Access = Depends(get_access)
 ) -> Response:
+    if access.store.memory_reads and not resource_type.startswith("$"):
+        return _search(resource_type, request, access)  # in memory: no worker-thread hop
     return await _run_sync(request, _search, resource_type, request, access)
 
 
