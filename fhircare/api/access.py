@@ -120,8 +120,20 @@ def access_for(request: Request) -> Access:
     """The Access for this request (verifies the bearer token under SMART)."""
     st = request.app.state
     authenticate = getattr(st, "authenticate", None)
-    ctx = authenticate(request) if authenticate is not None else None
-    return Access(ctx, getattr(st, "audit", None), st.svc, st.bundles)
+    if authenticate is None:
+        return _open_access(st)
+    return Access(authenticate(request), getattr(st, "audit", None), st.svc, st.bundles)
+
+
+def _open_access(st: Any) -> Access:
+    """Without SMART every request's Access is the same: built once per app (it holds no
+    per-request state), again only if the app's services are replaced."""
+    parts = (getattr(st, "audit", None), st.svc, st.bundles)
+    cached: tuple[tuple[Any, ...], Access] | None = getattr(st, "open_access", None)
+    if cached is None or any(a is not b for a, b in zip(cached[0], parts, strict=True)):
+        cached = (parts, Access(None, *parts))
+        st.open_access = cached
+    return cached[1]
 
 
 async def get_access(request: Request) -> Access:
