@@ -122,9 +122,11 @@ class ResourceService:
         resource_type: str | None = None,
         id: str | None = None,
         pending: set[str] | None = None,
+        validated: bool = False,
     ) -> dict[str, Any]:
-        """Validate structure, ids and references, and run the domain checks."""
-        data = validate_resource(resource, resource_type)
+        """Validate structure, ids and references, and run the domain checks (`validated`:
+        the structure was checked already, by the caller)."""
+        data = resource if validated else validate_resource(resource, resource_type)
         rtype = data["resourceType"]
         check_type(rtype)
         if id is not None:
@@ -197,7 +199,7 @@ class ResourceService:
             if existing is not None:
                 return Outcome(existing, 200)
         # The server chooses the id of a create: a client's id is ignored (and not checked).
-        body = self.prepare({k: v for k, v in data.items() if k != "id"})
+        body = self.prepare({k: v for k, v in data.items() if k != "id"}, validated=True)
         (result,) = self._commit([WriteOp("create", rtype, resource=body)])
         return Outcome(result.resource, 201, result)
 
