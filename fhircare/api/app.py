@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhircare import __version__
 from fhircare.api.http import FhirJSONResponse
-from fhircare.api.middleware import RequestTimeoutMiddleware, allowed_methods
+from fhircare.api.middleware import allowed_methods
 from fhircare.api.observe import ObservabilityMiddleware
 from fhircare.bootstrap import Container, build_container
 from fhircare.config import Settings
@@ -99,8 +99,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
             outcome("error", code, str(exc.detail)), status_code=exc.status_code, headers=headers
         )
 
-    app.add_middleware(RequestTimeoutMiddleware, seconds=settings.request_timeout)
-
-    # outermost: request id, access line, metrics, and the one handler of unexpected errors
-    app.add_middleware(ObservabilityMiddleware)
+    # outermost: request id, access line, metrics, the request timeout, and the one handler
+    # of unexpected errors
+    app.add_middleware(ObservabilityMiddleware, timeout=settings.request_timeout)
     return app

@@ -9,25 +9,22 @@
   FastAPI's route search.
 * CORS (`FHIRCARE_CORS_ORIGINS`) through Starlette's `CORSMiddleware`, with the headers
   FHIR clients send and read.
-* `FHIRCARE_REQUEST_TIMEOUT`: a request still unanswered after it is answered 503
-  (`RequestTimeoutMiddleware`, plain ASGI: Starlette's `BaseHTTPMiddleware` costs a task and
-  a memory stream per request; `asyncio.timeout` cancels the request's own task).
+* The request timeout is the observability layer's (`fhircare.api.observe`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhircare.api.fastpath import FhirFastPath
 from fhircare.api.http import RESPONSE_MEDIA_TYPE, RESPONSE_PRETTY, FhirJSONResponse, negotiate
 from fhircare.config import Settings
-from fhircare.fhir.errors import FhirError, outcome
+from fhircare.fhir.errors import FhirError
 
 FHIR_PREFIX = "/fhir"
 CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -84,45 +81,6 @@ class FhirEdgeMiddleware:
         finally:
             RESPONSE_MEDIA_TYPE.reset(media_token)
             RESPONSE_PRETTY.reset(pretty_token)
-
-
-class RequestTimeoutMiddleware:
-    """Answer 503 with an OperationOutcome when a request takes longer than `seconds` (and
-    its response has not started: a started response cannot be replaced)."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            async with asyncio.timeout(self.seconds):  # no task per request, as wait_for made
-                await self.app(scope, receive, send_tracked)
-        except TimeoutError:
-            if started:
-                raise
-            response = FhirJSONResponse(
-                outcome(
-                    "error",
-                    "timeout",
-                    f"The request took longer than {self.seconds:g} s; "
-                    "a write may still complete: retry it idempotently (If-Match, "
-                    "If-None-Exist or PUT with an id)",
-                ),
-                status_code=503,
-            )
-            await response(scope, receive, send)
 
 
 def _is_fhir(path: str) -> bool:

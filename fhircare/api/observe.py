@@ -1,12 +1,19 @@
-"""ASGI middleware: a request id, one access line and the HTTP metrics per request, and the
-one place an unexpected exception is logged (with its traceback) and answered 500.
+"""ASGI middleware: a request id, one access line and the HTTP metrics per request, the
+request timeout, and the one place an unexpected exception is logged (with its traceback)
+and answered 500.
 
 The access line names the route template (`/fhir/{resource_type}/{resource_id}`), never
 the path or query string, which carry ids and search values.
+
+`FHIRCARE_REQUEST_TIMEOUT`: a request still unanswered after it is answered 503 with an
+OperationOutcome (`asyncio.timeout` cancels the request's own task; a response already
+started cannot be replaced). It is this layer's, not one of its own: every layer of the
+stack costs each request a coroutine and a wrapped `send`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -16,6 +23,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhircare.api.http import FhirJSONResponse
 from fhircare.fhir.errors import outcome
 from fhircare.observability import metrics
 from fhircare.observability.logs import request_id
@@ -24,6 +32,7 @@ access_log = logging.getLogger("fhircare.access")
 error_log = logging.getLogger("fhircare.api")
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.encode()
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -48,8 +57,12 @@ def route_template(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, timeout: float | None = None) -> None:
         self.app = app
+        self.timeout = timeout
+        # metric children by label values: `labels()` takes a lock and builds a key per call
+        self._counted: dict[tuple[str, str, str], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,16 +79,16 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"],
-                    (REQUEST_ID_HEADER.encode(), rid.encode()),
-                ]
+                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_NAME, rid.encode())]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            async with asyncio.timeout(self.timeout):
+                await self.app(scope, receive, send_with_id)
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and not response_started:
+                await _timed_out(scope, receive, send_with_id, self.timeout)
+                return
             error_log.error(
                 "unexpected %s on %s %s",
                 type(exc).__name__,
@@ -90,8 +103,7 @@ class ObservabilityMiddleware:
         finally:
             seconds = time.perf_counter() - started
             method, route = scope.get("method", "-"), route_template(scope)
-            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method, route).observe(seconds)
+            self._count(method, route, status, seconds)
             access_log.info(
                 "%s %s %d %.1f ms",
                 method,
@@ -101,6 +113,31 @@ class ObservabilityMiddleware:
                 extra={"method": method, "route": route, "status": status, "ms": seconds * 1000},
             )
             request_id.reset(token)
+
+    def _count(self, method: str, route: str, status: int, seconds: float) -> None:
+        counted = self._counted.get((method, route, str(status)))
+        if counted is None:
+            counted = metrics.HTTP_REQUESTS.labels(method, route, str(status))
+            self._counted[(method, route, str(status))] = counted
+        counted.inc()
+        timed = self._timed.get((method, route))
+        if timed is None:
+            timed = self._timed[(method, route)] = metrics.HTTP_LATENCY.labels(method, route)
+        timed.observe(seconds)
+
+
+async def _timed_out(scope: Scope, receive: Receive, send: Send, seconds: float | None) -> None:
+    response = FhirJSONResponse(
+        outcome(
+            "error",
+            "timeout",
+            f"The request took longer than {seconds:g} s; "
+            "a write may still complete: retry it idempotently (If-Match, "
+            "If-None-Exist or PUT with an id)",
+        ),
+        status_code=503,
+    )
+    await response(scope, receive, send)
 
 
 async def _internal_error(send: Send, name: str) -> None:

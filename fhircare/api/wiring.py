@@ -33,8 +33,8 @@ def install(app: FastAPI, container: Container) -> None:
     if recorder is not None:
         container.closers.append(recorder.close)
     app.state.audit = recorder
-    if settings.auth == "smart":
-        app.state.authenticate = auth.authenticator(settings)
+    # set either way: a missing State attribute costs an AttributeError on every request
+    app.state.authenticate = auth.authenticator(settings) if settings.auth == "smart" else None
     app.state.capability = CapabilityProvider(
         app,
         base_url=container.base_url,

@@ -1,4 +1,4 @@
-"""The request timeout (FHIRCARE_REQUEST_TIMEOUT), a plain ASGI middleware: a request still
+"""The request timeout (FHIRCARE_REQUEST_TIMEOUT), the observability layer's: a request still
 unanswered is a 503 OperationOutcome; a fast one passes through untouched."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import json
 from typing import Any
 
-from fhircare.api.middleware import RequestTimeoutMiddleware
+from fhircare.api.observe import ObservabilityMiddleware
 
 
 async def _call(app: Any) -> list[dict[str, Any]]:
@@ -28,7 +28,7 @@ def test_a_request_past_the_timeout_is_answered_503() -> None:
     async def never_answers(scope: Any, receive: Any, send: Any) -> None:
         await asyncio.Event().wait()
 
-    sent = asyncio.run(_call(RequestTimeoutMiddleware(never_answers, seconds=0.05)))
+    sent = asyncio.run(_call(ObservabilityMiddleware(never_answers, timeout=0.05)))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 503
     body = json.loads(sent[1]["body"])
     assert body["resourceType"] == "OperationOutcome"
@@ -40,6 +40,6 @@ def test_a_fast_request_passes_through() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    sent = asyncio.run(_call(RequestTimeoutMiddleware(answers, seconds=30)))
+    sent = asyncio.run(_call(ObservabilityMiddleware(answers, timeout=30)))
     assert [m.get("status") for m in sent] == [200, None]
     assert sent[1]["body"] == b"{}"
