@@ -20,8 +20,6 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from fhircare.commands.joined_writes import HeadHeldTransport
-
 STATUS_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
 
 
@@ -135,10 +133,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
 
         def on_headers_complete(self) -> None:
             self._in_head = False
-            cycle = self.cycle
             super().on_headers_complete()
-            if self.cycle is not cycle:  # a new request's cycle (not an upgrade)
-                self.cycle.transport = HeadHeldTransport(self.transport, self.loop)
 
         def _count(self, size: int) -> None:
             self._head_counted += size
