@@ -101,7 +101,7 @@ def serve(
 
     from fhircare.api.app import create_app
     from fhircare.commands.running import announce
-    from fhircare.commands.serving import server_options
+    from fhircare.commands.serving import server_options, tune_collector
     from fhircare.fhir.errors import StoreLocked
 
     settings = _settings(host=host, port=port, data=data)
@@ -118,6 +118,7 @@ def serve(
         application = create_app(settings)
     except StoreLocked as exc:
         _fail(str(exc))
+    tune_collector()
     mode = "no authentication (local use only)" if settings.auth == "none" else "SMART on FHIR"
     log.info(
         "fhircare %s serving http://%s:%d/fhir (store: %s, data: %s, auth: %s)",
