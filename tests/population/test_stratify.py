@@ -70,10 +70,19 @@ def test_a_rerun_resumes_from_the_checkpoints(spark: Any, panel: Path, tmp_path:
     # a run stopped after the facts stage redoes only what is missing
     (out / "checkpoints" / "decide.json").unlink()
     (out / "results.ndjson").unlink()
-    shutil.rmtree(out / "staging")  # proof that ingest is not redone
     resumed = _stratify(panel, out)
     assert resumed.exit_code == 0, resumed.output
     assert "resumed: ingest, facts" in resumed.output
+    assert (out / "results.ndjson").read_text() == first
+    # stopped after ingest: the facts parse the export again, the malformed lines stay known
+    for stage in ("facts", "decide"):
+        (out / "checkpoints" / f"{stage}.json").unlink()
+    shutil.rmtree(out / "facts")
+    (out / "results.ndjson").unlink()
+    resumed = _stratify(panel, out)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed: ingest already done" in resumed.output, resumed.output
+    assert "malformed lines skipped: 3" in resumed.output
     assert (out / "results.ndjson").read_text() == first
 
 
