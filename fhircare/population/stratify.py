@@ -12,6 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +91,9 @@ def run_facts(
         by_type.setdefault(view.resource, []).append(view)
     schemas = {t: schema_for(views) for t, views in by_type.items()}
     parsed = ingest.parse_export(spark, source, schemas)
+    # the facts' query is planned (many driver calls) while Spark reads the export
+    pool = ThreadPoolExecutor(max_workers=1)
+    planned = None if facts_done else pool.submit(_plan_facts, spark, parsed, cf, now)
     try:
         if done is None:
             progress("ingest", 0, None)
@@ -100,16 +104,20 @@ def run_facts(
             report.seconds["ingest"] = time.perf_counter() - start
             progress("ingest", 1, 1)
         _report_ingest(report, done)
-        if facts_done:
+        if planned is None:
             report.skipped.append("facts")
             return
         start = time.perf_counter()
         progress("facts", 0, None)
-        _write_facts(spark, parsed, cf, out_dir, now)
+        facts, views = planned.result()
+        facts.write.mode("overwrite").json(str(out_dir / "facts"))
+        for frame in views:
+            frame.unpersist()
         marks.put("facts", {"at": fhir_datetime(now)})
         report.seconds["facts"] = time.perf_counter() - start
         progress("facts", 1, 1)
     finally:
+        pool.shutdown(wait=True)
         if parsed is not None:
             parsed.unpersist()
 
@@ -121,8 +129,9 @@ def _report_ingest(report: RunReport, done: dict[str, Any]) -> None:
     report.bad_lines = done["bad_lines"]
 
 
-def _write_facts(spark: Any, parsed: Any, cf: Any, out_dir: Path, now: datetime) -> None:
-    """facts/: one JSON row per Patient with its facts, from the parsed export."""
+def _plan_facts(spark: Any, parsed: Any, cf: Any, now: datetime) -> tuple[Any, list[Any]]:
+    """The facts' DataFrame (one row per Patient) over the parsed export, and the views it
+    keeps in memory (read by several facts) to release after it is written."""
     from pyspark import StorageLevel
 
     from fhircare.population import ingest
@@ -145,10 +154,7 @@ def _write_facts(spark: Any, parsed: Any, cf: Any, out_dir: Path, now: datetime)
         return frames[view_id]
 
     facts = facts_frame(frame_of(cf.panel.id), frame_of, now=now, definitions=cf)
-    facts.write.mode("overwrite").json(str(out_dir / "facts"))
-    for frame in frames.values():
-        if frame.is_cached:
-            frame.unpersist()
+    return facts, [f for f in frames.values() if f.is_cached]
 
 
 def _fact_rows(folder: Path) -> Iterator[dict[str, Any]]:
