@@ -8,7 +8,7 @@ For each panel size (generated, seed 1) it runs, each in its own process:
 Wall time, patients/s and peak RSS (the whole process tree: the JVM included) are printed as
 `name=value` lines, with the growth per 10x patients and the machine's load (`uptime`).
 
-    python benchmarks/bench_population.py --sizes 1000,10000
+    python benchmarks/bench_population.py --sizes 1000,10000 [--class-archive cold]
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def measured(cmd: list[str]) -> tuple[float, int, str]:
+def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
     """(wall seconds, peak RSS bytes of the process tree, stdout) of one command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
     ps = psutil.Process(proc.pid)
     peak = [0]
 
@@ -100,6 +102,24 @@ def python_path(folder: Path, store_dir: Path) -> None:
     print(json.dumps({"load": loaded, "assess": assessed, "tiers": tiers}))
 
 
+def _stratify(folder: Path, out: Path, master: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fhircare",
+        "population",
+        "stratify",
+        "--source",
+        str(folder),
+        "--out",
+        str(out),
+        "--now",
+        NOW,
+        "--spark-master",
+        master,
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
@@ -109,6 +129,13 @@ def main() -> None:
         type=int,
         default=10**9,
         help="skip the per-patient path above this many patients",
+    )
+    parser.add_argument(
+        "--class-archive",
+        choices=("warm", "cold"),
+        default="warm",
+        help="Spark runs with the JVM's class-data archive made beforehand (warm), or each "
+        "in an empty cache folder, recording it (cold: a first run)",
     )
     parser.add_argument("--python-path", nargs=2, metavar=("DIR", "STORE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,29 +150,23 @@ def main() -> None:
         f"uptime_before={subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}"
     )
     figures: dict[str, dict[int, float]] = {"spark_s": {}, "python_s": {}}
+    print(f"class_archive={args.class_archive}")
     with tempfile.TemporaryDirectory(prefix="bench-population-") as tmp:
+        cache = Path(tmp) / "cache"
+        if args.class_archive == "warm":  # one small run (not counted) records the archive
+            generate(Path(tmp) / "panel-warm", 50, seed=2, as_of=AS_OF)
+            warm = _stratify(Path(tmp) / "panel-warm", Path(tmp) / "run-warm", args.spark_master)
+            measured(warm, {**os.environ, "XDG_CACHE_HOME": str(cache)})
         for n in sizes:
             folder = Path(tmp) / f"panel-{n}"
             start = time.perf_counter()
             panel = generate(folder, n, seed=1, as_of=AS_OF)
             print(f"generate_{n}_s={time.perf_counter() - start:.1f}")
             print(f"resources_{n}={sum(panel.counts.values())}")
-            cmd = [
-                sys.executable,
-                "-m",
-                "fhircare",
-                "population",
-                "stratify",
-                "--source",
-                str(folder),
-                "--out",
-                str(Path(tmp) / f"run-{n}"),
-                "--now",
-                NOW,
-                "--spark-master",
-                args.spark_master,
-            ]
-            wall, rss, out = measured(cmd)
+            if args.class_archive == "cold":
+                cache = Path(tmp) / f"cache-{n}"
+            cmd = _stratify(folder, Path(tmp) / f"run-{n}", args.spark_master)
+            wall, rss, out = measured(cmd, {**os.environ, "XDG_CACHE_HOME": str(cache)})
             figures["spark_s"][n] = wall
             for line in out.splitlines():  # "stages: ingest 9.1 s, facts 8.2 s, decide 0.2 s"
                 if line.startswith("stages: "):

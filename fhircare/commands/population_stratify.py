@@ -172,7 +172,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Find who needs care management in a whole panel: CCM eligibility, risk tiers,
         recent discharges, unmet social needs (mappings/case-finding.yaml), on Spark."""
-        from fhircare.population.session import SparkUnavailable, java_problem, spark_session
+        from fhircare.population.session import (
+            SparkUnavailable,
+            java_problem,
+            spark_session,
+            stop_spark,
+        )
 
         if tasks and not write_back:
             _fail("--tasks needs --write-back")
@@ -186,20 +191,23 @@ def register(app: typer.Typer) -> None:
         folder = _source_folder(source, base, out, settings)
         try:
             with console.status("starting Spark"):
-                spark = spark_session(spark_master)
+                spark = spark_session(spark_master, class_archive=True)
         except SparkUnavailable as exc:
             _fail(str(exc))
         from fhircare.fhir.errors import FhirError
 
-        target = _target(source, base, settings) if write_back else None
         try:
-            report = _run(spark, folder, out, target, tasks, owner, at)
-        except FhirError as exc:  # the target refused a write: the rerun resumes there
-            _fail(f"write-back stopped: {exc.diagnostics}", 1)
+            target = _target(source, base, settings) if write_back else None
+            try:
+                report = _run(spark, folder, out, target, tasks, owner, at)
+            except FhirError as exc:  # the target refused a write: the rerun resumes there
+                _fail(f"write-back stopped: {exc.diagnostics}", 1)
+            finally:
+                if target is not None:
+                    target.close()
+            _print(report)
         finally:
-            if target is not None:
-                target.close()
-        _print(report)
+            stop_spark(spark)
 
 
 def _run(

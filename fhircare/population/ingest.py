@@ -1,20 +1,20 @@
 """Reading an export on Spark: every `*.ndjson` / `*.ndjson.gz` under a folder (any file
-name; the type comes from each line's resourceType), parsed with the views' schema and
-split by type into a Parquet staging folder in one pass. A line that is not a JSON object
-with a resourceType is kept aside and then reported with its file and line number; it never
-stops the run."""
+name; the type comes from each line's resourceType), parsed with the views' schema in one
+pass and kept in memory (spilled to local disk past it) for the facts. A line that is not a
+JSON object with a resourceType is kept aside and then reported with its file and line
+number; it never stops the run."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -40,15 +40,12 @@ def input_files(folder: Path) -> list[Path]:
     )
 
 
-def split_by_type(
-    spark: Any, folder: Path, staging: Path, schemas: dict[str, StructType]
-) -> dict[str, int]:
-    """One pass over the export: each line's resourceType, the types of `schemas` parsed
-    with their schema, written as Parquet into staging/rtype=<type>/; a malformed line
-    goes to staging/rtype=_malformed/ with its file. Returns the line count per type."""
-    staging.mkdir(parents=True, exist_ok=True)
-    if not input_files(folder):  # an empty export: nothing to stage
-        return {}
+def parse_export(spark: Any, folder: Path, schemas: dict[str, StructType]) -> DataFrame | None:
+    """One pass over the export, kept in memory: each line's `rtype` (its resourceType), the
+    types of `schemas` parsed with their schema (a column per type), and the `file` of a
+    malformed line (rtype `_malformed`). None when the export has no file."""
+    if not input_files(folder):  # an empty export: nothing to read
+        return None
     lines = (
         spark.read.option("recursiveFileLookup", "true")
         .option("pathGlobFilter", "*.{ndjson,ndjson.gz}")
@@ -57,48 +54,37 @@ def split_by_type(
     )
     rt = F.from_json(F.col("value"), "resourceType STRING").getField("resourceType")
     ok = rt.isNotNull() & rt.rlike(_TYPE.pattern)
-    rtype = F.when(ok, rt).otherwise(F.lit(MALFORMED))
     columns = [
-        rtype.alias("rtype"),
+        F.when(ok, rt).otherwise(F.lit(MALFORMED)).alias("rtype"),
         F.when(~ok, F.input_file_name()).alias("file"),
         *[
             F.when(rt == F.lit(name), F.from_json(F.col("value"), schema)).alias(name)
             for name, schema in sorted(schemas.items())
         ],
     ]
-    lines.select(*columns).write.mode("overwrite").partitionBy("rtype").parquet(str(staging))
-    if not any(staging.glob("rtype=*")):  # files with blank lines only
+    return lines.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def type_counts(parsed: DataFrame | None) -> dict[str, int]:
+    """The line count per resourceType (and of malformed lines); reads the whole export."""
+    if parsed is None:
         return {}
-    counts = spark.read.parquet(str(staging)).groupBy("rtype").count().collect()
-    return {row["rtype"]: row["count"] for row in counts}
+    return {row["rtype"]: row["count"] for row in parsed.groupBy("rtype").count().collect()}
 
 
-def type_frame(spark: Any, staging: Path, resource_type: str) -> DataFrame | None:
-    """The resources of one type (the staged struct), or None when absent."""
-    folder = staging / f"rtype={resource_type}"
-    if not folder.is_dir() or not any(_parts(folder)):
+def type_frame(parsed: DataFrame | None, resource_type: str) -> DataFrame | None:
+    """The resources of one type (its parsed struct), or None without an export."""
+    if parsed is None:
         return None
-    return spark.read.parquet(str(folder)).select(f"`{resource_type}`.*")
+    return parsed.filter(F.col("rtype") == F.lit(resource_type)).select(f"`{resource_type}`.*")
 
 
-def present_types(staging: Path) -> list[str]:
-    return sorted(
-        p.name.removeprefix("rtype=")
-        for p in staging.glob("rtype=*")
-        if p.name != f"rtype={MALFORMED}" and any(_parts(p))
-    )
-
-
-def _parts(folder: Path) -> Iterator[Path]:
-    return (p for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
-
-
-def bad_lines(spark: Any, staging: Path) -> list[BadLine]:
+def bad_lines(parsed: DataFrame | None) -> list[BadLine]:
     """File and line of every malformed line (files with one are scanned again here)."""
-    folder = staging / f"rtype={MALFORMED}"
-    if not folder.is_dir() or not any(_parts(folder)):
+    if parsed is None:
         return []
-    rows = spark.read.parquet(str(folder)).select("file").distinct().collect()
+    malformed = parsed.filter(F.col("rtype") == F.lit(MALFORMED))
+    rows = malformed.select("file").distinct().collect()
     out: list[BadLine] = []
     for uri in sorted(r["file"] for r in rows if r["file"]):
         out += scan_file(_local_path(uri))

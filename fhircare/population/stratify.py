@@ -12,6 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,54 +70,81 @@ def run_facts(
     report: RunReport,
     marks: Checkpoints,
 ) -> None:
-    """Stages ingest and facts (Spark)."""
-    from pyspark import StorageLevel
-
+    """Stages ingest and facts (Spark). The export is parsed once into memory; ingest's
+    checkpoint keeps its counts and malformed lines, so a run resumed before the facts
+    parses the export again (no staging copy on disk) without repeating that check."""
     from fhircare.population import ingest
     from fhircare.population.schema import schema_for
-    from fhircare.population.spark_rules import facts_frame
-    from fhircare.population.spark_views import empty_view_frame, view_frame
 
-    staging = out_dir / "staging"
-    start = time.perf_counter()
     done = marks.get("ingest")
-    if done is None:
-        progress("ingest", 0, None)
-        cf = case_finding()
-        by_type: dict[str, list[Any]] = {}
-        for view in [cf.panel, *cf.views.values()]:
-            by_type.setdefault(view.resource, []).append(view)
-        schemas = {t: schema_for(views) for t, views in by_type.items()}
-        counts = ingest.split_by_type(spark, source, staging, schemas)
-        bad = (
-            [str(b) for b in ingest.bad_lines(spark, staging)]
-            if counts.get(ingest.MALFORMED)
-            else []
-        )
-        done = {"counts": counts, "bad_lines": bad}
-        marks.put("ingest", done)
-        report.seconds["ingest"] = time.perf_counter() - start
-        progress("ingest", 1, 1)
-    else:
+    facts_done = marks.get("facts") is not None
+    if done is not None:
         report.skipped.append("ingest")
-    report.counts = {k: v for k, v in done["counts"].items() if k != ingest.MALFORMED}
-    report.bad_lines = done["bad_lines"]
-    if marks.get("facts") is not None:
+    if done is not None and facts_done:
+        _report_ingest(report, done)
         report.skipped.append("facts")
         return
     start = time.perf_counter()
-    progress("facts", 0, None)
     cf = case_finding()
+    by_type: dict[str, list[Any]] = {}
+    for view in [cf.panel, *cf.views.values()]:
+        by_type.setdefault(view.resource, []).append(view)
+    schemas = {t: schema_for(views) for t, views in by_type.items()}
+    parsed = ingest.parse_export(spark, source, schemas)
+    # the facts' query is planned (many driver calls) while Spark reads the export
+    pool = ThreadPoolExecutor(max_workers=1)
+    planned = None if facts_done else pool.submit(_plan_facts, spark, parsed, cf, now)
+    try:
+        if done is None:
+            progress("ingest", 0, None)
+            counts = ingest.type_counts(parsed)
+            bad = [str(b) for b in ingest.bad_lines(parsed)] if counts.get(ingest.MALFORMED) else []
+            done = {"counts": counts, "bad_lines": bad}
+            marks.put("ingest", done)
+            report.seconds["ingest"] = time.perf_counter() - start
+            progress("ingest", 1, 1)
+        _report_ingest(report, done)
+        if planned is None:
+            report.skipped.append("facts")
+            return
+        start = time.perf_counter()
+        progress("facts", 0, None)
+        facts, views = planned.result()
+        facts.write.mode("overwrite").json(str(out_dir / "facts"))
+        for frame in views:
+            frame.unpersist()
+        marks.put("facts", {"at": fhir_datetime(now)})
+        report.seconds["facts"] = time.perf_counter() - start
+        progress("facts", 1, 1)
+    finally:
+        pool.shutdown(wait=True)
+        if parsed is not None:
+            parsed.unpersist()
+
+
+def _report_ingest(report: RunReport, done: dict[str, Any]) -> None:
+    from fhircare.population.ingest import MALFORMED
+
+    report.counts = {k: v for k, v in done["counts"].items() if k != MALFORMED}
+    report.bad_lines = done["bad_lines"]
+
+
+def _plan_facts(spark: Any, parsed: Any, cf: Any, now: datetime) -> tuple[Any, list[Any]]:
+    """The facts' DataFrame (one row per Patient) over the parsed export, and the views it
+    keeps in memory (read by several facts) to release after it is written."""
+    from pyspark import StorageLevel
+
+    from fhircare.population import ingest
+    from fhircare.population.spark_rules import facts_frame
+    from fhircare.population.spark_views import empty_view_frame, view_frame
+
     frames: dict[str, Any] = {}
-    typed: dict[str, Any] = {}  # one staged frame per resource type
     uses = Counter([cf.panel.id, *(fact.view for fact in cf.facts)])
 
     def frame_of(view_id: str) -> Any:
         if view_id not in frames:
             view = cf.panel if view_id == cf.panel.id else cf.views[view_id]
-            if view.resource not in typed:
-                typed[view.resource] = ingest.type_frame(spark, staging, view.resource)
-            resources = typed[view.resource]
+            resources = ingest.type_frame(parsed, view.resource)
             frame = (
                 empty_view_frame(spark, view) if resources is None else view_frame(view, resources)
             )
@@ -126,13 +154,7 @@ def run_facts(
         return frames[view_id]
 
     facts = facts_frame(frame_of(cf.panel.id), frame_of, now=now, definitions=cf)
-    facts.write.mode("overwrite").json(str(out_dir / "facts"))
-    for frame in frames.values():
-        if frame.is_cached:
-            frame.unpersist()
-    marks.put("facts", {"at": fhir_datetime(now)})
-    report.seconds["facts"] = time.perf_counter() - start
-    progress("facts", 1, 1)
+    return facts, [f for f in frames.values() if f.is_cached]
 
 
 def _fact_rows(folder: Path) -> Iterator[dict[str, Any]]:

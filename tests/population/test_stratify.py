@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -70,10 +73,19 @@ def test_a_rerun_resumes_from_the_checkpoints(spark: Any, panel: Path, tmp_path:
     # a run stopped after the facts stage redoes only what is missing
     (out / "checkpoints" / "decide.json").unlink()
     (out / "results.ndjson").unlink()
-    shutil.rmtree(out / "staging")  # proof that ingest is not redone
     resumed = _stratify(panel, out)
     assert resumed.exit_code == 0, resumed.output
     assert "resumed: ingest, facts" in resumed.output
+    assert (out / "results.ndjson").read_text() == first
+    # stopped after ingest: the facts parse the export again, the malformed lines stay known
+    for stage in ("facts", "decide"):
+        (out / "checkpoints" / f"{stage}.json").unlink()
+    shutil.rmtree(out / "facts")
+    (out / "results.ndjson").unlink()
+    resumed = _stratify(panel, out)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed: ingest already done" in resumed.output, resumed.output
+    assert "malformed lines skipped: 3" in resumed.output
     assert (out / "results.ndjson").read_text() == first
 
 
@@ -227,3 +239,41 @@ def test_bad_options_are_one_line(args: list[str], message: str) -> None:
 def test_gzip_and_any_file_name_are_read(panel: Path) -> None:
     with gzip.open(panel / "gen" / "people-part-1.ndjson.gz", "rt") as fh:
         assert json.loads(fh.readline())["resourceType"] == "Patient"
+
+
+def test_class_data_archive_is_recorded_then_used(spark: Any, panel: Path, tmp_path: Path) -> None:
+    """The first run in a fresh cache records the JVM's class-data archive; the next maps it,
+    with the same answers and no JVM chatter in the output."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def run(out: Path) -> str:
+        args = [
+            "--source",
+            str(panel),
+            "--out",
+            str(out),
+            "--now",
+            NOW,
+            "--spark-master",
+            "local[2]",
+        ]
+        done = subprocess.run(
+            [sys.executable, "-m", "fhircare", "population", "stratify", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    first = run(tmp_path / "first")
+    archives = list((tmp_path / "cache" / "fhircare").iterdir())
+    assert len(archives) == 1 and archives[0].suffix == ".jsa", archives  # no temporary left
+    assert archives[0].stat().st_size > 0
+    again = run(tmp_path / "again")
+    for output in (first, again):
+        assert "cds" not in output and "Case finding of 121 patients" in output, output
+    assert (tmp_path / "again" / "results.ndjson").read_text() == (
+        tmp_path / "first" / "results.ndjson"
+    ).read_text()
