@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     bulk_retention_hours: float = Field(24.0, gt=0)  # finished exports are then deleted
     bulk_retry_after: int = Field(2, ge=1)  # seconds, the Retry-After of a running export
 
+    # population stratify on a local Spark: the driver JVM's class-data archive (~170 MB in
+    # $XDG_CACHE_HOME/fhircare; the first run records it and takes longer, later runs start faster)
+    spark_class_archive: bool = True
+
     # HAPI / remote FHIR server
     hapi_url: str | None = None
     hapi_timeout: float = 30.0

@@ -169,6 +169,14 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             Path | None, typer.Option("--data", help="Embedded store folder (FHIRCARE_DATA)")
         ] = None,
+        class_archive: Annotated[
+            bool | None,
+            typer.Option(
+                "--class-archive/--no-class-archive",
+                help="A local Spark keeps (or uses) its JVM class-data archive in the user's"
+                " cache, ~170 MB (default: FHIRCARE_SPARK_CLASS_ARCHIVE, on)",
+            ),
+        ] = None,
     ) -> None:
         """Find who needs care management in a whole panel: CCM eligibility, risk tiers,
         recent discharges, unmet social needs (mappings/case-finding.yaml), on Spark."""
@@ -191,7 +199,8 @@ def register(app: typer.Typer) -> None:
         folder = _source_folder(source, base, out, settings)
         try:
             with console.status("starting Spark"):
-                spark = spark_session(spark_master, class_archive=True)
+                archive = settings.spark_class_archive if class_archive is None else class_archive
+                spark = spark_session(spark_master, class_archive=archive)
         except SparkUnavailable as exc:
             _fail(str(exc))
         from fhircare.fhir.errors import FhirError

@@ -17,10 +17,12 @@ from urllib.parse import unquote, urlparse
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.types import StringType, StructField, StructType
 
 MALFORMED = "_malformed"
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+# the first resourceType member of a line: the top-level one in any export seen so far
+_CANDIDATE = r'"resourceType"\s*:\s*"([A-Za-z]{1,64})"'
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,12 @@ def input_files(folder: Path) -> list[Path]:
 def parse_export(spark: Any, folder: Path, schemas: dict[str, StructType]) -> DataFrame | None:
     """One pass over the export, kept in memory: each line's `rtype` (its resourceType), the
     types of `schemas` parsed with their schema (a column per type), and the `file` of a
-    malformed line (rtype `_malformed`). None when the export has no file."""
+    malformed line (rtype `_malformed`). None when the export has no file.
+
+    Each line is parsed once: a text match finds its candidate type, the line is parsed with
+    that type's schema, and the parsed resourceType confirms the candidate. Only a line it
+    does not confirm (malformed, a type no view reads, a contained resource's type matched
+    first) is parsed again, for its resourceType alone."""
     if not input_files(folder):  # an empty export: nothing to read
         return None
     lines = (
@@ -52,17 +59,43 @@ def parse_export(spark: Any, folder: Path, schemas: dict[str, StructType]) -> Da
         .text(str(folder))
         .filter(F.trim(F.col("value")) != "")
     )
-    rt = F.from_json(F.col("value"), "resourceType STRING").getField("resourceType")
+    names = sorted(schemas)
+    typed = {name: _with_type(schemas[name]) for name in names}
+    guess = F.regexp_extract(F.col("value"), _CANDIDATE, 1)
+    first = lines.select("value", guess.alias("_guess")).select(
+        "value",
+        "_guess",
+        *[
+            F.when(F.col("_guess") == F.lit(name), F.from_json(F.col("value"), typed[name])).alias(
+                name
+            )
+            for name in names
+        ],
+    )
+    parsed_type = F.coalesce(*[F.col(f"`{name}`.resourceType") for name in names], F.lit(None))
+    confirmed = F.coalesce(parsed_type == F.col("_guess"), F.lit(False))
+    rt = F.when(confirmed, F.col("_guess")).otherwise(
+        F.from_json(F.col("value"), "resourceType STRING").getField("resourceType")
+    )
     ok = rt.isNotNull() & rt.rlike(_TYPE.pattern)
     columns = [
         F.when(ok, rt).otherwise(F.lit(MALFORMED)).alias("rtype"),
         F.when(~ok, F.input_file_name()).alias("file"),
         *[
-            F.when(rt == F.lit(name), F.from_json(F.col("value"), schema)).alias(name)
-            for name, schema in sorted(schemas.items())
+            F.when(confirmed, F.col(f"`{name}`"))
+            .when(rt == F.lit(name), F.from_json(F.col("value"), typed[name]))
+            .alias(name)
+            for name in names
         ],
     ]
-    return lines.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
+    return first.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def _with_type(schema: StructType) -> StructType:
+    """The schema with resourceType (which confirms a line's candidate type)."""
+    if "resourceType" in schema.fieldNames():
+        return schema
+    return StructType([*schema.fields, StructField("resourceType", StringType())])
 
 
 def type_counts(parsed: DataFrame | None) -> dict[str, int]:

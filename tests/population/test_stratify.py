@@ -277,3 +277,33 @@ def test_class_data_archive_is_recorded_then_used(spark: Any, panel: Path, tmp_p
     assert (tmp_path / "again" / "results.ndjson").read_text() == (
         tmp_path / "first" / "results.ndjson"
     ).read_text()
+
+
+@pytest.mark.parametrize(
+    ("flag", "setting"),
+    [(["--no-class-archive"], {}), ([], {"FHIRCARE_SPARK_CLASS_ARCHIVE": "false"})],
+)
+def test_without_the_class_data_archive_nothing_is_cached(
+    spark: Any, panel: Path, tmp_path: Path, flag: list[str], setting: dict[str, str]
+) -> None:
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), **setting}
+    args = ["--source", str(panel), "--out", str(tmp_path / "run"), "--now", NOW, *flag]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fhircare",
+            "population",
+            "stratify",
+            *args,
+            "--spark-master",
+            "local[2]",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Case finding of 121 patients" in done.stdout, done.stdout
+    assert not (tmp_path / "cache").exists()
