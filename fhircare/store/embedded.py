@@ -377,7 +377,7 @@ class EmbeddedStore:
             if self._closed:
                 raise RuntimeError("store is closed")
             self._check_usable()
-            if self._journal.journal_bytes > self._compact_bytes:
+            if self._journal.journal_bytes > self._compaction_due_at():
                 self._compact_locked()
             elif any(op.method == "delete" or op.resource_type == "SearchParameter" for op in ops):
                 self._settle()  # integrity checks and reindexing read the applied state
@@ -669,6 +669,14 @@ class EmbeddedStore:
             with self._flush:
                 self._seq = written.seq
                 self._applied_number = written.number
+
+    def _compaction_due_at(self) -> int:
+        """Journal bytes past which a commit compacts first: `compact_bytes`, or the last
+        snapshot's size when that is larger. A snapshot rewrites the whole store, so waiting
+        for a journal as large as it keeps the cost of compaction in proportion to what is
+        written (not to the store's size times the commits), and the stall of each one rare
+        as the store grows; a restart replays at most that much journal."""
+        return max(self._compact_bytes, self._journal.snapshot_bytes)
 
     def compact(self) -> None:
         """Write a snapshot of every table and empty the journal."""

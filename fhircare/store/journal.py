@@ -91,6 +91,7 @@ class Journal:
         self.journal_path = folder / "journal.log"
         self._fd: int | None = None
         self.journal_bytes = 0
+        self.snapshot_bytes = 0  # size of the last snapshot written or loaded
         self.damaged = False
 
     def load(self) -> tuple[Tables, int]:
@@ -99,6 +100,7 @@ class Journal:
         if self.snapshot_path.exists():
             with open(self.snapshot_path, "rb") as fh:
                 tables = json.load(fh)
+            self.snapshot_bytes = self.snapshot_path.stat().st_size
         meta = tables.get("_meta", {}).get("_store", {})
         last_seq = int(meta.get("value", {}).get("seq", 0)) if meta else 0
         good_end = 0
@@ -165,8 +167,9 @@ class Journal:
     def write_snapshot(self, tables: Tables) -> None:
         """Replace the snapshot atomically, then empty the journal."""
         tmp = self.folder / "snapshot.json.tmp"
+        body = jsonio.dumps(tables)
         with open(tmp, "wb") as fh:
-            fh.write(jsonio.dumps(tables))
+            fh.write(body)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.snapshot_path)
@@ -176,6 +179,7 @@ class Journal:
         os.ftruncate(self._fd, 0)
         os.fsync(self._fd)
         self.journal_bytes = 0
+        self.snapshot_bytes = len(body)
 
     def close(self) -> None:
         if self._fd is not None:
