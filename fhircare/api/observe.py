@@ -115,10 +115,10 @@ class ObservabilityMiddleware:
             request_id.reset(token)
 
     def _count(self, method: str, route: str, status: int, seconds: float) -> None:
-        counted = self._counted.get((method, route, str(status)))
+        key = (method, route, str(status))
+        counted = self._counted.get(key)
         if counted is None:
-            counted = metrics.HTTP_REQUESTS.labels(method, route, str(status))
-            self._counted[(method, route, str(status))] = counted
+            counted = self._counted[key] = metrics.HTTP_REQUESTS.labels(*key)
         counted.inc()
         timed = self._timed.get((method, route))
         if timed is None:
