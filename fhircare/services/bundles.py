@@ -49,6 +49,14 @@ class _Planned:
     status: int = 200
 
 
+def _conditional(entry: Any) -> bool:
+    """Whether a Bundle entry's write depends on a search (ifNoneExist or `Type?criteria`)."""
+    request = entry.get("request") if isinstance(entry, dict) else None
+    if not isinstance(request, dict) or request.get("method") in ("GET", "HEAD"):
+        return False
+    return bool(request.get("ifNoneExist")) or "?" in str(request.get("url") or "")
+
+
 def _split_url(url: str, base_url: str) -> tuple[str, str]:
     """'Patient/1?x=y' or absolute -> ('Patient/1', 'x=y')."""
     if url.startswith(base_url.rstrip("/") + "/"):
@@ -87,6 +95,16 @@ class BundleProcessor:
     # ---- transaction ---------------------------------------------------------------------------
 
     def transaction(
+        self, entries: list[dict[str, Any]], *, representation: bool = False
+    ) -> dict[str, Any]:
+        """All entries or none; one with a condition (ifNoneExist, a conditional URL) makes
+        the transaction hold the service's conditional lock from its searches to its commit."""
+        if any(_conditional(entry) for entry in entries):
+            with self.svc.conditional:
+                return self._transaction(entries, representation=representation)
+        return self._transaction(entries, representation=representation)
+
+    def _transaction(
         self, entries: list[dict[str, Any]], *, representation: bool = False
     ) -> dict[str, Any]:
         planned: list[_Planned] = []

@@ -57,6 +57,14 @@ class Hl7Intake:
             ).hexdigest()[:32]
         )
         digest = hashlib.sha256(adt.raw.encode()).hexdigest()
+        # From the duplicate check to the ACK's record, one message at a time: two copies of
+        # one message, or two messages of one new patient, must not both create it.
+        with self.bundles.svc.conditional:
+            return self._store_message(adt, raw, kind, key, digest)
+
+    def _store_message(
+        self, adt: AdtMessage, raw: bytes, kind: str, key: str, digest: str
+    ) -> tuple[bytes, str, str]:
         seen = self.store.get_meta(key)
         if seen and seen.get("digest") == digest:
             return encode_ack(seen["ack"], raw), kind, adt.control_id
@@ -127,6 +135,7 @@ def peek_msh(raw: bytes) -> tuple[str, str]:
     component = text[4] if len(text) > 4 else "^"
     kind = component.join(kind.split(component)[:2]) if kind else "-"
     return kind[:20] or "-", control[:40] or "-"
+
 
 def receive_remote(svc: ResourceService, resource: dict[str, Any]) -> list[dict[str, Any]]:
     """Store a resource delivered by the remote server's Subscription (as a remote change)

@@ -8,6 +8,7 @@ publishes the written resources on the bus.
 from __future__ import annotations
 
 import re
+import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,10 +66,16 @@ class ResourceService:
         *,
         check_references: bool = True,
         system_store: Store | None = None,
+        conditional_lock: threading.RLock | None = None,
     ) -> None:
         self.store = store
         self.bus = bus or MessageBus()
         self.check_references = check_references
+        # A conditional write reads (is there a match?), decides and commits; two of them at
+        # once would both see no match and both create (two Patients for one identifier).
+        # They hold this lock from the search to the commit, one at a time in this process
+        # (the one that owns the embedded store); scoped services share it.
+        self.conditional = conditional_lock or threading.RLock()
         # validation (references, the version replaced, domain checks) and bus reactions
         # are the server's own work: they see the whole store, and return no data
         self._system = system_store or store
@@ -76,7 +83,11 @@ class ResourceService:
     def scoped(self, view: Store) -> ResourceService:
         """This service with every read, search, match and write going through `view`."""
         return ResourceService(
-            view, self.bus, check_references=self.check_references, system_store=self._system
+            view,
+            self.bus,
+            check_references=self.check_references,
+            system_store=self._system,
+            conditional_lock=self.conditional,
         )
 
     def publish(self, written: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -194,10 +205,15 @@ class ResourceService:
         data = validate_resource(resource)
         rtype = data["resourceType"]
         check_type(rtype)
-        if if_none_exist:
+        if not if_none_exist:
+            return self._create(rtype, data)
+        with self.conditional:
             existing = self.find_one(rtype, if_none_exist.split("?", 1)[-1])
             if existing is not None:
                 return Outcome(existing, 200)
+            return self._create(rtype, data)
+
+    def _create(self, rtype: str, data: dict[str, Any]) -> Outcome:
         # The server chooses the id of a create: a client's id is ignored (and not checked).
         body = self.prepare({k: v for k, v in data.items() if k != "id"}, validated=True)
         (result,) = self._commit([WriteOp("create", rtype, resource=body)])
@@ -223,13 +239,14 @@ class ResourceService:
         self, resource_type: str, query: str, resource: Any, *, if_match: str | None = None
     ) -> Outcome:
         check_type(resource_type)
-        existing = self.find_one(resource_type, query)
-        if existing is None:
-            data = validate_resource(resource, resource_type)
-            if data.get("id"):
-                return self.update(resource_type, data["id"], data, if_match=if_match)
-            return self.create(data)
-        return self.update(resource_type, existing["id"], resource, if_match=if_match)
+        with self.conditional:
+            existing = self.find_one(resource_type, query)
+            if existing is None:
+                data = validate_resource(resource, resource_type)
+                if data.get("id"):
+                    return self.update(resource_type, data["id"], data, if_match=if_match)
+                return self.create(data)
+            return self.update(resource_type, existing["id"], resource, if_match=if_match)
 
     def patch(
         self,
@@ -293,10 +310,11 @@ class ResourceService:
         params = parse_query_string(query)
         if not params:
             raise BadRequest("A conditional delete needs search parameters")
-        found = self.search(resource_type, params)
-        if not found:
-            return Outcome(None, 204)
-        self._commit([WriteOp("delete", resource_type, id=r["id"]) for r in found])
+        with self.conditional:
+            found = self.search(resource_type, params)
+            if not found:
+                return Outcome(None, 204)
+            self._commit([WriteOp("delete", resource_type, id=r["id"]) for r in found])
         return Outcome(None, 200)
 
     def commit_prepared(self, ops: list[WriteOp]) -> list[WriteResult]:
