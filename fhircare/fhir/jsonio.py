@@ -7,6 +7,11 @@ be one), which it refuses: those documents take the standard library's path. Dec
 stays with the standard library where exactness matters (orjson turns such integers into
 floats); `copy` only decodes what orjson itself encoded, so it is exact.
 
+`pack` encodes a document for keeping as bytes (the embedded store holds AuditEvents so:
+one bytes object instead of dozens of dicts and lists for the cyclic collector to walk),
+`unpack` decodes it again; `dumps` writes packed bytes found in a value as the JSON they
+hold, without decoding them.
+
 `parse_json` refuses, with a 400, what cannot be FHIR JSON. Numbers: a FHIR integer is 32
 bits and a decimal is read as a double (integers stay exact), so a number of more than
 MAX_NUMBER_DIGITS digits, or one a double cannot hold (overflow to infinity, or a non-zero
@@ -113,12 +118,28 @@ def _depth(node: Any, level: int = 0) -> int:
     return level
 
 
+def _fragment(value: Any) -> Any:
+    """orjson's `default`: packed bytes are JSON already, written as they are."""
+    if isinstance(value, bytes):
+        return orjson.Fragment(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _unpacked(value: Any) -> Any:
+    """The standard library's `default`: packed bytes decoded."""
+    if isinstance(value, bytes):
+        return unpack(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON."""
+    """Compact UTF-8 JSON (packed bytes in `value` written as the JSON they hold)."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=_fragment)
     except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits (or not JSON)
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), default=_unpacked
+        ).encode("utf-8")
 
 
 def dumps_pretty(value: Any) -> bytes:
@@ -127,6 +148,20 @@ def dumps_pretty(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_INDENT_2)
     except TypeError:
         return json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8")
+
+
+def pack(value: dict[str, Any]) -> bytes | None:
+    """`value` as compact JSON bytes that `unpack` turns back into an equal value, or None
+    when orjson cannot encode it exactly (an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return None
+
+
+def unpack(data: bytes) -> Any:
+    """A fresh value decoded from `pack`'s bytes (exact: orjson reads what it wrote)."""
+    return orjson.loads(data)
 
 
 def copy(value: Any) -> Any:
@@ -138,4 +173,13 @@ def copy(value: Any) -> Any:
         return _copy.deepcopy(value)
 
 
-__all__ = ["MAX_DEPTH", "MAX_NUMBER_DIGITS", "copy", "dumps", "dumps_pretty", "parse_json"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NUMBER_DIGITS",
+    "copy",
+    "dumps",
+    "dumps_pretty",
+    "pack",
+    "parse_json",
+    "unpack",
+]
