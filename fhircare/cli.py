@@ -101,11 +101,12 @@ def serve(
 
     from fhircare.api.app import create_app
     from fhircare.commands.running import announce
-    from fhircare.commands.serving import server_options, tune_collector
+    from fhircare.commands.serving import lean_log_records, server_options, tune_collector
     from fhircare.fhir.errors import StoreLocked
 
     settings = _settings(host=host, port=port, data=data)
     _logging(settings)
+    lean_log_records()
     loopback = settings.host in ("127.0.0.1", "localhost", "::1")
     if settings.auth == "none" and not loopback and not settings.allow_unauthenticated_remote:
         log.warning(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import logging
 from typing import Any
 
 from fhircare.commands.header_limit import limited_protocol
@@ -48,3 +49,13 @@ def tune_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+def lean_log_records() -> None:
+    """Skip what every log record would gather and fhircare's formats never show: the
+    caller's file, line and function (a walk up the stack), the thread, process and
+    multiprocessing names. Creating a record then costs about half as much."""
+    logging._srcfile = None  # type: ignore[attr-defined]  # logging's documented switch
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

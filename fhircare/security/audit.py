@@ -123,6 +123,25 @@ def audit_event(
     return event
 
 
+def search_events(
+    ctx: AuthContext,
+    resource_type: str,
+    query: str,
+    patient_refs: list[str],
+    *,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The AuditEvents of one search, one per patient whose data it returned: each equal to
+    `audit_event(ctx, "R", resource_type, None, "0", patient_ref=p, query=query, now=now)`,
+    built once and sharing all but the patient entity (nothing changes an event in place:
+    the store keeps what it is handed, or packs it)."""
+    if not patient_refs:
+        return []
+    shared = audit_event(ctx, "R", resource_type, None, "0", query=query, now=now)
+    rest = shared["entity"]  # the query entity, after the patient's as in `audit_event`
+    return [shared | {"entity": [_patient_entity(p), *rest]} for p in patient_refs]
+
+
 def export_event(
     ctx: AuthContext,
     stage: ExportStage,

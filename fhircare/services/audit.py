@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhircare.fhir.references import subject_reference
-from fhircare.security.audit import ExportStage, audit_event, export_event
+from fhircare.security.audit import ExportStage, audit_event, export_event, search_events
 from fhircare.security.context import AuthContext
 from fhircare.store.base import Store, WriteOp
 
@@ -56,17 +56,12 @@ class AuditRecorder:
         self, ctx: AuthContext, resource_type: str, query: str, resources: list[dict[str, Any]]
     ) -> None:
         """Queue one search AuditEvent per patient whose data a search returned."""
-        patients = {subject_reference(r) for r in resources} - {None}
         if resource_type == "AuditEvent":
             return
-        now = datetime.now(UTC)
-        events = [
-            audit_event(
-                ctx, "R", resource_type, None, "0", patient_ref=patient, query=query, now=now
-            )
-            for patient in sorted(patients)
-        ]
-        self._enqueue(events)
+        patients = sorted({p for r in resources if (p := subject_reference(r)) is not None})
+        if patients:
+            now = datetime.now(UTC)
+            self._enqueue(search_events(ctx, resource_type, query, patients, now=now))
 
     def record_export(
         self,

@@ -9,7 +9,13 @@ from datetime import UTC, datetime
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from fhircare.security.audit import RedactingFilter, audit_event, export_event, redact
+from fhircare.security.audit import (
+    RedactingFilter,
+    audit_event,
+    export_event,
+    redact,
+    search_events,
+)
 from fhircare.security.context import AuthContext
 from fhircare.security.scopes import ScopeSet
 
@@ -77,6 +83,44 @@ def test_search_event_carries_query_base64():
     (entity,) = event["entity"]
     assert base64.b64decode(entity["query"]).decode() == q
     assert "name" not in entity  # sev-1: name or query, not both
+
+
+def test_search_events_equal_one_audit_event_per_patient():
+    q = "code=http://loinc.org|8867-4"
+    refs = ["Patient/p1", "Patient/p2", "Patient/p3"]
+    events = search_events(user_ctx(), "Observation", q, refs, now=NOW)
+    expected = [
+        audit_event(user_ctx(), "R", "Observation", None, "0", patient_ref=p, query=q, now=NOW)
+        for p in refs
+    ]
+    assert events == expected
+    assert [list(e) for e in events] == [list(e) for e in expected]  # same key order
+    for event in events:
+        AuditEvent.model_validate(event)
+    assert search_events(user_ctx(), "Observation", q, [], now=NOW) == []
+
+
+def test_recorder_queues_one_search_event_per_patient(tmp_path):
+    from fhircare.services.audit import AuditRecorder
+    from fhircare.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(tmp_path / "d", fsync=False)
+    recorder = AuditRecorder(store, interval=60)
+    try:
+        found = [
+            {"resourceType": "Observation", "subject": {"reference": f"Patient/p{i % 2}"}}
+            for i in range(5)
+        ] + [{"resourceType": "Medication"}]
+        recorder.record_search(user_ctx(), "Observation", "code=x", found)
+        recorder.record_search(user_ctx(), "Medication", "code=y", found[-1:])
+        assert recorder.flush() == 2
+        events = store.search("AuditEvent", [])
+        patients = sorted(e["entity"][0]["what"]["reference"] for e in events)
+        assert patients == ["Patient/p0", "Patient/p1"]
+        assert len({e["id"] for e in events}) == 2
+    finally:
+        recorder.close()
+        store.close()
 
 
 def test_failure_outcome_and_explicit_interaction():
