@@ -5,14 +5,13 @@ Canonical URLs, time formatting, ids, codings and the mapping loader. Pure funct
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from fhircare.care import definitions
 from fhircare.fhir.datetimes import parse_datetime  # noqa: F401 - re-exported
 from fhircare.fhir.errors import Unprocessable
-from fhircare.store.base import Store, WriteOp
+from fhircare.store.base import Store, WriteOp, new_id  # noqa: F401 - re-exported
 
 BASE = "http://fhircare.org/fhir"
 SNOMED = "http://snomed.info/sct"
@@ -78,10 +77,6 @@ def add_duration(start: datetime, value: float, unit: str) -> datetime:
 def _days_in_month(year: int, month: int) -> int:
     nxt = date(year + (month == 12), month % 12 + 1, 1)
     return (nxt - timedelta(days=1)).day
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def ref(resource_type: str, rid: str, display: str | None = None) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 HAPI's default (`client_id_strategy: ALPHANUMERIC`, the official image's) refuses to create a
 resource under an id made only of digits (HAPI-0960): such ids belong to its own sequential
-server ids. Every id fhircare chooses has letters or dashes (UUIDs, `fhircare-meta-...`).
+server ids. Every id fhircare chooses has letters or dashes (`store.base.new_id`, UUIDs,
+`fhircare-meta-...`).
 An id a client chooses is refused up front when the local store syncs with HAPI, with an
 OperationOutcome that says why: accepting it locally would only move the failure to a later
 `sync push`, and renaming it on the way to HAPI would break every reference to it, in other

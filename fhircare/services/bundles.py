@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import urllib.parse
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from fhircare.fhir.validation import check_id, check_type
 from fhircare.services.patching import apply_patch, patch_in_bundle
 from fhircare.services.resources import ResourceService, entry_error, parse_etag
 from fhircare.services.searching import Paging, history_bundle, search_bundle
-from fhircare.store.base import WriteOp
+from fhircare.store.base import WriteOp, new_id
 
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 # Transaction processing order (FHIR R4 http.html#trules): DELETE, POST, PUT, then reads.
@@ -249,10 +248,10 @@ class BundleProcessor:
                     if full_url:
                         ids[full_url] = f"{rtype}/{existing['id']}"
                     return _Planned(i, method, rtype, existing["id"], existing=existing)
-            new_id = str(uuid.uuid4())
+            rid = new_id()
             if full_url:
-                ids[full_url] = f"{rtype}/{new_id}"
-            return _Planned(i, method, rtype, new_id, resource)
+                ids[full_url] = f"{rtype}/{rid}"
+            return _Planned(i, method, rtype, rid, resource)
         if method == "PATCH":
             plan = self._plan_patch(request, rtype, parts, query, if_match, entry.get("resource"))
             plan.index = i
@@ -265,9 +264,7 @@ class BundleProcessor:
                 rid = parts[1]
             elif len(parts) == 1 and query:
                 existing = self.svc.find_one(rtype, query)
-                rid = (
-                    existing["id"] if existing else (resource or {}).get("id") or str(uuid.uuid4())
-                )
+                rid = existing["id"] if existing else (resource or {}).get("id") or new_id()
             else:
                 raise BadRequest(f"PUT url must be Type/id or Type?query, not {request['url']!r}")
             if full_url:

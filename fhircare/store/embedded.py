@@ -41,7 +41,6 @@ packed type's bodies are always fresh objects, so its reads copy nothing more.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ from fhircare.fhir.errors import Conflict, Gone, NotFound, PreconditionFailed
 from fhircare.fhir.meta import without_server_meta
 from fhircare.fhir.registry import SearchRegistry
 from fhircare.fhir.search import Criterion, execute, parse_query
-from fhircare.store.base import Change, SearchResult, WriteOp, WriteResult
+from fhircare.store.base import Change, SearchResult, WriteOp, WriteResult, new_id
 from fhircare.store.index import Keys, SearchIndex
 from fhircare.store.journal import Journal, Record, apply_record
 
@@ -739,12 +738,6 @@ class EmbeddedStore:
                     self._compact_locked()
             self._journal.close()
             self._closed = True
-
-
-def new_id() -> str:
-    """A new resource id: 32 random hex digits (128 bits, as a UUID's 122; a valid FHIR
-    id, [A-Za-z0-9-.]{1,64}), about 5x cheaper to make than `str(uuid.uuid4())`."""
-    return os.urandom(16).hex()
 
 
 def _same_content(current: dict[str, Any], new: dict[str, Any]) -> bool:
