@@ -59,3 +59,23 @@ def test_numbers_a_decimal_holds_keep_their_value(number: str, value: float) -> 
 def test_digits_inside_strings_are_not_numbers() -> None:
     body = json.dumps({"resourceType": "Patient", "id": "x", "note": "7" * 5000}).encode()
     assert jsonio.parse_json(body)["note"] == "7" * 5000
+
+
+def test_pack_round_trips_and_holds_no_spare_buffer():
+    import tracemalloc
+
+    value = {"a": ["x" * 40] * 40, "n": 1.5, "t": True, "z": None}
+    packed = jsonio.pack(value)
+    assert packed is not None and jsonio.unpack(packed) == value
+    tracemalloc.start()
+    try:
+        held = [jsonio.pack(value) for _ in range(100)]
+        per_value = tracemalloc.get_traced_memory()[0] / len(held)
+    finally:
+        tracemalloc.stop()
+    assert per_value < len(packed) + 100  # not orjson's grown buffer (2 KB for 1.7 KB)
+    assert jsonio.pack({"big": 2**70}) is None  # orjson cannot encode it exactly
+    assert jsonio.dumps({"p": packed, "q": [packed]}) == jsonio.dumps({"p": value, "q": [value]})
+    assert jsonio.dumps({"p": packed, "big": 2**70}) == (
+        b'{"p":' + jsonio.dumps(value) + b',"big":1180591620717411303424}'
+    )
