@@ -7,7 +7,9 @@ and of a unique-identifier token search, each next to the same search with the s
 indexes switched off (a full scan of the type) measured in the same run; the median time of
 one more create (validated, fsynced); and the resident memory per resource.
 
-Run: `python benchmarks/bench_search_scale.py` (`--sizes 2000` for a smoke run).
+Run: `python benchmarks/bench_search_scale.py` (`--sizes 2000` for a smoke run;
+`--packed Patient,CarePlan,Observation` holds those types as packed JSON bytes, as the store
+holds AuditEvents: what that does to memory, searches and creates).
 """
 
 from __future__ import annotations
@@ -110,11 +112,12 @@ class Unindexed:
         self.store.candidates, self.store.referrers = self.saved  # type: ignore[method-assign]
 
 
-def run(size: int, folder: Path, rng: random.Random) -> None:
+def run(size: int, folder: Path, rng: random.Random, packed: frozenset[str] | None) -> None:
+    options: dict[str, Any] = {} if packed is None else {"packed": packed}
     resources, pids = docs(size, rng)
     gc.collect()
     before = rss_bytes()
-    store = EmbeddedStore(folder, fsync=False)
+    store = EmbeddedStore(folder, fsync=False, **options)
     for i in range(0, len(resources), 1000):
         store.commit(
             [
@@ -126,7 +129,7 @@ def run(size: int, folder: Path, rng: random.Random) -> None:
     gc.collect()
     per_resource = (rss_bytes() - before) / size
     store.close()
-    store = EmbeddedStore(folder)  # fsynced writes from here on, as in `serve`
+    store = EmbeddedStore(folder, **options)  # fsynced writes from here on, as in `serve`
     svc = ResourceService(store)
     sample = rng.sample(pids, min(200, len(pids)))
     codes = [rng.choice(CODES) for _ in range(50)]
@@ -177,11 +180,13 @@ def run(size: int, folder: Path, rng: random.Random) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,50000,100000")
+    ap.add_argument("--packed", help="types to hold packed, comma-separated (default: the store's)")
     args = ap.parse_args()
+    packed = None if args.packed is None else frozenset(args.packed.split(",")) | {"AuditEvent"}
     rng = random.Random(9)
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
-            run(size, Path(tmp) / f"s{size}", rng)
+            run(size, Path(tmp) / f"s{size}", rng, packed)
 
 
 if __name__ == "__main__":

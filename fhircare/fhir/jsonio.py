@@ -150,6 +150,15 @@ def dumps_pretty(value: Any) -> bytes:
         return json.dumps(value, ensure_ascii=False, indent=2).encode("utf-8")
 
 
+def dumps_orjson(value: Any) -> bytes | None:
+    """`dumps` by orjson alone, or None when it cannot write `value` (an integer beyond 64
+    bits): what it writes, `orjson.loads` reads back exactly."""
+    try:
+        return orjson.dumps(value, default=_fragment)
+    except TypeError:
+        return None
+
+
 def pack(value: dict[str, Any]) -> bytes | None:
     """`value` as compact JSON bytes that `unpack` turns back into an equal value, or None
     when orjson cannot encode it exactly (an integer beyond 64 bits). Copied to a bytes
@@ -180,6 +189,7 @@ __all__ = [
     "copy",
     "dumps",
     "dumps_pretty",
+    "dumps_orjson",
     "pack",
     "parse_json",
     "unpack",

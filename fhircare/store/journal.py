@@ -11,6 +11,9 @@
   the middle of an append, never acknowledged) is cut off. A bad line followed by good
   ones is corruption and refuses to open.
 * A `LOCK` file held with `flock` makes one process the owner of the folder.
+* What orjson wrote carries a mark (`MARK`) and is read back with orjson, exactly and
+  several times faster; anything else (an integer beyond 64 bits, a file written before
+  the mark) with the standard library.
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ import fcntl
 import json
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from fhircare.fhir import jsonio
 from fhircare.fhir.errors import StoreLocked
 
+META = "_meta"
 Tables = dict[str, dict[str, Any]]
 # A journal record: {"seq": last seq in the commit, "tables": {table: {doc_id: doc | None}}}
 Record = dict[str, Any]
@@ -43,8 +50,40 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# The mark of JSON written by orjson (which then reads it back exactly, and several times
+# faster than the standard library): a record's `"orjson": true`, a snapshot's `_meta` entry.
+# What lacks it (an integer beyond 64 bits somewhere, or an older file) is read exactly.
+MARK = "orjson"
+
+
+def _dumps_marked(value: dict[str, Any], marked: dict[str, Any]) -> bytes:
+    """`marked` (`value` with the mark) when orjson can write it, else `value`."""
+    return jsonio.dumps_orjson(marked) or jsonio.dumps(value)
+
+
+def _loads_marked(data: bytes, is_marked: Callable[[dict[str, Any]], bool]) -> Any:
+    """JSON written by `_dumps_marked`: by orjson when `is_marked` says it wrote it (the
+    check also drops the mark), exactly by the standard library otherwise."""
+    try:
+        value = orjson.loads(data)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and is_marked(value):
+        return value
+    return json.loads(data)
+
+
+def _marked_record(record: Record) -> bool:
+    return record.pop(MARK, None) is True
+
+
+def _marked_snapshot(tables: Tables) -> bool:
+    meta = tables.get(META)
+    return isinstance(meta, dict) and meta.pop(MARK, None) is not None
+
+
 def _encode(record: Record) -> bytes:
-    body = jsonio.dumps(record)
+    body = _dumps_marked(record, {**record, MARK: True})
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
@@ -55,7 +94,7 @@ def _decode(line: bytes) -> Record | None:
     try:
         if int(line[:8], 16) != zlib.crc32(body):
             return None
-        return json.loads(body)
+        return _loads_marked(body, _marked_record)  # type: ignore[no-any-return]
     except ValueError:
         return None
 
@@ -98,8 +137,7 @@ class Journal:
         """Snapshot plus replayed journal, and the last committed seq."""
         tables: Tables = {}
         if self.snapshot_path.exists():
-            with open(self.snapshot_path, "rb") as fh:
-                tables = json.load(fh)
+            tables = _loads_marked(self.snapshot_path.read_bytes(), _marked_snapshot)
             self.snapshot_bytes = self.snapshot_path.stat().st_size
         meta = tables.get("_meta", {}).get("_store", {})
         last_seq = int(meta.get("value", {}).get("seq", 0)) if meta else 0
@@ -167,7 +205,8 @@ class Journal:
     def write_snapshot(self, tables: Tables) -> None:
         """Replace the snapshot atomically, then empty the journal."""
         tmp = self.folder / "snapshot.json.tmp"
-        body = jsonio.dumps(tables)
+        mark = {MARK: {"id": MARK, "value": True}}
+        body = _dumps_marked(tables, {**tables, META: {**tables.get(META, {}), **mark}})
         with open(tmp, "wb") as fh:
             fh.write(body)
             fh.flush()
