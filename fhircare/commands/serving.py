@@ -34,11 +34,12 @@ def server_options(max_header_bytes: int = 32 * 1024) -> dict[str, Any]:
 
 
 # The cyclic collector's thresholds for `fhircare serve`: (700, 10, 10) by default. The
-# embedded store keeps every resource (AuditEvents included, about two per request) as
-# nested dicts in memory, so the heap grows under load and each full collection walks all
-# of it (0.2 s and more at tens of thousands of resources, every few seconds: about a
-# tenth of the server's CPU). Fewer young collections, and a full one at most every 100
-# middle ones; cyclic garbage, rare on the request path, waits longer to be freed.
+# embedded store keeps every resource as nested dicts in memory (AuditEvents, about two per
+# request, as packed bytes, which it need not walk), so the heap grows under load and each
+# full collection walks all of it (0.2 s and more at tens of thousands of resources, every
+# few seconds: about a tenth of the server's CPU, before AuditEvents were packed). Fewer
+# young collections, and a full one at most every 100 middle ones; cyclic garbage, rare on
+# the request path, waits longer to be freed.
 GC_THRESHOLDS = (7000, 10, 100)
 
 

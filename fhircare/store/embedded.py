@@ -35,7 +35,7 @@ Packed types (`PACKED`: AuditEvent, about two per request in `serve`) keep each 
 resource as one bytes object of compact JSON (`jsonio.pack`) instead of nested dicts, and
 decode it on every read: a tenth of the memory, and nothing for Python's cyclic collector
 to walk (see `benchmarks/bench_audit_memory.py`). The journal and the snapshot write those
-bytes as they are (`jsonio.dumps`); what is loaded from them is packed again at open. A
+bytes as they are (`jsonio.dumps`); what is loaded from them is packed as it is read. A
 packed type's bodies are always fresh objects, so its reads copy nothing more.
 """
 
@@ -126,11 +126,7 @@ class EmbeddedStore:
         self._packed = frozenset(packed)
         self._journal = Journal(self.folder, fsync=fsync)
         with _collector_paused():  # millions of new objects, none of them garbage
-            tables, self._seq = self._journal.load()
-            for name in self._packed:
-                for doc in tables.get(name + HISTORY, {}).values():
-                    if isinstance(doc.get("resource"), dict):
-                        doc["resource"] = jsonio.pack(doc["resource"]) or doc["resource"]
+            tables, self._seq = self._journal.load(frozenset(t + HISTORY for t in self._packed))
         self._db = KeyedTinyDB(storage=MemoryStorage)
         self._db.storage.memory = tables  # type: ignore[attr-defined]
         self._mem = tables

@@ -1,7 +1,12 @@
 """Crash-safe persistence for the embedded store: a snapshot plus an append-only journal.
 
 * `snapshot.json` is a plain TinyDB JSON file (every table), replaced atomically
-  (write a temporary file, fsync, rename, fsync the folder).
+  (write a temporary file, fsync, rename, fsync the folder). It holds one document per
+  line (`{"Table":{` / `"id":{...},` / `},"Next":{` ... `}}`), so it is read a document at
+  a time: a packed type's resources are packed as they are read, and the whole store never
+  exists twice in memory. A document line orjson could not write (an integer beyond 64
+  bits) starts with a space and is read by the standard library; a snapshot in another
+  layout (one line, as older versions wrote) is read whole, exactly.
 * `journal.log` holds one line per commit, `<crc32 hex> <json>\\n`, appended and fsynced
   before the commit is acknowledged (`write` then `sync`: the store lets several commits
   written one after another share one fsync, each acknowledged only once it is durable).
@@ -11,9 +16,9 @@
   the middle of an append, never acknowledged) is cut off. A bad line followed by good
   ones is corruption and refuses to open.
 * A `LOCK` file held with `flock` makes one process the owner of the folder.
-* What orjson wrote carries a mark (`MARK`) and is read back with orjson, exactly and
-  several times faster; anything else (an integer beyond 64 bits, a file written before
-  the mark) with the standard library.
+* A journal record orjson wrote carries a mark (`MARK`) and is read back with orjson,
+  exactly and several times faster; any other (an integer beyond 64 bits, a record written
+  before the mark) with the standard library.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import fcntl
 import json
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,6 @@ import orjson
 from fhircare.fhir import jsonio
 from fhircare.fhir.errors import StoreLocked
 
-META = "_meta"
 Tables = dict[str, dict[str, Any]]
 # A journal record: {"seq": last seq in the commit, "tables": {table: {doc_id: doc | None}}}
 Record = dict[str, Any]
@@ -50,9 +54,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# The mark of JSON written by orjson (which then reads it back exactly, and several times
-# faster than the standard library): a record's `"orjson": true`, a snapshot's `_meta` entry.
-# What lacks it (an integer beyond 64 bits somewhere, or an older file) is read exactly.
+# The mark of a journal record orjson wrote (it then reads it back exactly, and several
+# times faster than the standard library); one without it is read exactly.
 MARK = "orjson"
 
 
@@ -77,9 +80,61 @@ def _marked_record(record: Record) -> bool:
     return record.pop(MARK, None) is True
 
 
-def _marked_snapshot(tables: Tables) -> bool:
-    meta = tables.get(META)
-    return isinstance(meta, dict) and meta.pop(MARK, None) is not None
+def _pack(table: dict[str, Any]) -> None:
+    """Pack the resources of a packed type's history documents (see the embedded store)."""
+    for doc in table.values():
+        if doc is not None and isinstance(doc.get("resource"), dict):
+            doc["resource"] = jsonio.pack(doc["resource"]) or doc["resource"]
+
+
+def _snapshot_lines(tables: Tables) -> Iterator[bytes]:
+    """The snapshot's JSON, one document per line (the layout `_read_snapshot` reads)."""
+    yield b"{"
+    for t, (name, docs) in enumerate(tables.items()):
+        yield (b"," if t else b"") + jsonio.dumps(name) + b":{"
+        for d, (key, doc) in enumerate(docs.items()):
+            body = jsonio.dumps_orjson(doc)
+            head = b"," if d else b""
+            if body is None:  # the standard library's: read back by it (a leading space)
+                body, head = jsonio.dumps(doc), head + b"\n "
+            else:
+                head += b"\n"
+            yield head + jsonio.dumps(key) + b":" + body
+        yield b"\n}"
+    yield b"}\n"
+
+
+def _read_snapshot(path: Path, packed: frozenset[str]) -> Tables:
+    """The snapshot's tables, a document at a time (see the module docstring); the
+    resources of `packed` tables packed as they are read."""
+    tables: Tables = {}
+    with open(path, "rb") as fh:
+        first = fh.readline()
+        if not (first.startswith(b'{"') and first.endswith(b":{\n")):
+            return _read_whole(first + fh.read(), packed)
+        table = tables.setdefault(orjson.loads(first[1:-3]), {})
+        name_packed = next(iter(tables)) in packed
+        for line in fh:
+            if line.startswith(b"}"):  # the end of a table, and the next one's name
+                if line.startswith(b"},"):
+                    name = orjson.loads(line[2:-3])
+                    table = tables.setdefault(name, {})
+                    name_packed = name in packed
+                continue
+            item = b"{" + line.rstrip(b",\n") + b"}"
+            doc = json.loads(item) if line.startswith(b" ") else orjson.loads(item)
+            if name_packed:
+                _pack(doc)
+            table.update(doc)
+    return tables
+
+
+def _read_whole(data: bytes, packed: frozenset[str]) -> Tables:
+    """A snapshot in another layout: read whole, exactly."""
+    tables: Tables = json.loads(data)
+    for name in packed & tables.keys():
+        _pack(tables[name])
+    return tables
 
 
 def _encode(record: Record) -> bytes:
@@ -133,11 +188,12 @@ class Journal:
         self.snapshot_bytes = 0  # size of the last snapshot written or loaded
         self.damaged = False
 
-    def load(self) -> tuple[Tables, int]:
-        """Snapshot plus replayed journal, and the last committed seq."""
+    def load(self, packed: frozenset[str] = frozenset()) -> tuple[Tables, int]:
+        """Snapshot plus replayed journal, and the last committed seq; the resources in the
+        `packed` tables are packed as they are read."""
         tables: Tables = {}
         if self.snapshot_path.exists():
-            tables = _loads_marked(self.snapshot_path.read_bytes(), _marked_snapshot)
+            tables = _read_snapshot(self.snapshot_path, packed)
             self.snapshot_bytes = self.snapshot_path.stat().st_size
         meta = tables.get("_meta", {}).get("_store", {})
         last_seq = int(meta.get("value", {}).get("seq", 0)) if meta else 0
@@ -154,6 +210,8 @@ class Journal:
                         f"{self.journal_path}: record {i + 1} of {len(lines)} is damaged"
                     )
                 good_end += len(line)
+                for name in packed & record["tables"].keys():
+                    _pack(record["tables"][name])
                 # Every record is replayed, in order: the journal holds only what came after
                 # the snapshot before this one, so a record the snapshot already holds (a
                 # crash between the snapshot and emptying the journal) ends in the same
@@ -205,10 +263,11 @@ class Journal:
     def write_snapshot(self, tables: Tables) -> None:
         """Replace the snapshot atomically, then empty the journal."""
         tmp = self.folder / "snapshot.json.tmp"
-        mark = {MARK: {"id": MARK, "value": True}}
-        body = _dumps_marked(tables, {**tables, META: {**tables.get(META, {}), **mark}})
+        size = 0
         with open(tmp, "wb") as fh:
-            fh.write(body)
+            for line in _snapshot_lines(tables):
+                fh.write(line)
+                size += len(line)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.snapshot_path)
@@ -218,7 +277,7 @@ class Journal:
         os.ftruncate(self._fd, 0)
         os.fsync(self._fd)
         self.journal_bytes = 0
-        self.snapshot_bytes = len(body)
+        self.snapshot_bytes = size
 
     def close(self) -> None:
         if self._fd is not None:

@@ -1,6 +1,7 @@
-"""The journal and the snapshot are read with orjson only where orjson wrote them (marked):
-an integer beyond 64 bits, and files written before the mark, are read exactly; the mark
-never reaches the tables."""
+"""The journal and the snapshot are read with orjson only where orjson wrote them (a marked
+record, a snapshot line without a leading space): an integer beyond 64 bits, and files
+written before (one-line snapshots, unmarked records), are read exactly; the mark never
+reaches the tables."""
 
 from __future__ import annotations
 
@@ -37,8 +38,15 @@ def test_journal_and_snapshot_keep_big_integers_and_drop_the_mark(tmp_path: Path
     assert _value(replayed, "big") == BIG and isinstance(_value(replayed, "big"), int)
     assert _value(replayed, "small") == 7
     assert replayed.get_meta(MARK) is None
-    replayed.close()  # the snapshot holds the big integer: written unmarked, read exactly
-    assert MARK not in json.loads((folder / "snapshot.json").read_bytes())["_meta"]
+    replayed.close()  # the snapshot: one document a line, the big one by the standard library
+    text = (folder / "snapshot.json").read_bytes()
+    lines = text.splitlines()
+    assert json.loads(text)["Patient._history"]["big/1"]["resource"]["extension"][0] == {
+        "url": "urn:x",
+        "valueDecimal": BIG,
+    }
+    assert [line[:6] for line in lines if b'"big/1"' in line] == [b' "big/']
+    assert sum(1 for line in lines if line.startswith(b'"small')) == 2  # current, version
     again = EmbeddedStore(folder, fsync=False)
     try:
         assert _value(again, "big") == BIG and isinstance(_value(again, "big"), int)
@@ -46,15 +54,13 @@ def test_journal_and_snapshot_keep_big_integers_and_drop_the_mark(tmp_path: Path
         again.close()
 
 
-def test_files_written_before_the_mark_load(tmp_path: Path) -> None:
+def test_files_written_before_the_layout_and_the_mark_load(tmp_path: Path) -> None:
     folder = tmp_path / "d"
     store = EmbeddedStore(folder, fsync=False)
     store.commit([_patient("p1", 1)])
     store.close()
     snapshot = json.loads((folder / "snapshot.json").read_bytes())
-    assert snapshot["_meta"][MARK]["value"] is True  # orjson wrote it
-    del snapshot["_meta"][MARK]  # as a snapshot written before the mark
-    (folder / "snapshot.json").write_text(json.dumps(snapshot))
+    (folder / "snapshot.json").write_text(json.dumps(snapshot))  # one line, as before
     doc = {"id": "p2", "vid": "1", "lu": "2026-12-03T00:00:00.000Z", "deleted": False, "seq": 9}
     version = doc | {"origin": "local", "method": "create"}
     version["resource"] = {"resourceType": "Patient", "id": "p2", "active": True}

@@ -125,6 +125,7 @@ def test_restart_from_the_snapshot(tmp_path: Path) -> None:
     assert {k.split("/")[0]: d["resource"] for k, d in snapshot[HISTORY].items()} == written
     reopened = EmbeddedStore(folder, fsync=False)
     try:
+        assert all(isinstance(d["resource"], bytes) for d in reopened._mem[HISTORY].values())
         _all_ways(reopened, written)
         written |= _write(reopened, _events(3))  # a journal on top of the snapshot
     finally:
