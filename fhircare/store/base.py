@@ -7,7 +7,7 @@ durable before `commit` returns.
 
 from __future__ import annotations
 
-import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -18,13 +18,11 @@ Method = Literal["create", "update", "delete"]
 
 
 def new_id() -> str:
-    """A new resource id: 32 random hex digits (128 bits; a UUID has 122), a valid FHIR id
-    ([A-Za-z0-9-.]{1,64}) with at least one letter, as HAPI wants of the ids a client
-    chooses (`fhircare.remote.ids`). A few times cheaper to make than `str(uuid.uuid4())`."""
-    while True:
-        rid = os.urandom(16).hex()
-        if not rid.isdigit():  # 32 digits: about once in 3 million
-            return rid
+    """A new resource id: a random (version 4) UUID in its canonical form. A valid FHIR id
+    ([A-Za-z0-9-.]{1,64}) that always has dashes, as HAPI wants of the ids a client chooses
+    (`fhircare.remote.ids`), and usable as is in a `urn:uuid:` fullUrl (the FHIR uuid type
+    wants the canonical 8-4-4-4-12 form; care modules write such fullUrls)."""
+    return str(uuid.uuid4())
 
 
 @dataclass

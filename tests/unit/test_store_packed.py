@@ -6,6 +6,7 @@ snapshot hold them as plain JSON objects."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,12 @@ def test_other_types_are_not_packed_unless_asked(tmp_path: Path) -> None:
         packed.close()
 
 
-def test_new_ids_are_valid_fhir_ids() -> None:
+def test_new_ids_are_valid_fhir_ids_and_uuids() -> None:
     ids = {new_id() for _ in range(1000)}
     assert len(ids) == 1000
-    assert all(len(i) == 32 and set(i) <= set("0123456789abcdef") and not i.isdigit() for i in ids)
+    fhir_id = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+    # FHIR R4 uuid datatype (urn:uuid: fullUrls are built from these ids)
+    fhir_uuid = re.compile(
+        r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+    )
+    assert all(fhir_id.match(i) and fhir_uuid.match(f"urn:uuid:{i}") for i in ids)
