@@ -2,13 +2,13 @@
 ratio to HAPI is below that floor.
 
 One client (httpx, as in `bench_api.py`) reads Patients from the servers, taking turns
-round by round after a warm-up: `fhircare serve` (embedded store, unless `--no-fhircare`),
-a bare ASGI app (`asgi_floor.py`: no routing, store, audit or logging) on each HTTP server
-asked for with `--floor` (uvicorn with uvloop and httptools, as `fhircare serve` runs, by
-default; granian, a Rust HTTP server, with options of its own after the name) and, unless
-`--no-hapi`, the project's HAPI FHIR server. Prints `name=value` lines: the median and p99
-of each, what fhircare adds over the first floor, and the read median that 2x HAPI would
-need next to the floor's.
+round by round after a warm-up: `fhircare serve` (embedded store) on each HTTP server of
+`--servers` (uvicorn by default; none with `--no-fhircare`), a bare ASGI app (`asgi_floor.py`:
+no routing, store, audit or logging) on each HTTP server asked for with `--floor` (uvicorn
+with uvloop and httptools, as `fhircare serve` runs, by default; granian, a Rust HTTP
+server, with options of its own after the name) and, unless `--no-hapi`, the project's HAPI
+FHIR server. Prints `name=value` lines: the median and p99 of each, what fhircare adds over
+the first floor, and the read median that 2x HAPI would need next to the floor's.
 
 With `--clients N` it then runs N concurrent clients reading only (`mixed_load.READS`, in
 generator processes of their own) for `--duration` seconds on each server but HAPI, taking
@@ -126,6 +126,12 @@ def main() -> None:
     ap.add_argument("--no-hapi", action="store_true", help="no HAPI server")
     ap.add_argument("--no-fhircare", action="store_true", help="no fhircare server")
     ap.add_argument(
+        "--servers",
+        default="uvicorn",
+        help="HTTP servers of fhircare, e.g. uvicorn,granian: one fhircare each "
+        "(fhircare, then fhircare_granian)",
+    )
+    ap.add_argument(
         "--floor",
         action="append",
         help="a server for the floor app, repeatable: uvicorn (default) or granian, "
@@ -144,12 +150,14 @@ def main() -> None:
     pids: dict[str, int] = {}
     bases: dict[str, str] = {}
     try:
-        if not args.no_fhircare:
-            folder = tempfile.TemporaryDirectory(prefix="bench-floor-")
-            stops.append(folder.cleanup)
-            bases["fhircare"], fc = api.start_fhircare(Path(folder.name) / "data")
-            pids["fhircare"] = fc.pid
-            stops.append(lambda: (fc.terminate(), fc.wait(30)))
+        folder = tempfile.TemporaryDirectory(prefix="bench-floor-")
+        stops.append(folder.cleanup)
+        for i, server in enumerate([] if args.no_fhircare else args.servers.split(",")):
+            name = "fhircare" if i == 0 else f"fhircare_{server}"
+            bases[name], fc = api.start_fhircare(Path(folder.name) / f"data-{i}", server)
+            pids[name] = fc.pid
+            stops.append(lambda fc=fc: (fc.terminate(), fc.wait(30)))
+            print(f"{name}_server={server}")
         for name, spec in zip(names, specs, strict=True):
             bases[name], proc = start_floor(spec)
             pids[name] = proc.pid
