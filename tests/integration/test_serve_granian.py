@@ -36,7 +36,7 @@ def test_granian_serves_rest_and_mllp_on_one_store(granian_server: ServerProcess
         meta = c.get("/metadata")
         assert meta.status_code == 200
         assert meta.headers["server"] == "granian"
-        ready = c.get(f"{granian_server.root}/health/ready")
+        ready = c.get(f"{granian_server.root}/ready")
         assert ready.json()["checks"] == {"store": "ok", "mllp": "listening"}
         ack = mllp_send(granian_server.mllp_port, A03)  # type: ignore[attr-defined]
         assert "MSA|AA" in ack
@@ -60,16 +60,23 @@ def test_granian_refuses_a_head_beyond_the_limit(granian_server: ServerProcess) 
 def test_sigterm_stops_granian_gracefully(granian_server: ServerProcess) -> None:
     proc = granian_server.proc
     assert proc is not None
+    made = httpx.post(
+        f"{granian_server.base}/Patient",
+        json={"resourceType": "Patient", "name": [{"family": "Kept"}]},
+        headers={"Content-Type": "application/fhir+json"},
+        timeout=15,
+    )
+    assert made.status_code == 201
     assert json.loads((granian_server.data / "serve.json").read_text())["pid"] == proc.pid
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert not (granian_server.data / "serve.json").exists()  # the announcement withdrawn
     log = granian_server.log_text()
     assert "Shutting down granian" in log
-    # the store's lock is released: another server opens the same folder
+    # the store's lock is released: another server opens the same folder, with the Patient
     again = ServerProcess(granian_server.data, env={"FHIRCARE_SERVER": "granian"}).start()
     try:
         with httpx.Client(base_url=again.base, timeout=15) as c:
-            assert c.get("/Patient").json()["total"] == 1
+            assert c.get(f"/Patient/{made.json()['id']}").json()["name"][0]["family"] == "Kept"
     finally:
         again.stop()
