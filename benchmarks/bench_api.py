@@ -278,13 +278,17 @@ def p99(values: list[float]) -> float:
 
 
 def report(name: str, times: dict[str, list[float]]) -> None:
-    fc, hapi = times["fhircare"], times["hapi"]
-    print(f"{name}_requests={len(fc)}")
-    for who, values in (("fhircare", fc), ("hapi", hapi)):
+    print(f"{name}_requests={len(times['fhircare'])}")
+    for who, values in times.items():
         print(f"{name}_{who}_median_ms={statistics.median(values):.2f}")
         print(f"{name}_{who}_p99_ms={p99(values):.2f}")
-    print(f"{name}_ratio_median={statistics.median(hapi) / statistics.median(fc):.2f}")
-    print(f"{name}_ratio_p99={p99(hapi) / p99(fc):.2f}")
+    hapi = times.get("hapi")
+    for who, fc in times.items():
+        if hapi is None or who == "hapi":
+            continue
+        tag = "" if who == "fhircare" else f"_{who}"
+        print(f"{name}_ratio{tag}_median={statistics.median(hapi) / statistics.median(fc):.2f}")
+        print(f"{name}_ratio{tag}_p99={p99(hapi) / p99(fc):.2f}")
     sys.stdout.flush()
 
 
@@ -311,10 +315,14 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -
     raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
-def start_fhircare(data: Path) -> tuple[str, subprocess.Popen]:
+def start_fhircare(data: Path, server: str = "uvicorn") -> tuple[str, subprocess.Popen]:
+    """`fhircare serve` on a free port, on the HTTP server `server` (uvicorn or granian)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fhircare", "serve", "--port", str(port), "--data", str(data)],
+        [
+            *(sys.executable, "-m", "fhircare", "serve", "--port", str(port)),
+            *("--data", str(data), "--server", server),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ},
@@ -341,15 +349,30 @@ def hapi_pid(port: int) -> int | None:
         return None
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    if pid is None:
-        return None
+def _stat(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (all its threads) and of its live descendants
+    (a server that serves from worker processes, as granian does), from /proc."""
+    if pid is None or (own := _stat(pid)) is None:
+        return None
+    parents: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            parents.setdefault(int(fields[1]), []).append(entry.name)
+    ticks, todo = 0, [str(pid)]
+    while todo:
+        current = todo.pop()
+        fields = own if current == str(pid) else _stat(int(current))
+        if fields is not None:
+            ticks += int(fields[11]) + int(fields[12])
+        todo += parents.get(int(current), [])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 # ---- N concurrent clients ---------------------------------------------------------------------
@@ -443,10 +466,14 @@ def report_mixed(
         print(f"{name}_{who}_loadgen_cpu_share={tally.cpu_seconds / tally.elapsed / CORES:.2f}")
         for problem in tally.first_errors:
             print(f"# {name} {who} error: {problem}")
-    fc, hapi = figures["fhircare"], figures["hapi"]
-    print(f"{name}_ratio_rps={fc['rps'] / hapi['rps']:.2f}")
-    print(f"{name}_ratio_p99={hapi['p99'] / fc['p99']:.2f}")
-    print(f"{name}_ratio_p50={hapi['p50'] / fc['p50']:.2f}")
+    hapi = figures.get("hapi")
+    for who, fc in figures.items():
+        if hapi is None or who == "hapi":
+            continue
+        tag = "" if who == "fhircare" else f"_{who}"  # fhircare on its other servers
+        print(f"{name}_ratio{tag}_rps={fc['rps'] / hapi['rps']:.2f}")
+        print(f"{name}_ratio{tag}_p99={hapi['p99'] / fc['p99']:.2f}")
+        print(f"{name}_ratio{tag}_p50={hapi['p50'] / fc['p50']:.2f}")
     sys.stdout.flush()
 
 
@@ -454,6 +481,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--hapi", help="base URL of a running HAPI FHIR server (else one is started)")
     ap.add_argument("--fhircare", help="base URL of a running fhircare (else one is started)")
+    ap.add_argument(
+        "--servers",
+        default="uvicorn",
+        help="HTTP servers of the fhircare started, e.g. uvicorn,granian: one fhircare each "
+        "(named fhircare, then fhircare_granian)",
+    )
+    ap.add_argument("--no-hapi", action="store_true", help="fhircare only (no ratios)")
     ap.add_argument(
         "--rounds", type=int, help="turns each target takes per phase (4; 2 with --clients)"
     )
@@ -478,16 +512,22 @@ def main() -> None:
 
     started: list[Callable[[], None]] = []
     pids: dict[str, int | None] = {}
+    bases: dict[str, str] = {}
     try:
-        fc_base = args.fhircare
-        if not fc_base:
+        if args.fhircare:
+            bases["fhircare"] = args.fhircare
+        else:
             folder = tempfile.TemporaryDirectory(prefix="bench-api-")
-            fc_base, proc = start_fhircare(Path(folder.name) / "data")
-            pids["fhircare"] = proc.pid
             started.append(folder.cleanup)
-            started.append(lambda: (proc.terminate(), proc.wait(30)))
+            for i, server in enumerate(args.servers.split(",")):
+                name = "fhircare" if i == 0 else f"fhircare_{server}"
+                data = Path(folder.name) / f"data-{i}"
+                bases[name], proc = start_fhircare(data, server)
+                pids[name] = proc.pid
+                started.append(lambda proc=proc: (proc.terminate(), proc.wait(30)))
+                print(f"{name}_server={server}")
         hapi_base = args.hapi
-        if not hapi_base:
+        if not hapi_base and not args.no_hapi:
             hapi_base, port = start_hapi()
             pids["hapi"] = hapi_pid(port)
             print(f"hapi_java_opts={hapi_jvm.IMAGE_JAVA_OPTS or '(none)'}")
@@ -495,10 +535,12 @@ def main() -> None:
                 print(f"{key}={value}")
             script = str(ROOT / "scripts" / "hapi")
             started.append(lambda: subprocess.run([script, "stop", str(port)], check=False))
+        if hapi_base and not args.no_hapi:
+            bases["hapi"] = hapi_base  # last: the load runs take turns in this order
         timeout = httpx.Timeout(300.0)
         targets = [
-            Target("fhircare", fc_base.rstrip("/"), httpx.Client(timeout=timeout)),
-            Target("hapi", hapi_base.rstrip("/"), httpx.Client(timeout=timeout)),
+            Target(name, base.rstrip("/"), httpx.Client(timeout=timeout))
+            for name, base in bases.items()
         ]
         print(f"rounds={rounds}")
         print(f"warmup_s={warmup:g}")

@@ -1,13 +1,13 @@
 """A closed-loop load generator for `bench_api.py --clients N`: N concurrent FHIR clients, each
 sending its next request as soon as the previous one is answered, for a fixed time.
 
-The mix (30% creates, 40% reads, 30% name searches) is drawn per request from a seeded RNG.
-Clients are shared out over several generator processes (asyncio on uvloop where installed,
-one keep-alive connection per client through `lean_http`), so the generator is not held to
-one core by the GIL; each process reports the CPU time it used, so a run shows whether the
-generator, rather than the server, was the limit. Every answer is checked (status, and the
-id or the number of matches); a wrong answer or a transport error counts as an error, never
-as a latency.
+The mix (30% creates, 40% reads, 30% name searches; or `READS`, reads only) is drawn per
+request from a seeded RNG. Clients are shared out over several generator processes (asyncio
+on uvloop where installed, one keep-alive connection per client through `lean_http`), so the
+generator is not held to one core by the GIL; each process reports the CPU time it used, so
+a run shows whether the generator, rather than the server, was the limit. Every answer is
+checked (status, and the id or the number of matches); a wrong answer or a transport error
+counts as an error, never as a latency.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ HEADERS = {
     "Cache-Control": "no-cache",
 }
 MIX = (("create", 0.30), ("read", 0.40), ("search_name", 0.30))
+READS = (("read", 1.0),)  # reads only: what a server that answers nothing else can take
 SURNAMES = 400  # distinct family names of the seeded patients (5 patients each)
 
 
@@ -83,6 +84,7 @@ class Share:
     start_at: float  # time.time() at which every process starts sending
     ids: list[str]
     seed: int
+    mix: tuple[tuple[str, float], ...] = MIX
 
 
 @dataclass
@@ -102,13 +104,13 @@ class Tally:
         self.elapsed = max(self.elapsed, other.elapsed)
 
 
-def _pick(rng: random.Random) -> str:
+def _pick(rng: random.Random, mix: tuple[tuple[str, float], ...]) -> str:
     x = rng.random()
-    for kind, share in MIX:
+    for kind, share in mix:
         if x < share:
             return kind
         x -= share
-    return MIX[-1][0]
+    return mix[-1][0]
 
 
 async def _client(share: Share, rng: random.Random, tally: Tally, deadline: float) -> None:
@@ -121,7 +123,7 @@ async def _client(share: Share, rng: random.Random, tally: Tally, deadline: floa
 
 
 async def _one(http: Connection, share: Share, rng: random.Random, tally: Tally) -> None:
-    kind = _pick(rng)
+    kind = _pick(rng, share.mix)
     started = time.perf_counter()
     try:
         if kind == "create":
@@ -178,12 +180,13 @@ def run_load(
     duration: float,
     ids: list[str],
     seed: int,
+    mix: tuple[tuple[str, float], ...] = MIX,
 ) -> Tally:
     """N clients spread over the pool's processes, all starting at the same moment."""
     start_at = time.time() + 1.0
     per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     shares = [
-        Share(base, n, duration, start_at, ids, seed * 100 + i) for i, n in enumerate(per) if n
+        Share(base, n, duration, start_at, ids, seed * 100 + i, mix) for i, n in enumerate(per) if n
     ]
     total = Tally()
     for tally in pool.map(run_share, shares):

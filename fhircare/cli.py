@@ -94,17 +94,19 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (FHIRCARE_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (FHIRCARE_PORT)")] = None,
     data: DataOpt = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="HTTP server: uvicorn or granian (FHIRCARE_SERVER)"),
+    ] = None,
 ) -> None:
     """Serve the FHIR API (/fhir), operations and event intake (and MLLP when
     FHIRCARE_MLLP_PORT is set)."""
-    import uvicorn
-
     from fhircare.api.app import create_app
     from fhircare.commands.running import announce
     from fhircare.commands.serving import lean_log_records, server_options, tune_collector
     from fhircare.fhir.errors import StoreLocked
 
-    settings = _settings(host=host, port=port, data=data)
+    settings = _settings(host=host, port=port, data=data, server=server)
     _logging(settings)
     lean_log_records()
     loopback = settings.host in ("127.0.0.1", "localhost", "::1")
@@ -122,15 +124,29 @@ def serve(
     tune_collector()
     mode = "no authentication (local use only)" if settings.auth == "none" else "SMART on FHIR"
     log.info(
-        "fhircare %s serving http://%s:%d/fhir (store: %s, data: %s, auth: %s)",
+        "fhircare %s serving http://%s:%d/fhir (store: %s, data: %s, auth: %s, server: %s)",
         __version__,
         settings.host,
         settings.port,
         settings.store,
         settings.data,
         mode,
+        settings.server,
     )
     with announce(settings):
+        if settings.server == "granian":
+            from fhircare.commands.granian_serving import serve_granian
+
+            serve_granian(
+                application,
+                settings.host,
+                settings.port,
+                settings.max_header_bytes,
+                settings.log_level,
+            )
+            return
+        import uvicorn
+
         uvicorn.run(
             application,
             host=settings.host,

@@ -18,6 +18,7 @@ class Settings(BaseSettings):
     data: Path = Path(".fhircare")
     base_url: str | None = None  # public base of the FHIR API; default http://host:port/fhir
     store: Literal["embedded", "hapi"] = "embedded"
+    server: Literal["uvicorn", "granian"] = "uvicorn"  # the HTTP server of `serve`
     fsync: bool = True
     seed_definitions: bool = True  # load profiles/ (Questionnaires, PlanDefinitions...) at start
     audit: bool = True  # AuditEvents for reads and writes of patient data

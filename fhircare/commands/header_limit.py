@@ -8,6 +8,8 @@ connection is closed: the application never sees the request.
 
 Both extend uvicorn's own protocol classes at their one error seam (`send_400_response`,
 which uvicorn calls while handling the parser's error), so everything else is uvicorn's.
+Under granian, whose Rust parser has no such seam, `HeadLimit` counts the head the ASGI
+scope carries and answers the same 431 before the application sees the request.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ class HeadTooLarge(Exception):
     """The request line and headers exceed the limit."""
 
 
-def response_431(limit: int) -> bytes:
-    """The whole 431 answer: status line, headers and an OperationOutcome body."""
-    body = json.dumps(
+def _outcome_431(limit: int) -> bytes:
+    return json.dumps(
         {
             "resourceType": "OperationOutcome",
             "issue": [
@@ -42,6 +43,11 @@ def response_431(limit: int) -> bytes:
             ],
         }
     ).encode()
+
+
+def response_431(limit: int) -> bytes:
+    """The whole 431 answer: status line, headers and an OperationOutcome body."""
+    body = _outcome_431(limit)
     return b"".join(
         [
             STATUS_431,
@@ -158,4 +164,39 @@ def limited_protocol(http: str, max_head_bytes: int) -> type[asyncio.Protocol]:
     return type(base.__name__, (base,), {"max_head_bytes": max_head_bytes})
 
 
-__all__ = ["HeadTooLarge", "LimitedH11Protocol", "limited_protocol", "response_431"]
+class HeadLimit:
+    """ASGI middleware: an HTTP request whose request line and headers, counted as sent
+    (`name: value` plus CRLF per header), exceed `max_head_bytes` is answered 431 with the
+    OperationOutcome and `connection: close`, and never reaches `app`."""
+
+    def __init__(self, app: Any, max_head_bytes: int) -> None:
+        self.app = app
+        self.max_head_bytes = max_head_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _head_bytes(scope) > self.max_head_bytes:
+            body = _outcome_431(self.max_head_bytes)
+            headers = [
+                (b"content-type", b"application/fhir+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            await send({"type": "http.response.start", "status": 431, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+def _head_bytes(scope: dict[str, Any]) -> int:
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope["query_string"])
+    line = len(scope["method"]) + target + 13  # 2 spaces, "?", "HTTP/1.1", CRLF
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+
+
+__all__ = [
+    "HeadLimit",
+    "HeadTooLarge",
+    "LimitedH11Protocol",
+    "limited_protocol",
+    "response_431",
+]
