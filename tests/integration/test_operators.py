@@ -143,7 +143,7 @@ def test_text_log_lines_are_not_wrapped(tmp_path: Path) -> None:
         srv.stop()
     lines = srv.log_text().splitlines()
     start = next(line for line in lines if "serving http://" in line)
-    assert "(store: embedded" in start and start.rstrip().endswith("(local use only))")
+    assert "(store: embedded" in start and start.rstrip().endswith("server: uvicorn)")
     assert any(" fhircare.access " in line and "GET /fhir/metadata 200" in line for line in lines)
 
 
