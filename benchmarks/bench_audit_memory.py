@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench_search_scale import median_ms, rss_bytes
+
 from fhircare.security.audit import audit_event
 from fhircare.security.context import AuthContext
 from fhircare.security.scopes import ScopeSet
@@ -39,13 +41,6 @@ CTX = AuthContext(
 )
 PATIENTS = 2000
 BATCH = 500
-
-
-def rss_bytes() -> int:
-    import resource
-
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize()
 
 
 def event(i: int) -> dict[str, Any]:
@@ -64,15 +59,6 @@ def full_gc_ms(rounds: int = 5) -> float:
     for _ in range(rounds):
         t = time.perf_counter()
         gc.collect()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
-def median_ms(fn: Any, args: list[Any]) -> float:
-    times = []
-    for a in args:
-        t = time.perf_counter()
-        fn(a)
         times.append((time.perf_counter() - t) * 1000)
     return statistics.median(times)
 
