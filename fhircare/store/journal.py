@@ -28,7 +28,7 @@ import fcntl
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +59,16 @@ def _fsync_dir(path: Path) -> None:
 MARK = "orjson"
 
 
-def _dumps_marked(value: dict[str, Any], marked: dict[str, Any]) -> bytes:
-    """`marked` (`value` with the mark) when orjson can write it, else `value`."""
-    return jsonio.dumps_orjson(marked) or jsonio.dumps(value)
-
-
-def _loads_marked(data: bytes, is_marked: Callable[[dict[str, Any]], bool]) -> Any:
-    """JSON written by `_dumps_marked`: by orjson when `is_marked` says it wrote it (the
-    check also drops the mark), exactly by the standard library otherwise."""
+def _loads_record(body: bytes) -> Any:
+    """A journal record: by orjson when it carries the mark (dropped here), exactly by the
+    standard library otherwise."""
     try:
-        value = orjson.loads(data)
+        value = orjson.loads(body)
     except ValueError:
         value = None
-    if isinstance(value, dict) and is_marked(value):
+    if isinstance(value, dict) and value.pop(MARK, None) is True:
         return value
-    return json.loads(data)
-
-
-def _marked_record(record: Record) -> bool:
-    return record.pop(MARK, None) is True
+    return json.loads(body)
 
 
 def _pack(table: dict[str, Any]) -> None:
@@ -112,8 +103,9 @@ def _read_snapshot(path: Path, packed: frozenset[str]) -> Tables:
         first = fh.readline()
         if not (first.startswith(b'{"') and first.endswith(b":{\n")):
             return _read_whole(first + fh.read(), packed)
-        table = tables.setdefault(orjson.loads(first[1:-3]), {})
-        name_packed = next(iter(tables)) in packed
+        name = orjson.loads(first[1:-3])
+        table = tables.setdefault(name, {})
+        name_packed = name in packed
         for line in fh:
             if line.startswith(b"}"):  # the end of a table, and the next one's name
                 if line.startswith(b"},"):
@@ -138,7 +130,7 @@ def _read_whole(data: bytes, packed: frozenset[str]) -> Tables:
 
 
 def _encode(record: Record) -> bytes:
-    body = _dumps_marked(record, {**record, MARK: True})
+    body = jsonio.dumps_orjson({**record, MARK: True}) or jsonio.dumps(record)
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
@@ -149,7 +141,7 @@ def _decode(line: bytes) -> Record | None:
     try:
         if int(line[:8], 16) != zlib.crc32(body):
             return None
-        return _loads_marked(body, _marked_record)  # type: ignore[no-any-return]
+        return _loads_record(body)  # type: ignore[no-any-return]
     except ValueError:
         return None
 
