@@ -519,9 +519,13 @@ def _no_follow_up(
             cause_ref=close.versioned(patient if recorded else encounter),
             owner=_owner(store, patient_ref, care_manager),
             now=at,
-            skip=frozenset({enc_id}),
         )
         ops += closed.ops
+        # this visit's own follow-up, opened before the death was known, is closed with the
+        # others; its marker keeps what it opened and closed
+        own = meta.pop(marker_mod.key(enc_id), None)
+        if own is not None:
+            record.update({k: own[k] for k in ("opened", "deceased", "closed")})
     record.update(
         {"state": marker_mod.NO_FOLLOW_UP, "reason": {"code": decision.code, "text": decision.text}}
     )
@@ -637,7 +641,8 @@ def process_discharge(
             store, existing_plan, new_tasks, author=owner, now=at, encounter_id=enc_id
         )
     opened = [*others, *all_tasks, *plan_resources]
-    previous = marker["opened"] if marker and marker.get("episode") == episode else []
+    # a no-follow-up marker (death, outside the window) opened nothing
+    previous = marker.get("opened", []) if marker and marker.get("episode") == episode else []
     refs = [*previous, *(f"{r['resourceType']}/{r['id']}" for r in opened)]
     record["opened"] = list(dict.fromkeys(refs))
     results = commit_with_marker(store, [*output_ops, *plan_ops], {key: record})

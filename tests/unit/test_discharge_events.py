@@ -385,6 +385,31 @@ def test_death_discharge_cancels_an_earlier_discharge_follow_up(
     assert follow_up(store, "second") == []
 
 
+def test_death_disposition_of_a_processed_visit_closes_its_follow_up(
+    store: EmbeddedStore, bus: MessageBus
+) -> None:
+    patient = seed_patient(store)
+    write(store, bus, encounter(patient))
+    assert {t["status"] for t in follow_up(store)} == {"requested"}
+    write(store, bus, encounter(patient, dispo=(DISPO, "exp")))  # the same visit: the patient died
+    assert {t["status"] for t in follow_up(store)} == {"cancelled"}
+    marker = store.get_meta("discharge.e1")
+    assert marker["state"] == "no-follow-up"
+    assert {t["id"] for t in follow_up(store)} <= {r.split("/")[1] for r in marker["opened"]}
+
+
+def test_discharge_corrected_after_a_death_disposition_opens_follow_up(
+    store: EmbeddedStore, bus: MessageBus
+) -> None:
+    patient = seed_patient(store)
+    write(store, bus, encounter(patient, dispo=(DISPO, "exp")))
+    assert follow_up(store) == []
+    write(store, bus, encounter(patient))  # the disposition corrected to home
+    assert bus.failure_count == 0
+    assert {t["status"] for t in follow_up(store)} == {"requested"}
+    assert store.get_meta("discharge.e1")["state"] == "open"
+
+
 # ---- 3. history loads ----------------------------------------------------------------------
 
 
