@@ -29,11 +29,15 @@ def iter_references(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, 
 
 
 def rewrite_references(resource: dict[str, Any], mapping: Callable[[str], str | None]) -> None:
-    """Replace each reference string for which `mapping` returns a new value (in place)."""
+    """Replace each reference string for which `mapping` returns a new value (in place),
+    in the resource and in its contained resources."""
     for _, ref in iter_references(resource):
         new = mapping(ref["reference"])
         if new is not None:
             ref["reference"] = new
+    for inner in resource.get("contained") or []:
+        if isinstance(inner, dict):
+            rewrite_references(inner, mapping)
 
 
 def parse_local(reference: str, base_url: str | None = None) -> tuple[str, str, str | None] | None:

@@ -26,7 +26,12 @@ from fhircare.fhir.references import rewrite_references
 from fhircare.fhir.search import parse_query
 from fhircare.fhir.validation import check_id, check_type
 from fhircare.services.patching import apply_patch, patch_in_bundle
-from fhircare.services.resources import ResourceService, entry_error, parse_etag
+from fhircare.services.resources import (
+    ResourceService,
+    entry_error,
+    parse_etag,
+    parse_query_string,
+)
 from fhircare.services.searching import Paging, history_bundle, search_bundle
 from fhircare.store.base import WriteOp, new_id
 
@@ -46,6 +51,11 @@ class _Planned:
     if_match: str | None = None
     existing: dict[str, Any] | None = None  # conditional create that matched
     status: int = 200
+    matched: tuple[str, ...] = ()  # ids a conditional DELETE matched (all are deleted)
+
+    def deletes(self) -> tuple[str, ...]:
+        """The ids a DELETE entry removes: its own, or every match of its criteria."""
+        return (self.id,) if self.id is not None else self.matched
 
 
 def _conditional(entry: Any) -> bool:
@@ -115,10 +125,12 @@ class BundleProcessor:
             except FhirError as exc:
                 raise entry_error(i, exc) from exc
             if plan.method in ("POST", "PUT", "PATCH", "DELETE") and plan.existing is None:
-                target = f"{plan.resource_type}/{plan.id}"
-                if target in targets:
-                    raise BadRequest(f"Bundle.entry[{i}]: {target} is written twice")
-                targets.add(target)
+                ids_written = plan.deletes() if plan.method == "DELETE" else (plan.id,)
+                for rid in ids_written:
+                    target = f"{plan.resource_type}/{rid}"
+                    if target in targets:
+                        raise BadRequest(f"Bundle.entry[{i}]: {target} is written twice")
+                    targets.add(target)
             planned.append(plan)
 
         def mapping(ref: str) -> str | None:
@@ -164,11 +176,12 @@ class BundleProcessor:
                 )
                 plan.status = 201 if (plan.method == "POST" or exists is None) else 200
                 entry_of.append(plan.index)
-            elif plan.method == "DELETE" and plan.id is not None:
-                ops.append(
-                    WriteOp("delete", plan.resource_type, id=plan.id, if_match=plan.if_match)
-                )
-                entry_of.append(plan.index)
+            elif plan.method == "DELETE":
+                for rid in plan.deletes():
+                    ops.append(
+                        WriteOp("delete", plan.resource_type, id=rid, if_match=plan.if_match)
+                    )
+                    entry_of.append(plan.index)
         try:
             committed = self.svc.commit_prepared(ops) if ops else []
         except Forbidden as exc:  # the access gate refused one op: name its entry
@@ -275,8 +288,13 @@ class BundleProcessor:
             check_id(parts[1])
             return _Planned(i, method, rtype, parts[1], if_match=if_match)
         if len(parts) == 1 and query:
-            existing = self.svc.find_one(rtype, query)
-            return _Planned(i, method, rtype, existing["id"] if existing else None)
+            # every match is deleted, as a conditional DELETE outside a Bundle does
+            # (CapabilityStatement conditionalDelete: multiple)
+            params = parse_query_string(query)
+            if not params:
+                raise BadRequest(f"Empty conditional query for {rtype}")
+            found = self.svc.search(rtype, params)
+            return _Planned(i, method, rtype, matched=tuple(r["id"] for r in found))
         raise BadRequest(f"DELETE url must be Type/id or Type?query, not {request['url']!r}")
 
     def _plan_patch(

@@ -159,6 +159,14 @@ class ResourceService:
 
     def _check_references(self, data: dict[str, Any], pending: set[str]) -> None:
         contained = {f"#{c.get('id')}" for c in data.get("contained") or [] if isinstance(c, dict)}
+        for i, inner in enumerate(data.get("contained") or []):
+            for path, ref in iter_references(inner):
+                if ref["reference"].startswith("urn:"):
+                    raise Unprocessable(
+                        f"Unresolved reference {ref['reference']} in a contained resource: "
+                        "urn references only resolve in a transaction",
+                        expression=[f"{data['resourceType']}.contained[{i}].{path}"],
+                    )
         for path, ref in iter_references(data):
             target = ref["reference"]
             if target.startswith("#"):

@@ -302,6 +302,76 @@ def test_transaction_is_atomic_and_rewrites_urn_references(client: TestClient) -
     assert client.get("/fhir/Patient", params={"family": "Atomic"}).json()["total"] == before
 
 
+def test_transaction_rewrites_urn_references_inside_contained_resources(
+    client: TestClient,
+) -> None:
+    """A claim-like resource whose contained ServiceRequest names the Bundle's Patient by urn
+    (what Synthea's ExplanationOfBenefit does) is stored with the new id there too."""
+    tx = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:cp1",
+                "resource": patient("Contained"),
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "CarePlan",
+                    "status": "active",
+                    "intent": "plan",
+                    "subject": {"reference": "urn:uuid:cp1"},
+                    "contained": [
+                        {
+                            "resourceType": "ServiceRequest",
+                            "id": "ref1",
+                            "status": "active",
+                            "intent": "order",
+                            "subject": {"reference": "urn:uuid:cp1"},
+                        }
+                    ],
+                    "activity": [{"reference": {"reference": "#ref1"}}],
+                },
+                "request": {"method": "POST", "url": "CarePlan"},
+            },
+        ],
+    }
+    r = client.post("/fhir", json=tx)
+    assert r.status_code == 200, r.text
+    resp = r.json()["entry"]
+    pat = resp[0]["response"]["location"].split("/_history")[0]
+    cp = client.get("/fhir/" + resp[1]["response"]["location"].split("/_history")[0]).json()
+    assert cp["subject"]["reference"] == pat
+    assert cp["contained"][0]["subject"]["reference"] == pat
+    assert cp["activity"][0]["reference"]["reference"] == "#ref1"
+
+    # outside a transaction a urn in a contained resource resolves to nothing: refused
+    alone = dict(tx["entry"][1]["resource"], subject={"reference": pat})
+    r = client.post("/fhir/CarePlan", json=alone)
+    assert r.status_code == 422
+    assert "contained" in r.json()["issue"][0]["diagnostics"]
+
+
+def test_transaction_conditional_delete_removes_every_match(client: TestClient) -> None:
+    """conditionalDelete is `multiple` in the CapabilityStatement: in a transaction too."""
+    family = f"D{uuid.uuid4().hex[:12]}"
+    for _ in range(3):
+        assert client.post("/fhir/Patient", json=patient(family)).status_code == 201
+    tx = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"request": {"method": "DELETE", "url": f"Patient?family={family}"}},
+            {"request": {"method": "DELETE", "url": f"Patient?family={family}x"}},
+            {"request": {"method": "DELETE", "url": f"Patient?family={family}y"}},
+        ],
+    }
+    r = client.post("/fhir", json=tx)
+    assert r.status_code == 200, r.text
+    assert client.get("/fhir/Patient", params={"family:exact": family}).json()["total"] == 0
+
+
 def test_batch_runs_each_entry_on_its_own(client: TestClient) -> None:
     family = f"B{uuid.uuid4().hex[:12]}"
     batch = {
