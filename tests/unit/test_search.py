@@ -144,6 +144,26 @@ def test_dates_follow_the_precision_rules(data: EmbeddedStore) -> None:
     assert ids(data, "Observation", [("date", "2021-01-15T11:00:00+01:00")]) == ["o0"]
 
 
+@pytest.mark.parametrize(
+    ("rtype", "param", "symbol", "prefix", "value"),
+    [
+        ("Patient", "birthdate", ">", "gt", "1960"),
+        ("Patient", "birthdate", "<", "lt", "1960"),
+        ("Patient", "birthdate", ">=", "ge", "1950-03-04"),
+        ("Patient", "birthdate", "<=", "le", "1950-03-04"),
+        ("Observation", "value-quantity", ">", "gt", "100"),
+        ("Observation", "value-quantity", "<=", "le", "120"),
+    ],
+)
+def test_dstu1_comparators_mean_the_r4_prefixes(
+    data: EmbeddedStore, rtype: str, param: str, symbol: str, prefix: str, value: str
+) -> None:
+    """client-py writes `$gt` as `birthdate=>1960`; it finds what `gt1960` finds."""
+    expected = ids(data, rtype, [(param, prefix + value)])
+    assert expected
+    assert ids(data, rtype, [(param, symbol + value)]) == expected
+
+
 def test_quantities_and_numbers(data: EmbeddedStore) -> None:
     assert ids(data, "Observation", [("value-quantity", "gt100")]) == ["o0", "o2"]
     assert ids(data, "Observation", [("value-quantity", "120")]) == ["o0"]

@@ -106,9 +106,18 @@ def split_values(value: str, sep: str = ",") -> list[str]:
     return [p.replace("\\" + sep, sep) for p in parts]
 
 
+# The DSTU1 comparators, which client-py (fhirclient) still sends for `$gt`/`$lt` and HAPI
+# still reads: longest first.
+SYMBOLS = ((">=", "ge"), ("<=", "le"), (">", "gt"), ("<", "lt"))
+
+
 def split_prefix(value: str) -> tuple[str, str]:
+    """('gt', '2020') from 'gt2020' (or the DSTU1 '>2020'); ('eq', value) without one."""
     if len(value) > 2 and value[:2] in PREFIXES and not value[:2].isdigit():
         return value[:2], value[2:]
+    for symbol, prefix in SYMBOLS:
+        if value.startswith(symbol) and len(value) > len(symbol):
+            return prefix, value[len(symbol) :]
     return "eq", value
 
 
