@@ -7,7 +7,8 @@
 States:
 * `open`: follow-up opened; `opened` lists every output the discharge owns;
 * `no-follow-up`: nothing opened, `reason` says why ({"code": "deceased" | "outside-window",
-  "text": ...});
+  "text": ...}); after a death disposition on a visit whose follow-up was open, `opened` and
+  `closed` say what it closed, and the next discharge of the Encounter is a new `episode`;
 * `cancelled`: the discharge was cancelled (A13, A11, the Encounter no longer finished) and what
   it opened was closed (`closed` counts it). The next discharge of the same Encounter is a new
   `episode`: its outputs get new identifiers (`<encounter>/...#<episode>`), since cancelled
@@ -51,10 +52,15 @@ def is_current(marker: Marker | None, signature: str) -> bool:
 
 
 def episode_for(marker: Marker | None) -> int:
-    """The episode the next processing of this Encounter belongs to."""
+    """The episode the next processing of this Encounter belongs to: a new one after a
+    cancel, and after a death that closed what the episode had opened (a later corrected
+    discharge of the living patient then opens new follow-up, not the cancelled Tasks)."""
     if marker is None:
         return 1
-    return int(marker["episode"]) + (1 if marker["state"] == CANCELLED else 0)
+    ended = marker["state"] == CANCELLED or (
+        marker["state"] == NO_FOLLOW_UP and bool(marker.get("closed"))
+    )
+    return int(marker["episode"]) + (1 if ended else 0)
 
 
 def episode_value(value: str, episode: int) -> str:

@@ -410,6 +410,26 @@ def test_discharge_corrected_after_a_death_disposition_opens_follow_up(
     assert store.get_meta("discharge.e1")["state"] == "open"
 
 
+def test_discharge_corrected_after_death_closed_its_follow_up_opens_new_follow_up(
+    store: EmbeddedStore, bus: MessageBus
+) -> None:
+    """home, then dead (the follow-up is cancelled), then home again (the death was an
+    error): the living patient gets open follow-up again, in a new episode."""
+    patient = seed_patient(store)
+    write(store, bus, encounter(patient))
+    first = {t["id"] for t in follow_up(store)}
+    write(store, bus, encounter(patient, dispo=(DISPO, "exp")))
+    assert {t["status"] for t in follow_up(store)} == {"cancelled"}
+    write(store, bus, encounter(patient))  # the disposition corrected to home
+    assert bus.failure_count == 0
+    tasks = follow_up(store)
+    live = {t["id"] for t in tasks if t["status"] == "requested"}
+    assert live and not live & first
+    assert {t["status"] for t in tasks if t["id"] in first} == {"cancelled"}
+    marker = store.get_meta("discharge.e1")
+    assert marker["state"] == "open" and marker["episode"] == 2
+
+
 # ---- 3. history loads ----------------------------------------------------------------------
 
 
