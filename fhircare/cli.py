@@ -214,7 +214,7 @@ def _print_demo(report: Any, base: str, serve_hint: str | None) -> None:
             title = f"Worklist of Practitioner/demo-care-manager ({len(report.worklist)} open)"
             table = Table(title=title)
             for col in ("due", "task", "why"):
-                table.add_column(col)
+                table.add_column(col, overflow="fold")
             for item in report.worklist[:8]:
                 due = (item.get("due") or "-")[:10]
                 table.add_row(due, item.get("title", ""), item.get("reason", ""))

@@ -116,8 +116,12 @@ _STATUS_STYLE = {
 def render_table(result: ReconciliationResult) -> Table:
     """A rich table of the items; the issues go in the caption."""
     table = Table(title=f"Medication reconciliation: {result.encounter}", show_lines=False)
-    for col in ("#", "status", "medication", "RxNorm", "before", "after", "changes"):
-        table.add_column(col)
+    # a narrow terminal (or a pipe: 80 columns) folds a cell over lines, never cuts it to
+    # an ellipsis: a status or a reference must be read whole
+    table.add_column("#")
+    table.add_column("status", min_width=len("discontinued"), no_wrap=True)
+    for col in ("medication", "RxNorm", "before", "after", "changes"):
+        table.add_column(col, overflow="fold")
     for n, item in enumerate(result.items):
         style = _STATUS_STYLE.get(item.status, "")
         table.add_row(

@@ -722,3 +722,27 @@ def test_reference_table_is_consistent() -> None:
     for group in t.duplicate_groups:
         assert set(group["classes"]) <= set(t.classes)
     assert t.ingredients["warfarin"].high_alert and not t.ingredients["lisinopril"].high_alert
+
+
+def test_table_at_80_columns_cuts_no_status_or_reference() -> None:
+    """A pipe or a narrow terminal (80 columns) folds long cells: nothing is cut to '…'."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    long_id = "a-discharge-medication-request-with-a-long-id"
+    res = run_reconcile(
+        _bundle(
+            {"resourceType": "Patient", "id": "p1"},
+            ENC,
+            ms("p1", "Lisinopril 10 MG Oral Tablet", sig(1, "tablet", code="QD")),
+            mr(long_id, "Metformin 500 MG Oral Tablet", sig(1, "tablet", code="BID")),
+        )
+    )
+    out = StringIO()
+    Console(file=out, width=80, color_system=None).print(render_table(res))
+    text = out.getvalue()
+    assert "…" not in text
+    assert "discontinued" in text
+    flat = "".join(line.replace("│", "").replace(" ", "") for line in text.splitlines())
+    assert long_id.replace("-", "") in flat.replace("-", "")
