@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import DataType
 
 from fhircare.care.common import utcnow
 from fhircare.population.rules import ICD10, SNOMED, CaseFinding, Fact, Test, case_finding
@@ -72,9 +71,7 @@ def _first(columns: tuple[str, ...]) -> Column:
     return F.coalesce(*[F.col(c) for c in columns]) if len(columns) > 1 else F.col(columns[0])
 
 
-def _fact_rows(fact: Fact, rows: DataFrame, cf: CaseFinding, at: datetime) -> DataFrame:
-    """The rows of one fact: `_patient` and the fact's value (`_v`, for `distinct`) or its
-    value and ordering (`_v`, `_o`, for `latest`)."""
+def _fact_frame(fact: Fact, rows: DataFrame, cf: CaseFinding, at: datetime) -> DataFrame:
     for test in fact.where:
         rows = rows.filter(_test(test, at))
     rows = rows.withColumn("_patient", F.regexp_extract(F.col("patient"), _PATIENT_REF, 1))
@@ -86,22 +83,14 @@ def _fact_rows(fact: Fact, rows: DataFrame, cf: CaseFinding, at: datetime) -> Da
             value = _first(fact.value[0][1])
             if fact.default is not None:
                 value = F.coalesce(value, F.lit(fact.default))
-        return rows.select("_patient", value.alias("_v")).filter(F.col("_v").isNotNull())
+        rows = rows.select("_patient", value.alias("_v")).filter(F.col("_v").isNotNull())
+        return rows.groupBy("_patient").agg(F.array_sort(F.collect_set("_v")).alias(fact.name))
     order = F.struct(
         F.coalesce(_timestamp(_first(fact.order)), F.lit(EPOCH)).alias("t"),
         F.coalesce(F.col("id"), F.lit("")).alias("id"),
     )
     value = F.struct(*[_first(cols).alias(name) for name, cols in fact.value])
-    return rows.select("_patient", value.alias("_v"), order.alias("_o"))
-
-
-def _aggregate(fact: Fact, value: str, order: str) -> Column:
-    """The fact of one patient over the union's rows (a column is null on other facts' rows,
-    which both aggregates skip; a patient without a row of the fact gets null)."""
-    if fact.collect == "distinct":
-        found = F.array_sort(F.collect_set(value))
-        return F.when(F.size(found) > 0, found).alias(fact.name)
-    return F.max_by(value, order).alias(fact.name)
+    return rows.groupBy("_patient").agg(F.max_by(value, order).alias(fact.name))
 
 
 def facts_frame(
@@ -112,34 +101,13 @@ def facts_frame(
     definitions: CaseFinding | None = None,
 ) -> DataFrame:
     """One row per Patient of `panel` (the panel view's rows): `patient` ("Patient/id") and a
-    column per fact; `frame_of(view_id)` gives a fact view's rows.
-
-    One aggregation by patient over the union of the panel's ids and every fact's rows (a
-    column pair per fact), instead of an aggregation and a join per fact."""
+    column per fact; `frame_of(view_id)` gives a fact view's rows."""
     cf = definitions or case_finding()
     at = utcnow(now)
-    parts = [_fact_rows(fact, frame_of(fact.view), cf, at) for fact in cf.facts]
-    slots: list[tuple[str, str, DataType | None, DataType | None]] = []
-    for i, part in enumerate(parts):
-        order = part.schema["_o"].dataType if "_o" in part.columns else None
-        slots.append((f"_v{i}", f"_o{i}", part.schema["_v"].dataType, order))
-
-    def branch(df: DataFrame, own: int | None) -> DataFrame:
-        cols = [F.col("_patient"), F.lit(own is None).alias("_panel")]
-        for i, (v, o, vtype, otype) in enumerate(slots):
-            cols.append((F.col("_v") if i == own else F.lit(None).cast(vtype)).alias(v))
-            if otype is not None:
-                cols.append((F.col("_o") if i == own else F.lit(None).cast(otype)).alias(o))
-        return df.select(*cols)
-
-    ids = panel.select(F.col("id").alias("_patient")).filter(F.col("_patient").isNotNull())
-    rows = branch(ids, None)
-    for i, part in enumerate(parts):
-        rows = rows.unionAll(branch(part, i))
-    aggs = [F.max("_panel").alias("_panel")]
-    aggs += [_aggregate(fact, v, o) for fact, (v, o, _, _) in zip(cf.facts, slots, strict=True)]
-    out = rows.groupBy("_patient").agg(*aggs).filter(F.col("_panel"))
-    return out.select(
-        F.concat(F.lit("Patient/"), F.col("_patient")).alias("patient"),
-        *[fact.name for fact in cf.facts],
+    out = panel.select(F.col("id").alias("_patient")).filter(F.col("_patient").isNotNull())
+    out = out.dropDuplicates(["_patient"])
+    for fact in cf.facts:
+        out = out.join(_fact_frame(fact, frame_of(fact.view), cf, at), "_patient", "left")
+    return out.select(F.concat(F.lit("Patient/"), F.col("_patient")).alias("patient"), "*").drop(
+        "_patient"
     )
