@@ -166,12 +166,12 @@ class EmbeddedStore:
         self._applied_number = 0
         self._failed: BaseException | None = None
         self.referential_integrity = referential_integrity
-        self.registry = SearchRegistry(registry.R4)
+        self._registry = SearchRegistry(registry.R4)
         for rid, cur in tables.get("SearchParameter", {}).items():
             if not cur["deleted"]:
-                self.registry.set_custom(rid, self._body("SearchParameter", cur))
+                self._registry.set_custom(rid, self._body("SearchParameter", cur))
         self._index = SearchIndex(
-            self.registry, deferred=DEFERRED_INDEX, body=self.body, version_body=self._version_body
+            self._registry, deferred=DEFERRED_INDEX, body=self.body, version_body=self._version_body
         )
         for name in list(tables):
             if not name.endswith(HISTORY) and name != META:
@@ -270,6 +270,13 @@ class EmbeddedStore:
         self._follow()
         with self._lock:
             return sorted(n for n in self._db.tables() if not n.endswith(HISTORY) and n != META)
+
+    @property
+    def registry(self) -> SearchRegistry:
+        """The search parameters, the store's own SearchParameters included (shared: as
+        the journal has them now)."""
+        self._follow()
+        return self._registry
 
     def _follow(self) -> None:
         """(Shared) catch up with what the other workers wrote, when the journal changed."""
@@ -398,7 +405,7 @@ class EmbeddedStore:
         count: int | None = None,
     ) -> SearchResult:
         self._follow()
-        query = parse_query(resource_type, params, registry_=self.registry)
+        query = parse_query(resource_type, params, registry_=self._registry)
         with self._lock:
             found = execute(self, query)
         end = None if count is None else offset + count
@@ -785,7 +792,7 @@ class EmbeddedStore:
         for written in batch:
             tables = written.record["tables"]
             reindex: set[str] = set()
-            fresh = self.registry.version
+            fresh = self._registry.version
             for (name, rid), (old_keys, _) in written.keys.items():
                 old = self._mem.get(name, {}).get(rid)
                 if name in DEFERRED_INDEX:
@@ -804,11 +811,11 @@ class EmbeddedStore:
                             del overlay[doc_id]
             for rid, cur in tables.get("SearchParameter", {}).items():
                 body = None if cur["deleted"] else self._body("SearchParameter", cur)
-                reindex |= self.registry.set_custom(rid, body)
+                reindex |= self._registry.set_custom(rid, body)
             for (name, rid), (_, new_keys) in written.keys.items():
                 if new_keys is None or name in reindex or name in DEFERRED_INDEX:
                     continue
-                if new_keys.registry_version != self.registry.version:
+                if new_keys.registry_version != self._registry.version:
                     new_keys = self._index.keys(name, self._body(name, tables[name][rid]))
                 self._index.add_keys(name, rid, new_keys)
             for name in sorted(reindex):
