@@ -279,8 +279,16 @@ class EmbeddedStore:
         return self._registry
 
     def _follow(self) -> None:
-        """(Shared) catch up with what the other workers wrote, when the journal changed."""
-        if self._shared and self._xfd is None and self._journal.grown():
+        """(Shared) catch up with what the other workers wrote, when the journal changed: under
+        the write lock shared, so that what is read is durable."""
+        # Not inside the read lock (a search's engine reads `registry` there, having caught
+        # up on the way in): a writer of this process applies under it, holding the write lock.
+        if (
+            self._shared
+            and self._xfd is None
+            and not self._lock._is_owned()  # type: ignore[attr-defined]  # Condition uses it
+            and self._journal.grown()
+        ):
             fd = self._journal.write_lock(False)
             try:
                 self._catch_up()
