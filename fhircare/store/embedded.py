@@ -149,9 +149,6 @@ class EmbeddedStore:
         finally:
             if load_lock is not None:
                 self._journal.unlock(load_lock)
-        self._db = KeyedTinyDB(storage=MemoryStorage)
-        self._db.storage.memory = tables  # type: ignore[attr-defined]
-        self._mem = tables
         # `_lock`: what readers see (held to read, and to apply durable commits);
         # `_commit_lock`: writers preparing and appending, one at a time;
         # `_flush`: the queue of written commits and the one writer that syncs them.
@@ -161,12 +158,24 @@ class EmbeddedStore:
         self._flushing = False
         self._queue: list[_Written] = []
         self._overlay: dict[str, dict[str, Any]] = {}  # written, not yet applied
-        self._written_seq = self._seq
         self._written_number = 0
         self._applied_number = 0
         self._failed: BaseException | None = None
         self.referential_integrity = referential_integrity
         self._registry = SearchRegistry(registry.R4)
+        self._install(tables, self._seq)
+        self._compact_bytes = compact_bytes
+        self._last_instant = datetime.now(UTC) - timedelta(days=1)
+        self._closed = False
+
+    def _install(self, tables: dict[str, dict[str, Any]], seq: int) -> None:
+        """Serve `tables` (as loaded): the SearchParameters they hold, and the indexes."""
+        self._db = KeyedTinyDB(storage=MemoryStorage)
+        self._db.storage.memory = tables  # type: ignore[attr-defined]
+        self._mem = tables
+        self._seq = self._written_seq = seq
+        for rid in self._registry.custom_ids():
+            self._registry.set_custom(rid, None)
         for rid, cur in tables.get("SearchParameter", {}).items():
             if not cur["deleted"]:
                 self._registry.set_custom(rid, self._body("SearchParameter", cur))
@@ -182,9 +191,6 @@ class EmbeddedStore:
                         self._index.touch(name, rid, None)
                     else:
                         self._index.add(name, rid, self._body(name, cur))
-        self._compact_bytes = compact_bytes
-        self._last_instant = datetime.now(UTC) - timedelta(days=1)
-        self._closed = False
 
     # ---- time and ids ---------------------------------------------------------------------
 
@@ -300,6 +306,10 @@ class EmbeddedStore:
         other workers appended, in order, indexes and SearchParameters included."""
         with self._follow_lock:
             records = self._journal.follow(self._packed_history)
+            if records is None:  # compacted more than once since: the snapshot is newer
+                with self._lock, _collector_paused():
+                    self._install(*self._journal.reload(self._packed_history))
+                return
             if not records:
                 return
             with self._lock:

@@ -22,7 +22,8 @@
   reads the records the others appended since its offset). Compaction writes the snapshot
   and then renames a fresh, empty journal over the old one instead of truncating it: a
   worker still holding the old one reads it to its end (the snapshot holds exactly that),
-  then moves on to the new file (a new inode: the journal's generation).
+  then moves on to the new file (a new inode); `GENERATION` counts the compactions, and a
+  worker that missed more than one reloads the snapshot.
 * A journal record orjson wrote carries a mark (`MARK`) and is read back with orjson,
   exactly and several times faster; any other (an integer beyond 64 bits, a record written
   before the mark) with the standard library.
@@ -48,6 +49,11 @@ from fhircare.fhir.errors import StoreLocked
 Tables = dict[str, dict[str, Any]]
 # A journal record: {"seq": last seq in the commit, "tables": {table: {doc_id: doc | None}}}
 Record = dict[str, Any]
+
+
+# Shared: how many times the journal was compacted (a worker that finds it grown by more
+# than one since it last followed reloads the snapshot).
+GENERATION = "GENERATION"
 
 
 class CorruptJournal(Exception):
@@ -178,6 +184,7 @@ class Journal:
         # description per use so that the threads of one process exclude each other too
         self._write_lock_path = folder / "WRITE"
         self._rfd: int | None = None  # shared: reads what the other workers append
+        self.generation = 0  # shared: the journal's compactions, as this worker follows it
         self.snapshot_path = folder / "snapshot.json"
         self.journal_path = folder / "journal.log"
         self._fd: int | None = None
@@ -226,7 +233,23 @@ class Journal:
             _fsync_dir(self.folder)
         if self.shared:
             self._rfd = os.open(self.journal_path, os.O_RDONLY)
+            self.generation = self._read_generation()
         return tables, last_seq
+
+    def reload(self, packed: frozenset[str] = frozenset()) -> tuple[Tables, int]:
+        """(Shared, write lock held) `load` again: the snapshot and the current journal."""
+        for fd in (self._fd, self._rfd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._rfd = None
+        return self.load(packed)
+
+    def _read_generation(self) -> int:
+        """(Shared) compactions of this folder's journal so far (`GENERATION`)."""
+        try:
+            return int((self.folder / GENERATION).read_text() or 0)
+        except (OSError, ValueError):
+            return 0
 
     # ---- shared: several worker processes on one folder ------------------------------------
 
@@ -253,10 +276,11 @@ class Journal:
         except (OSError, TypeError):  # mid-switch to a new journal: catch up to be sure
             return True
 
-    def follow(self, packed: frozenset[str] = frozenset()) -> list[Record]:
+    def follow(self, packed: frozenset[str] = frozenset()) -> list[Record] | None:
         """(Shared, write lock held) the records the other workers appended since this one
         last read or wrote, across a compaction (the old journal read to its end, then the
-        new one from its start); afterwards this worker appends to the current journal."""
+        new one from its start); afterwards this worker appends to the current journal.
+        None when the journal was compacted more than once since: the caller `reload`s."""
         assert self._rfd is not None and self._fd is not None
         records: list[Record] = []
         while True:
@@ -274,7 +298,12 @@ class Journal:
             st = os.stat(self.journal_path)
             if st.st_ino == os.fstat(self._rfd).st_ino:
                 return records
-            # compacted by another worker: the new journal continues where this one ended
+            # compacted by another worker: the new journal continues where this one ended,
+            # unless it was compacted again since (the journal in between is gone)
+            generation = self._read_generation()
+            if generation != self.generation + 1:
+                return None
+            self.generation = generation
             os.close(self._rfd)
             os.close(self._fd)
             self._rfd = os.open(self.journal_path, os.O_RDONLY)
@@ -333,6 +362,10 @@ class Journal:
             fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
             os.fsync(fd)
             os.replace(fresh, self.journal_path)
+            self.generation += 1
+            counter = self.folder / (GENERATION + ".tmp")
+            counter.write_text(str(self.generation))
+            os.replace(counter, self.folder / GENERATION)
             _fsync_dir(self.folder)
             os.close(self._fd)
             assert self._rfd is not None

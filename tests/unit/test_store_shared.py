@@ -108,3 +108,18 @@ def test_conditional_writes_lock_the_whole_group(pair: Any) -> None:
         pass
     with b.conditional:
         pass
+
+
+def test_one_that_missed_two_compactions_reloads_the_snapshot(pair: Any) -> None:
+    a, b = pair
+    _put(a, _patient("p1", "First"))
+    a.compact()
+    _put(a, _patient("p2", "Middle"))  # only in the journal between the two compactions
+    _put(a, EYE)
+    a.compact()
+    _put(a, _patient("p3", "Last", eye="green"))
+    assert _ids(b, [("family", "Middle")]) == ["p2"]
+    assert _ids(b, [("family", "First")]) == ["p1"]
+    assert _ids(b, [("eye-colour", "green")]) == ["p3"]  # the reloaded SearchParameter
+    _put(b, _patient("p4", "Middle"))
+    assert _ids(a, [("family", "Middle")]) == ["p2", "p4"]
