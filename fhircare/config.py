@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     @property
     def leader(self) -> bool:
         """Whether this process runs the background loops and the MLLP listener."""
-        return self.worker_index == 0
+        return self.workers == 1 or self.worker_index == 0
 
     def public_base(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}/fhir").rstrip("/")
