@@ -328,6 +328,24 @@ class EmbeddedStore:
                     number = self._applied_number
                     self._apply([_Written(number, record["seq"], record, keys)])
                     self._written_seq = max(self._written_seq, record["seq"])
+                self._follow_instants(records)
+
+    def _follow_instants(self, records: list[Record]) -> None:
+        """Keep `_now` ahead of the lastUpdated the other workers wrote (one order of
+        versions across the group)."""
+        latest = max(
+            (
+                doc["lu"]
+                for record in records
+                for name, docs in record["tables"].items()
+                if name.endswith(HISTORY)
+                for doc in docs.values()
+            ),
+            default=None,
+        )
+        if latest is not None:
+            instant = datetime.fromisoformat(latest.replace("Z", "+00:00"))
+            self._last_instant = max(self._last_instant, instant)
 
     def _share_begin(self) -> None:
         """(Commit lock held; shared) hold the write lock for this commit, caught up."""

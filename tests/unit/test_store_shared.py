@@ -123,3 +123,14 @@ def test_one_that_missed_two_compactions_reloads_the_snapshot(pair: Any) -> None
     assert _ids(b, [("eye-colour", "green")]) == ["p3"]  # the reloaded SearchParameter
     _put(b, _patient("p4", "Middle"))
     assert _ids(a, [("family", "Middle")]) == ["p2", "p4"]
+
+
+def test_versions_keep_one_order_of_last_updated_across_the_group(pair: Any) -> None:
+    from datetime import timedelta
+
+    a, b = pair
+    a._last_instant += timedelta(days=2)  # a's clock ahead (its instants never go back)
+    _put(a, _patient("p1", "Ahead"))
+    _put(b, _patient("p1", "Behind"))
+    first, second = (b.vread("Patient", "p1", v)["meta"]["lastUpdated"] for v in ("1", "2"))
+    assert second > first
