@@ -315,13 +315,17 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -
     raise TimeoutError(f"{url} did not answer in {timeout} s")
 
 
-def start_fhircare(data: Path, server: str = "uvicorn") -> tuple[str, subprocess.Popen]:
-    """`fhircare serve` on a free port, on the HTTP server `server` (uvicorn or granian)."""
+def start_fhircare(
+    data: Path, server: str = "uvicorn", workers: int = 1
+) -> tuple[str, subprocess.Popen]:
+    """`fhircare serve` on a free port, on the HTTP server `server` (uvicorn or granian),
+    with `workers` worker processes (`--workers`, one store)."""
     port = free_port()
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "fhircare", "serve", "--port", str(port)),
             *("--data", str(data), "--server", server),
+            *(("--workers", str(workers)) if workers != 1 else ()),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -489,6 +493,12 @@ def main() -> None:
     )
     ap.add_argument("--no-hapi", action="store_true", help="fhircare only (no ratios)")
     ap.add_argument(
+        "--fhircare-workers",
+        type=int,
+        default=1,
+        help="worker processes of the fhircare started (`serve --workers`, one store)",
+    )
+    ap.add_argument(
         "--rounds", type=int, help="turns each target takes per phase (4; 2 with --clients)"
     )
     ap.add_argument("--scale", type=float, default=1.0, help="requests per round multiplier")
@@ -522,10 +532,11 @@ def main() -> None:
             for i, server in enumerate(args.servers.split(",")):
                 name = "fhircare" if i == 0 else f"fhircare_{server}"
                 data = Path(folder.name) / f"data-{i}"
-                bases[name], proc = start_fhircare(data, server)
-                pids[name] = proc.pid
+                bases[name], proc = start_fhircare(data, server, args.fhircare_workers)
+                pids[name] = proc.pid  # its CPU counts the worker processes (descendants)
                 started.append(lambda proc=proc: (proc.terminate(), proc.wait(30)))
                 print(f"{name}_server={server}")
+                print(f"{name}_workers={args.fhircare_workers}")
         hapi_base = args.hapi
         if not hapi_base and not args.no_hapi:
             hapi_base, port = start_hapi()

@@ -70,6 +70,7 @@ def open_store(settings: Settings) -> Store:
         settings.data,
         fsync=settings.fsync,
         referential_integrity=settings.enforce_referential_integrity_on_delete,
+        shared=settings.workers > 1,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,6 +99,10 @@ def serve(
         str | None,
         typer.Option(help="HTTP server: uvicorn or granian (FHIRCARE_SERVER)"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes on one socket and store (FHIRCARE_WORKERS)"),
+    ] = None,
 ) -> None:
     """Serve the FHIR API (/fhir), operations and event intake (and MLLP when
     FHIRCARE_MLLP_PORT is set)."""
@@ -106,7 +111,7 @@ def serve(
     from fhircare.commands.serving import lean_log_records, server_options, tune_collector
     from fhircare.fhir.errors import StoreLocked
 
-    settings = _settings(host=host, port=port, data=data, server=server)
+    settings = _settings(host=host, port=port, data=data, server=server, workers=workers)
     _logging(settings)
     lean_log_records()
     loopback = settings.host in ("127.0.0.1", "localhost", "::1")
@@ -117,6 +122,9 @@ def serve(
             settings.host,
         )
         settings.host = "127.0.0.1"
+    if settings.workers > 1:
+        _serve_workers(settings)
+        return
     try:
         application = create_app(settings)
     except StoreLocked as exc:
@@ -155,6 +163,51 @@ def serve(
             access_log=False,  # fhircare writes its own access line (route templates)
             **server_options(settings.max_header_bytes),
         )
+
+
+def _serve_workers(settings: Settings) -> None:
+    """`serve --workers N`: see fhircare.commands.worker_group."""
+    import uvicorn
+
+    from fhircare.api.app import create_app
+    from fhircare.commands.running import announce
+    from fhircare.commands.serving import server_options, tune_collector
+    from fhircare.commands.worker_group import run_group
+    from fhircare.fhir.errors import StoreLocked
+    from fhircare.store.journal import lock_folder
+
+    def config(application: Any) -> uvicorn.Config:
+        return uvicorn.Config(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # fhircare's logging (FHIRCARE_LOG_LEVEL, FHIRCARE_LOG_FORMAT)
+            access_log=False,  # fhircare writes its own access line (route templates)
+            **server_options(settings.max_header_bytes),
+        )
+
+    def worker(worker_settings: Settings, sock: Any) -> None:
+        application = create_app(worker_settings)
+        tune_collector()
+        log.info("fhircare worker %d ready (pid %d)", worker_settings.worker_index, os.getpid())
+        uvicorn.Server(config(application)).run(sockets=[sock])
+
+    log.info(
+        "fhircare %s serving http://%s:%d/fhir with %d workers (store: embedded, data: %s)",
+        __version__,
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.data,
+    )
+    try:
+        folder_lock = lock_folder(settings.data)  # the workers inherit it
+    except StoreLocked as exc:
+        _fail(str(exc))
+    with folder_lock, announce(settings):
+        code = run_group(settings, lambda: config(None).bind_socket(), worker)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     base_url: str | None = None  # public base of the FHIR API; default http://host:port/fhir
     store: Literal["embedded", "hapi"] = "embedded"
     server: Literal["uvicorn", "granian"] = "uvicorn"  # the HTTP server of `serve`
+    # worker processes of `serve` on one socket and one embedded store (README: --workers)
+    workers: int = Field(1, ge=1, le=64)
+    worker_index: int = 0  # set by `serve` in each worker; 0 runs the background loops
     fsync: bool = True
     seed_definitions: bool = True  # load profiles/ (Questionnaires, PlanDefinitions...) at start
     audit: bool = True  # AuditEvents for reads and writes of patient data
@@ -127,9 +130,28 @@ class Settings(BaseSettings):
                 "FHIRCARE_CORS_ORIGINS='*' cannot be combined with FHIRCARE_CORS_CREDENTIALS=true:"
                 " list the allowed origins"
             )
+        if self.workers > 1:
+            problems.extend(self._worker_conflicts())
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _worker_conflicts(self) -> list[str]:
+        """What several worker processes cannot share (each keeps it in its own memory)."""
+        why = f"FHIRCARE_WORKERS={self.workers}"
+        out = []
+        if self.store != "embedded":
+            out.append(f"{why} needs FHIRCARE_STORE=embedded")
+        if self.server != "uvicorn":
+            out.append(f"{why} needs FHIRCARE_SERVER=uvicorn (granian runs its own workers)")
+        if self.hapi_url:
+            out.append(f"{why} cannot be combined with FHIRCARE_HAPI_URL (sync is one process)")
+        return out
+
+    @property
+    def leader(self) -> bool:
+        """Whether this process runs the background loops and the MLLP listener."""
+        return self.workers == 1 or self.worker_index == 0
 
     def public_base(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}/fhir").rstrip("/")

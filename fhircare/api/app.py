@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs = list(container.background)
-        if settings.subscribe_endpoint and settings.hapi_url:
+        if settings.subscribe_endpoint and settings.hapi_url and settings.leader:
 
             def report(state: str) -> None:
                 app.state.subscription = state
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, container: Container | None = N
         tasks = [asyncio.create_task(t()) for t in jobs]
         mllp = None
         try:
-            if settings.mllp_port:
+            if settings.mllp_port and settings.leader:
                 host = settings.mllp_host or settings.host
                 mllp = await start_mllp(
                     app.state.hl7, host, settings.mllp_port, allowed=settings.mllp_allowed
@@ -101,5 +101,6 @@ def create_app(settings: Settings | None = None, container: Container | None = N
 
     # outermost: request id, access line, metrics, the request timeout, and the one handler
     # of unexpected errors
-    app.add_middleware(ObservabilityMiddleware, timeout=settings.request_timeout)
+    worker = settings.worker_index if settings.workers > 1 else None
+    app.add_middleware(ObservabilityMiddleware, timeout=settings.request_timeout, worker=worker)
     return app

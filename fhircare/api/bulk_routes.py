@@ -22,7 +22,7 @@ from fhircare.api.access import Access, get_access
 from fhircare.api.http import ERROR_RESPONSES, FhirJSONResponse
 from fhircare.api.operations import OpCall, Operation, OperationRegistry
 from fhircare.api.workers import run_blocking
-from fhircare.fhir.errors import BadRequest, Forbidden, outcome
+from fhircare.fhir.errors import BadRequest, FhirError, Forbidden, outcome
 from fhircare.population.bulk_jobs import Busy, ExportJob, ExportJobs, JobObserver
 from fhircare.population.bulk_request import Level, parse_request, prefer_tokens
 from fhircare.security.compartment import PATIENT_COMPARTMENT
@@ -93,6 +93,12 @@ class ExportAudit:
 
 def kick_off(call: OpCall) -> Response:
     """$export: start an asynchronous export; 202 with the status URL in Content-Location."""
+    if call.state.settings.workers > 1:  # a job's status lives in the worker that runs it
+        raise FhirError(
+            "$export needs one worker process (fhircare serve --workers 1)",
+            code="not-supported",
+            status=501,
+        )
     prefer = prefer_tokens(call.headers.get("prefer"))
     if "respond-async" not in prefer:
         raise BadRequest(

@@ -33,6 +33,7 @@ error_log = logging.getLogger("fhircare.api")
 
 REQUEST_ID_HEADER = "x-request-id"
 _REQUEST_ID_NAME = REQUEST_ID_HEADER.encode()
+WORKER_HEADER = b"x-fhircare-worker"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -57,9 +58,13 @@ def route_template(scope: Scope) -> str:
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, timeout: float | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, timeout: float | None = None, worker: int | None = None
+    ) -> None:
         self.app = app
         self.timeout = timeout
+        # `serve --workers N`: every response names the worker process that answered it
+        self._worker = () if worker is None else ((WORKER_HEADER, str(worker).encode()),)
         # metric children by label values: `labels()` takes a lock and builds a key per call
         self._counted: dict[tuple[str, str, str], Any] = {}
         self._timed: dict[tuple[str, str], Any] = {}
@@ -79,7 +84,11 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", ()), (_REQUEST_ID_NAME, rid.encode())]
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (_REQUEST_ID_NAME, rid.encode()),
+                    *self._worker,
+                ]
             await send(message)
 
         try:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from fhircare.api.access import Access, get_access
+from fhircare.fhir.errors import FhirError
 from fhircare.observability import metrics
 
 router = APIRouter(tags=["Operations"])
@@ -26,7 +27,10 @@ HAPI_PROBE_TIMEOUT = 3.0
 
 
 @router.get("/health", summary="Liveness: the process answers")
-async def health() -> JSONResponse:
+async def health(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    if settings.workers > 1:  # which of the worker processes answered
+        return JSONResponse({"status": "ok", "worker": settings.worker_index})
     return JSONResponse({"status": "ok"})
 
 
@@ -75,6 +79,12 @@ async def _hapi_check(base: str) -> str:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics_endpoint(request: Request) -> Response:
     container = request.app.state.container
+    if container.settings.workers > 1:  # each worker counts only what it answered
+        raise FhirError(
+            "/metrics needs one worker process (fhircare serve --workers 1)",
+            code="not-supported",
+            status=501,
+        )
     if _syncs(container.settings):
         await asyncio.to_thread(_sync_gauges, container.store)
     body, content_type = metrics.render()

@@ -43,9 +43,12 @@ def install(app: FastAPI, container: Container) -> None:
         security=auth.security_section(settings),
     )
     app.state.hl7 = Hl7Intake(container.bundles, default_tz=settings.default_tz)
-    if settings.sweep_interval > 0 and not (settings.hapi_url and settings.sync_interval > 0):
+    # with several workers (README: --workers) only the leader runs the loops
+    sweeps = settings.sweep_interval > 0 and not (settings.hapi_url and settings.sync_interval > 0)
+    if settings.leader and sweeps:
         container.background.append(sweep_loop(container))  # the sync loop sweeps otherwise
-    if settings.hapi_url and settings.sync_interval > 0 and settings.store == "embedded":
+    syncs = settings.hapi_url and settings.sync_interval > 0 and settings.store == "embedded"
+    if settings.leader and syncs:
         wake = asyncio.Event()
         app.state.sync_trigger = wake
         container.background.append(sync_loop(container, wake))

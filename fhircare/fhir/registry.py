@@ -216,6 +216,11 @@ class SearchRegistry:
             self.version += 1
         return made
 
+    def custom_ids(self) -> list[str]:
+        """The ids of the stored SearchParameters registered (`set_custom`)."""
+        with self._lock:
+            return list(self._custom_sources)
+
     def set_custom(self, resource_id: str, sp: dict[str, Any] | None) -> set[str]:
         """Replace the parameters a stored SearchParameter defines (None or a retired one
         removes them). Returns the resource types whose parameters changed."""

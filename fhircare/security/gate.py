@@ -43,10 +43,14 @@ class GatedStore:
     ) -> None:
         self._store = store
         self.policy = policy
-        self.registry = store.registry
         self.memory_reads = bool(getattr(store, "memory_reads", False))
         self._open = policy.unrestricted
         self._on_write = on_write
+
+    @property
+    def registry(self) -> Any:
+        """The store's search parameters (read through: a shared store catches up first)."""
+        return self._store.registry
 
     # ---- reads ------------------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ class ResourceService:
         *,
         check_references: bool = True,
         system_store: Store | None = None,
-        conditional_lock: threading.RLock | None = None,
+        conditional_lock: Any = None,
     ) -> None:
         self.store = store
         self.bus = bus or MessageBus()
@@ -74,8 +74,11 @@ class ResourceService:
         # A conditional write reads (is there a match?), decides and commits; two of them at
         # once would both see no match and both create (two Patients for one identifier).
         # They hold this lock from the search to the commit, one at a time in this process
-        # (the one that owns the embedded store); scoped services share it.
-        self.conditional = conditional_lock or threading.RLock()
+        # (the one that owns the embedded store); scoped services share it. A store shared
+        # by several worker processes offers its own lock over all of them (`conditional`).
+        self.conditional: Any = (
+            conditional_lock or getattr(store, "conditional", None) or threading.RLock()
+        )
         # validation (references, the version replaced, domain checks) and bus reactions
         # are the server's own work: they see the whole store, and return no data
         self._system = system_store or store

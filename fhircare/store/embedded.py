@@ -21,6 +21,14 @@ is applied (integrity checks and reindexing read the applied indexes). A failed 
 leaves what was written in doubt: the store then refuses every further write
 (`StoreFailed`) until it is opened again, which replays what the journal holds.
 
+Shared (`shared=True`, the workers of `fhircare serve --workers N`): the journal is the
+truth every worker follows. A writer takes the journal's cross-process write lock, applies
+what the other workers appended since (indexes and SearchParameters included), and keeps
+the lock until its process's written commits are durable and applied (group commit stays
+within a process). A read first catches up, under the lock shared, when the journal's
+size or inode changed (one stat): a client reads its writes through any worker.
+Conditional writes take a lock over the whole group (`conditional`).
+
 Commits are applied to the tables' documents directly, by the same code that replays the
 journal, instead of through TinyDB's write path, which rebuilds a whole table per operation.
 The snapshot is a plain TinyDB JSON database. Search indexes (`index.py`: references and
@@ -61,7 +69,7 @@ from fhircare.fhir.registry import SearchRegistry
 from fhircare.fhir.search import Criterion, execute, parse_query
 from fhircare.store.base import Change, SearchResult, WriteOp, WriteResult, new_id
 from fhircare.store.index import Keys, SearchIndex
-from fhircare.store.journal import Journal, Record, apply_record
+from fhircare.store.journal import GroupLock, Journal, Record, apply_record
 
 META = "_meta"
 # Records about other resources that must outlive them: their references never block a delete
@@ -121,15 +129,26 @@ class EmbeddedStore:
         compact_bytes: int = DEFAULT_COMPACT_BYTES,
         referential_integrity: bool = True,
         packed: Iterable[str] = PACKED,
+        shared: bool = False,
     ) -> None:
         self.folder = Path(folder)
         self._packed = frozenset(packed)
-        self._journal = Journal(self.folder, fsync=fsync)
-        with _collector_paused():  # millions of new objects, none of them garbage
-            tables, self._seq = self._journal.load(frozenset(t + HISTORY for t in self._packed))
-        self._db = KeyedTinyDB(storage=MemoryStorage)
-        self._db.storage.memory = tables  # type: ignore[attr-defined]
-        self._mem = tables
+        self._packed_history = frozenset(t + HISTORY for t in self._packed)
+        self._shared = shared
+        self._journal = Journal(self.folder, fsync=fsync, shared=shared)
+        # shared: the write lock's file descriptor while this process holds it, and the
+        # writers inside a commit that need it held
+        self._xfd: int | None = None
+        self._xusers = 0
+        self._follow_lock = threading.Lock()
+        self.conditional: Any = GroupLock(self.folder / "CONDITIONAL") if shared else None
+        load_lock = self._journal.write_lock(True) if shared else None
+        try:
+            with _collector_paused():  # millions of new objects, none of them garbage
+                tables, self._seq = self._journal.load(self._packed_history)
+        finally:
+            if load_lock is not None:
+                self._journal.unlock(load_lock)
         # `_lock`: what readers see (held to read, and to apply durable commits);
         # `_commit_lock`: writers preparing and appending, one at a time;
         # `_flush`: the queue of written commits and the one writer that syncs them.
@@ -139,17 +158,29 @@ class EmbeddedStore:
         self._flushing = False
         self._queue: list[_Written] = []
         self._overlay: dict[str, dict[str, Any]] = {}  # written, not yet applied
-        self._written_seq = self._seq
         self._written_number = 0
         self._applied_number = 0
         self._failed: BaseException | None = None
         self.referential_integrity = referential_integrity
-        self.registry = SearchRegistry(registry.R4)
+        self._registry = SearchRegistry(registry.R4)
+        self._install(tables, self._seq)
+        self._compact_bytes = compact_bytes
+        self._last_instant = datetime.now(UTC) - timedelta(days=1)
+        self._closed = False
+
+    def _install(self, tables: dict[str, dict[str, Any]], seq: int) -> None:
+        """Serve `tables` (as loaded): the SearchParameters they hold, and the indexes."""
+        self._db = KeyedTinyDB(storage=MemoryStorage)
+        self._db.storage.memory = tables  # type: ignore[attr-defined]
+        self._mem = tables
+        self._seq = self._written_seq = seq
+        for rid in self._registry.custom_ids():
+            self._registry.set_custom(rid, None)
         for rid, cur in tables.get("SearchParameter", {}).items():
             if not cur["deleted"]:
-                self.registry.set_custom(rid, self._body("SearchParameter", cur))
+                self._registry.set_custom(rid, self._body("SearchParameter", cur))
         self._index = SearchIndex(
-            self.registry, deferred=DEFERRED_INDEX, body=self.body, version_body=self._version_body
+            self._registry, deferred=DEFERRED_INDEX, body=self.body, version_body=self._version_body
         )
         for name in list(tables):
             if not name.endswith(HISTORY) and name != META:
@@ -160,9 +191,6 @@ class EmbeddedStore:
                         self._index.touch(name, rid, None)
                     else:
                         self._index.add(name, rid, self._body(name, cur))
-        self._compact_bytes = compact_bytes
-        self._last_instant = datetime.now(UTC) - timedelta(days=1)
-        self._closed = False
 
     # ---- time and ids ---------------------------------------------------------------------
 
@@ -211,6 +239,7 @@ class EmbeddedStore:
         return doc if doc is not None else self._mem.get(table, {}).get(key)
 
     def read(self, resource_type: str, id: str) -> dict[str, Any]:
+        self._follow()
         with self._lock:
             cur = self._current(resource_type, id)
             if cur is None:
@@ -222,6 +251,7 @@ class EmbeddedStore:
         return self._resource_copy(resource_type, doc)  # stored versions never change
 
     def vread(self, resource_type: str, id: str, version_id: str) -> dict[str, Any]:
+        self._follow()
         with self._lock:
             doc = self._version_doc(resource_type, id, version_id)
             if doc is None:
@@ -231,18 +261,127 @@ class EmbeddedStore:
         return self._resource_copy(resource_type, doc)
 
     def exists(self, resource_type: str, id: str) -> bool:
+        self._follow()
         with self._lock:
             cur = self._current(resource_type, id)
             return cur is not None and not cur["deleted"]
 
     def current_version(self, resource_type: str, id: str) -> str | None:
+        self._follow()
         with self._lock:
             cur = self._current(resource_type, id)
             return None if cur is None else cur["vid"]
 
     def resource_types(self) -> list[str]:
+        self._follow()
         with self._lock:
             return sorted(n for n in self._db.tables() if not n.endswith(HISTORY) and n != META)
+
+    @property
+    def registry(self) -> SearchRegistry:
+        """The search parameters, the store's own SearchParameters included (shared: as
+        the journal has them now)."""
+        self._follow()
+        return self._registry
+
+    def _follow(self) -> None:
+        """(Shared) catch up with what the other workers wrote, when the journal changed: under
+        the write lock shared, so that what is read is durable."""
+        # Not inside the read lock (a search's engine reads `registry` there, having caught
+        # up on the way in): a writer of this process applies under it, holding the write lock.
+        if (
+            self._shared
+            and self._xfd is None
+            and not self._lock._is_owned()  # type: ignore[attr-defined]  # Condition uses it
+            and self._journal.grown()
+        ):
+            fd = self._journal.write_lock(False)
+            try:
+                self._catch_up()
+            finally:
+                self._journal.unlock(fd)
+
+    def _catch_up(self) -> None:
+        """(Shared, write lock held, nothing of this process pending) apply the records the
+        other workers appended, in order, indexes and SearchParameters included."""
+        with self._follow_lock:
+            records = self._journal.follow(self._packed_history)
+            if records is None:  # compacted more than once since: the snapshot is newer
+                with self._lock, _collector_paused():
+                    self._install(*self._journal.reload(self._packed_history))
+                return
+            if not records:
+                return
+            with self._lock:
+                for record in records:
+                    tables = record["tables"]
+                    keys: dict[tuple[str, str], tuple[Keys | None, Keys | None]] = {}
+                    for name, docs in tables.items():
+                        if name.endswith(HISTORY) or name == META:
+                            continue
+                        for rid, cur in docs.items():
+                            new = None
+                            if name not in DEFERRED_INDEX and not cur["deleted"]:
+                                version = tables[name + HISTORY][f"{rid}/{cur['vid']}"]
+                                new = self._index.keys(name, self._resource(name, version))
+                            keys[(name, rid)] = (None, new)
+                    number = self._applied_number
+                    self._apply([_Written(number, record["seq"], record, keys)])
+                    self._written_seq = max(self._written_seq, record["seq"])
+                self._follow_instants(records)
+
+    def _follow_instants(self, records: list[Record]) -> None:
+        """Keep `_now` ahead of the lastUpdated the other workers wrote (one order of
+        versions across the group)."""
+        latest = max(
+            (
+                doc["lu"]
+                for record in records
+                for name, docs in record["tables"].items()
+                if name.endswith(HISTORY)
+                for doc in docs.values()
+            ),
+            default=None,
+        )
+        if latest is not None:
+            instant = datetime.fromisoformat(latest.replace("Z", "+00:00"))
+            self._last_instant = max(self._last_instant, instant)
+
+    def _share_begin(self) -> None:
+        """(Commit lock held; shared) hold the write lock for this commit, caught up."""
+        if not self._shared:
+            return
+        with self._flush:
+            self._xusers += 1
+            held = self._xfd is not None
+        if held:
+            return
+        try:
+            fd = self._journal.write_lock(True)
+        except BaseException:
+            self._share_end()
+            raise
+        with self._flush:
+            self._xfd = fd
+        try:
+            self._catch_up()
+        except BaseException:
+            self._share_end()
+            raise
+
+    def _share_end(self) -> None:
+        if not self._shared:
+            return
+        with self._flush:
+            self._xusers -= 1
+            self._release_if_idle()
+
+    def _release_if_idle(self) -> None:
+        """(`_flush` held) release the write lock once nothing of this process is written
+        but not yet durable and applied, and no commit is being prepared."""
+        if self._xfd is not None and not self._xusers and not self._queue and not self._flushing:
+            self._journal.unlock(self._xfd)
+            self._xfd = None
 
     def _body(self, resource_type: str, cur: dict[str, Any]) -> dict[str, Any]:
         return self._resource(
@@ -277,6 +416,7 @@ class EmbeddedStore:
         return self._index.referrers(resource_type, key)
 
     def iter_resources(self, resource_type: str) -> Iterator[dict[str, Any]]:
+        self._follow()
         with self._lock:
             items = list(self._live(resource_type))
         if resource_type in self._packed:  # decoded afresh already
@@ -285,6 +425,7 @@ class EmbeddedStore:
             yield from (jsonio.copy(r) for r in items)
 
     def count(self, resource_type: str) -> int:
+        self._follow()
         with self._lock:
             return sum(1 for cur in self._mem.get(resource_type, {}).values() if not cur["deleted"])
 
@@ -299,7 +440,8 @@ class EmbeddedStore:
         offset: int = 0,
         count: int | None = None,
     ) -> SearchResult:
-        query = parse_query(resource_type, params, registry_=self.registry)
+        self._follow()
+        query = parse_query(resource_type, params, registry_=self._registry)
         with self._lock:
             found = execute(self, query)
         end = None if count is None else offset + count
@@ -312,6 +454,7 @@ class EmbeddedStore:
     def referenced_by(self, resource_type: str, id: str) -> list[str]:
         """'Type/id' of every live resource holding a reference to this one."""
         key = f"{resource_type}/{id}"
+        self._follow()
         with self._lock:
             return sorted(
                 f"{t}/{h}"
@@ -326,6 +469,7 @@ class EmbeddedStore:
         id: str | None = None,
         since: str | None = None,
     ) -> list[dict[str, Any]]:
+        self._follow()
         with self._lock:
             if resource_type and id:
                 cur = self._current(resource_type, id)
@@ -363,6 +507,7 @@ class EmbeddedStore:
         return entry
 
     def changes(self, after_seq: int, limit: int | None = None) -> list[Change]:
+        self._follow()
         with self._lock:
             out = [
                 Change(
@@ -385,9 +530,11 @@ class EmbeddedStore:
 
     @property
     def last_seq(self) -> int:
+        self._follow()
         return self._seq
 
     def get_meta(self, key: str, default: Any = None) -> Any:
+        self._follow()
         with self._lock:
             doc = self._mem.get(META, {}).get(key)
             return default if doc is None else jsonio.copy(doc["value"])
@@ -411,40 +558,52 @@ class EmbeddedStore:
             if self._closed:
                 raise RuntimeError("store is closed")
             self._check_usable()
-            if self._journal.journal_bytes > self._compaction_due_at():
-                self._compact_locked()
-            elif any(op.method == "delete" or op.resource_type == "SearchParameter" for op in ops):
-                self._settle()  # integrity checks and reindexing read the applied state
-            ops = self._with_cascades(ops)
-            now = _instant(self._now())
-            seq = self._written_seq
-            pending: dict[tuple[str, str], dict[str, Any]] = {}  # overlay of current docs
-            tables: dict[str, dict[str, Any]] = {}
-            results: list[WriteResult] = []
-            for op in ops:
-                result, cur_doc, version_doc = self._prepare(op, pending, now, seq + 1)
-                if version_doc is None:  # no-op: delete of an absent resource, unchanged update
-                    results.append(result)
-                    continue
-                seq += 1
-                key = (op.resource_type, result.id)
-                pending[key] = cur_doc
-                tables.setdefault(op.resource_type, {})[result.id] = cur_doc
-                tables.setdefault(op.resource_type + HISTORY, {})[
-                    f"{result.id}/{result.version_id}"
-                ] = version_doc
-                results.append(result)
-            if self.referential_integrity:
-                self._check_integrity(tables)
-            if meta:
-                tables.setdefault(META, {}).update(
-                    {k: {"id": k, "value": jsonio.copy(v)} for k, v in meta.items()}
-                )
-            if tables:
-                self._write(tables, seq)
-            wait_for = self._written_number  # a no-op answers from writes that must be durable
+            self._share_begin()
+            try:
+                results, wait_for = self._commit_locked(ops, meta)
+            finally:
+                self._share_end()
         self._wait_durable(wait_for)
         return results
+
+    def _commit_locked(
+        self, ops: list[WriteOp], meta: dict[str, Any] | None
+    ) -> tuple[list[WriteResult], int]:
+        """(Commit lock held) prepare and write a commit: its results and the number of the
+        written commit to wait for."""
+        if self._journal.journal_bytes > self._compaction_due_at():
+            self._compact_locked()
+        elif any(op.method == "delete" or op.resource_type == "SearchParameter" for op in ops):
+            self._settle()  # integrity checks and reindexing read the applied state
+        ops = self._with_cascades(ops)
+        now = _instant(self._now())
+        seq = self._written_seq
+        pending: dict[tuple[str, str], dict[str, Any]] = {}  # overlay of current docs
+        tables: dict[str, dict[str, Any]] = {}
+        results: list[WriteResult] = []
+        for op in ops:
+            result, cur_doc, version_doc = self._prepare(op, pending, now, seq + 1)
+            if version_doc is None:  # no-op: delete of an absent resource, unchanged update
+                results.append(result)
+                continue
+            seq += 1
+            key = (op.resource_type, result.id)
+            pending[key] = cur_doc
+            tables.setdefault(op.resource_type, {})[result.id] = cur_doc
+            tables.setdefault(op.resource_type + HISTORY, {})[
+                f"{result.id}/{result.version_id}"
+            ] = version_doc
+            results.append(result)
+        if self.referential_integrity:
+            self._check_integrity(tables)
+        if meta:
+            tables.setdefault(META, {}).update(
+                {k: {"id": k, "value": jsonio.copy(v)} for k, v in meta.items()}
+            )
+        if tables:
+            self._write(tables, seq)
+        wait_for = self._written_number  # a no-op answers from writes that must be durable
+        return results, wait_for
 
     def _with_cascades(self, ops: list[WriteOp]) -> list[WriteOp]:
         """The ops, with a delete of every resource that references a cascading delete."""
@@ -656,6 +815,8 @@ class EmbeddedStore:
                 finally:
                     self._flush.acquire()
                     self._flushing = False
+                    if self._shared:
+                        self._release_if_idle()
                     self._flush.notify_all()
 
     def _settle(self) -> None:
@@ -667,7 +828,7 @@ class EmbeddedStore:
         for written in batch:
             tables = written.record["tables"]
             reindex: set[str] = set()
-            fresh = self.registry.version
+            fresh = self._registry.version
             for (name, rid), (old_keys, _) in written.keys.items():
                 old = self._mem.get(name, {}).get(rid)
                 if name in DEFERRED_INDEX:
@@ -686,11 +847,11 @@ class EmbeddedStore:
                             del overlay[doc_id]
             for rid, cur in tables.get("SearchParameter", {}).items():
                 body = None if cur["deleted"] else self._body("SearchParameter", cur)
-                reindex |= self.registry.set_custom(rid, body)
+                reindex |= self._registry.set_custom(rid, body)
             for (name, rid), (_, new_keys) in written.keys.items():
                 if new_keys is None or name in reindex or name in DEFERRED_INDEX:
                     continue
-                if new_keys.registry_version != self.registry.version:
+                if new_keys.registry_version != self._registry.version:
                     new_keys = self._index.keys(name, self._body(name, tables[name][rid]))
                 self._index.add_keys(name, rid, new_keys)
             for name in sorted(reindex):
@@ -719,7 +880,11 @@ class EmbeddedStore:
     def compact(self) -> None:
         """Write a snapshot of every table and empty the journal."""
         with self._commit_lock:
-            self._compact_locked()
+            self._share_begin()
+            try:
+                self._compact_locked()
+            finally:
+                self._share_end()
 
     def _compact_locked(self) -> None:
         """(Commit lock held) settle what is written, then snapshot: nothing is pending, so
@@ -732,9 +897,13 @@ class EmbeddedStore:
             if self._closed:
                 return
             if self._failed is None:
-                self._settle()
-                if self._journal.journal_bytes:
-                    self._compact_locked()
+                self._share_begin()
+                try:
+                    self._settle()
+                    if self._journal.journal_bytes:
+                        self._compact_locked()
+                finally:
+                    self._share_end()
             self._journal.close()
             self._closed = True
 

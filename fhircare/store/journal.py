@@ -16,6 +16,14 @@
   the middle of an append, never acknowledged) is cut off. A bad line followed by good
   ones is corruption and refuses to open.
 * A `LOCK` file held with `flock` makes one process the owner of the folder.
+* Shared (`shared=True`: the worker processes of `fhircare serve --workers N`, whose parent
+  holds `LOCK` for the group): a second lock file, `WRITE`, held exclusively by the worker
+  that catches up, appends and syncs, and shared by one that only catches up (`follow`
+  reads the records the others appended since its offset). Compaction writes the snapshot
+  and then renames a fresh, empty journal over the old one instead of truncating it: a
+  worker still holding the old one reads it to its end (the snapshot holds exactly that),
+  then moves on to the new file (a new inode); `GENERATION` counts the compactions, and a
+  worker that missed more than one reloads the snapshot.
 * A journal record orjson wrote carries a mark (`MARK`) and is read back with orjson,
   exactly and several times faster; any other (an integer beyond 64 bits, a record written
   before the mark) with the standard library.
@@ -27,6 +35,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +49,11 @@ from fhircare.fhir.errors import StoreLocked
 Tables = dict[str, dict[str, Any]]
 # A journal record: {"seq": last seq in the commit, "tables": {table: {doc_id: doc | None}}}
 Record = dict[str, Any]
+
+
+# Shared: how many times the journal was compacted (a worker that finds it grown by more
+# than one since it last followed reloads the snapshot).
+GENERATION = "GENERATION"
 
 
 class CorruptJournal(Exception):
@@ -160,19 +174,17 @@ def apply_record(tables: Tables, record: Record) -> None:
 class Journal:
     """Owns a data folder: lock, snapshot and journal."""
 
-    def __init__(self, folder: Path, *, fsync: bool = True) -> None:
+    def __init__(self, folder: Path, *, fsync: bool = True, shared: bool = False) -> None:
         self.folder = folder
         self.fsync = fsync
+        self.shared = shared
         folder.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(folder / "LOCK", "a+")  # noqa: SIM115 - held for the lifetime
-        try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock_file.close()
-            raise StoreLocked(
-                f"the data folder {folder} is in use by another fhircare process "
-                "(one process owns a store; stop the other one or use --data)"
-            ) from exc
+        self._lock_file: Any = None if shared else lock_folder(folder)
+        # shared: the cross-process write lock (EX to write, SH to catch up), one file
+        # description per use so that the threads of one process exclude each other too
+        self._write_lock_path = folder / "WRITE"
+        self._rfd: int | None = None  # shared: reads what the other workers append
+        self.generation = 0  # shared: the journal's compactions, as this worker follows it
         self.snapshot_path = folder / "snapshot.json"
         self.journal_path = folder / "journal.log"
         self._fd: int | None = None
@@ -219,7 +231,86 @@ class Journal:
         self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         if good_end == 0:
             _fsync_dir(self.folder)
+        if self.shared:
+            self._rfd = os.open(self.journal_path, os.O_RDONLY)
+            self.generation = self._read_generation()
         return tables, last_seq
+
+    def reload(self, packed: frozenset[str] = frozenset()) -> tuple[Tables, int]:
+        """(Shared, write lock held) `load` again: the snapshot and the current journal."""
+        for fd in (self._fd, self._rfd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._rfd = None
+        return self.load(packed)
+
+    def _read_generation(self) -> int:
+        """(Shared) compactions of this folder's journal so far (`GENERATION`)."""
+        try:
+            return int((self.folder / GENERATION).read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    # ---- shared: several worker processes on one folder ------------------------------------
+
+    def write_lock(self, exclusive: bool) -> int:
+        """(Shared) take the cross-process write lock, blocking; `unlock` releases it."""
+        fd = os.open(self._write_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def unlock(fd: int) -> None:
+        os.close(fd)  # closing the file description releases its flock
+
+    def grown(self) -> bool:
+        """(Shared) whether another worker appended or compacted since this one caught up:
+        one stat of the journal's path (its size and inode)."""
+        try:
+            st = os.stat(self.journal_path)
+            return st.st_size != self.journal_bytes or st.st_ino != os.fstat(self._rfd).st_ino
+        except (OSError, TypeError):  # mid-switch to a new journal: catch up to be sure
+            return True
+
+    def follow(self, packed: frozenset[str] = frozenset()) -> list[Record] | None:
+        """(Shared, write lock held) the records the other workers appended since this one
+        last read or wrote, across a compaction (the old journal read to its end, then the
+        new one from its start); afterwards this worker appends to the current journal.
+        None when the journal was compacted more than once since: the caller `reload`s."""
+        assert self._rfd is not None and self._fd is not None
+        records: list[Record] = []
+        while True:
+            end = os.fstat(self._rfd).st_size
+            if end > self.journal_bytes:
+                data = os.pread(self._rfd, end - self.journal_bytes, self.journal_bytes)
+                for line in data.splitlines(keepends=True):
+                    record = _decode(line)
+                    if record is None:  # a writer holds the lock until its record is whole
+                        raise CorruptJournal(f"{self.journal_path}: a damaged record")
+                    for name in packed & record["tables"].keys():
+                        _pack(record["tables"][name])
+                    records.append(record)
+                self.journal_bytes = end
+            st = os.stat(self.journal_path)
+            if st.st_ino == os.fstat(self._rfd).st_ino:
+                return records
+            # compacted by another worker: the new journal continues where this one ended,
+            # unless it was compacted again since (the journal in between is gone)
+            generation = self._read_generation()
+            if generation != self.generation + 1:
+                return None
+            self.generation = generation
+            os.close(self._rfd)
+            os.close(self._fd)
+            self._rfd = os.open(self.journal_path, os.O_RDONLY)
+            self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
+            self.journal_bytes = 0
+            with contextlib.suppress(OSError):
+                self.snapshot_bytes = self.snapshot_path.stat().st_size
 
     def append(self, record: Record) -> None:
         """Append one commit and make it durable."""
@@ -266,8 +357,24 @@ class Journal:
         _fsync_dir(self.folder)
         # Every journal record is now in the snapshot (their seq <= the snapshot's seq).
         assert self._fd is not None
-        os.ftruncate(self._fd, 0)
-        os.fsync(self._fd)
+        if self.shared:  # a fresh journal renamed over the old one, which others may read
+            fresh = self.folder / "journal.log.tmp"
+            fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.fsync(fd)
+            os.replace(fresh, self.journal_path)
+            self.generation += 1
+            counter = self.folder / (GENERATION + ".tmp")
+            counter.write_text(str(self.generation))
+            os.replace(counter, self.folder / GENERATION)
+            _fsync_dir(self.folder)
+            os.close(self._fd)
+            assert self._rfd is not None
+            os.close(self._rfd)
+            self._fd = fd
+            self._rfd = os.open(self.journal_path, os.O_RDONLY)
+        else:
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
         self.journal_bytes = 0
         self.snapshot_bytes = size
 
@@ -275,6 +382,58 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-        self._lock_file.close()
+        if self._rfd is not None:
+            os.close(self._rfd)
+            self._rfd = None
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+
+
+class GroupLock:
+    """A reentrant lock over the worker processes of one folder: a thread RLock plus an
+    exclusive `flock` on `path` while the outermost holder holds it."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+
+    def __enter__(self) -> GroupLock:
+        self._local.acquire()
+        if self._depth == 0:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(fd)
+                self._local.release()
+                raise
+            self._fd = fd
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._local.release()
+
+
+def lock_folder(folder: Path) -> Any:
+    """Make this process (and the children it forks, which inherit the file) the owner of
+    `folder`: the open `LOCK` file, held with `flock`; StoreLocked when another holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_file = open(folder / "LOCK", "a+")  # noqa: SIM115 - held for the lifetime
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock_file.close()
+        raise StoreLocked(
+            f"the data folder {folder} is in use by another fhircare process "
+            "(one process owns a store; stop the other one or use --data)"
+        ) from exc
+    return lock_file

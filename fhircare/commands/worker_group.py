@@ -1,0 +1,79 @@
+"""`fhircare serve --workers N`: N uvicorn worker processes on one listening socket and one
+embedded store.
+
+The parent takes the data folder's lock (so a second server on the folder is refused, and
+the workers it forks inherit the lock), binds the socket once and forks the workers; each
+opens the store shared (`EmbeddedStore(shared=True)`: the journal is the truth they all
+follow) and runs the app on the inherited socket. Worker 0 is the leader: only it runs the
+background loops and the MLLP listener. SIGTERM or SIGINT to the parent stops every worker
+and exits 0; a worker that dies on its own stops the group (exit 1): a supervisor restarts
+it whole, and no loop, lock or store is left half-owned.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+from collections.abc import Callable
+from multiprocessing.connection import wait
+from types import FrameType
+from typing import Any
+
+from fhircare.config import Settings
+
+log = logging.getLogger("fhircare")
+
+# Builds and runs one worker's app on the socket (fhircare.cli passes its uvicorn runner).
+WorkerMain = Callable[[Settings, socket.socket], None]
+
+
+def run_group(settings: Settings, bind: Callable[[], socket.socket], main: WorkerMain) -> int:
+    """Run `settings.workers` workers until a signal or a worker's death; the exit code.
+    The caller holds the folder's lock (`journal.lock_folder`), which the workers inherit."""
+    sock = bind()
+    ctx = multiprocessing.get_context("fork")  # the socket and the folder lock are inherited
+    workers: list[Any] = []
+    for index in range(settings.workers):
+        worker_settings = settings.model_copy(update={"worker_index": index})
+        process = ctx.Process(target=_worker, args=(main, worker_settings, sock), daemon=False)
+        process.start()
+        workers.append(process)
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in workers:
+            if process.exitcode is None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    code = 0
+    try:
+        alive = list(workers)
+        while alive:
+            wait([p.sentinel for p in alive])
+            for process in [p for p in alive if p.exitcode is not None]:
+                alive.remove(process)
+                if not stopping:
+                    log.error(
+                        "worker %d (pid %d) exited with %s: stopping the other workers",
+                        workers.index(process),
+                        process.pid,
+                        process.exitcode,
+                    )
+                    code = 1
+                    stop(signal.SIGTERM, None)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        sock.close()
+    return code
+
+
+def _worker(main: WorkerMain, settings: Settings, sock: socket.socket) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+    main(settings, sock)

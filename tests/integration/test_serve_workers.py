@@ -1,0 +1,184 @@
+"""`fhircare serve --workers 2` as real processes on loopback: one socket, one store, every
+write read back through either worker, nothing lost to a SIGKILL of the whole group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, wait_http
+
+FHIR = {"Content-Type": "application/fhir+json"}
+WORKER = "x-fhircare-worker"
+ATTEMPTS = 200  # requests on fresh connections before giving up on seeing both workers
+
+
+class Group:
+    """`fhircare serve --workers 2` in its own session (so it can be killed whole)."""
+
+    def __init__(self, data: Path, env: dict[str, str] | None = None) -> None:
+        self.data = data
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}/fhir"
+        self.log = data.parent / f"serve-{self.port}.log"
+        env = {**os.environ, "FHIRCARE_WORKERS": "2", **(env or {})}
+        data.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fhircare", "serve", "--port", str(self.port)]
+                + ["--data", str(data)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+            )
+        wait_http(f"{self.base}/metadata", 60, self.proc)
+        seen = set()
+        for _ in range(ATTEMPTS):  # both workers up: each answers on some fresh connection
+            seen.add(httpx.get(f"http://127.0.0.1:{self.port}/health").json()["worker"])
+            if seen == {0, 1}:
+                break
+        assert seen == {0, 1}
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def kill_group(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[Group]]:
+    groups: list[Group] = []
+    yield groups
+    for group in groups:
+        if group.proc.poll() is None:
+            group.kill_group()
+
+
+def _create(base: str, family: str) -> tuple[str, str]:
+    body = {"resourceType": "Patient", "name": [{"family": family}], "gender": "female"}
+    r = httpx.post(f"{base}/Patient", json=body, headers=FHIR)  # a fresh connection each
+    assert r.status_code == 201, r.text
+    return r.json()["id"], r.headers[WORKER]
+
+
+def test_writes_through_either_worker_are_read_back_through_either(
+    tmp_path: Path, started: list[Group]
+) -> None:
+    group = Group(tmp_path / "data")
+    started.append(group)
+    created: dict[str, str] = {}
+    for n in range(ATTEMPTS):
+        pid, worker = _create(group.base, "Shared")
+        created[pid] = worker
+        if n >= 30 and set(created.values()) == {"0", "1"}:
+            break
+    assert set(created.values()) == {"0", "1"}  # both workers took creates
+    readers = set()
+    for pid in created:
+        r = httpx.get(f"{group.base}/Patient/{pid}")
+        assert r.status_code == 200 and r.json()["id"] == pid
+        readers.add(r.headers[WORKER])
+    searched = set()
+    for _ in range(ATTEMPTS):
+        r = httpx.get(f"{group.base}/Patient", params={"family": "Shared", "_count": "500"})
+        assert r.status_code == 200
+        assert sorted(e["resource"]["id"] for e in r.json()["entry"]) == sorted(created)
+        searched.add(r.headers[WORKER])
+        if searched == {"0", "1"}:
+            break
+    assert searched == {"0", "1"}
+
+    # a SearchParameter created through one worker is honoured by both
+    sp = {
+        "resourceType": "SearchParameter",
+        "url": "http://example.org/SearchParameter/sex",
+        "name": "sex",
+        "description": "Administrative gender",
+        "status": "active",
+        "code": "sex",
+        "base": ["Patient"],
+        "type": "token",
+        "expression": "Patient.gender",
+    }
+    assert httpx.post(f"{group.base}/SearchParameter", json=sp, headers=FHIR).status_code == 201
+    honoured = set()
+    for _ in range(ATTEMPTS):
+        r = httpx.get(f"{group.base}/Patient", params={"sex": "female", "_count": "500"})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["entry"]) == len(created)
+        honoured.add(r.headers[WORKER])
+        if honoured == {"0", "1"}:
+            break
+    assert honoured == {"0", "1"}
+
+    # a second server on the folder is refused while the group holds it
+    second = subprocess.run(
+        [sys.executable, "-m", "fhircare", "serve", "--port", str(free_port())]
+        + ["--data", str(group.data), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2
+    assert "in use by another fhircare process" in second.stderr
+    assert group.stop() == 0
+    # both workers compacted at their stop, the second after the first: a restart reads all
+    assert (group.data / "journal.log").stat().st_size == 0
+    again = Group(group.data)
+    started.append(again)
+    r = httpx.get(f"{again.base}/Patient", params={"sex": "female", "_count": "500"})
+    assert sorted(e["resource"]["id"] for e in r.json()["entry"]) == sorted(created)
+
+
+def test_a_sigkill_of_the_group_loses_no_acknowledged_write(
+    tmp_path: Path, started: list[Group]
+) -> None:
+    group = Group(tmp_path / "data")
+    started.append(group)
+    acknowledged = dict(_create(group.base, "Durable") for _ in range(40))
+    assert set(acknowledged.values()) == {"0", "1"} or len(acknowledged) == 40
+    group.kill_group()
+    again = Group(group.data)
+    started.append(again)
+    for pid in acknowledged:
+        assert httpx.get(f"{again.base}/Patient/{pid}").status_code == 200
+
+
+def test_the_leader_alone_listens_for_mllp(tmp_path: Path, started: list[Group]) -> None:
+    mllp_port = free_port()
+    group = Group(tmp_path / "data", {"FHIRCARE_MLLP_PORT": str(mllp_port)})
+    started.append(group)
+    with socket.create_connection(("127.0.0.1", mllp_port), timeout=10):
+        pass  # someone listens
+    assert group.text().count("MLLP listening") == 1
+    assert group.stop() == 0
+
+
+def test_what_several_workers_cannot_share_is_refused(tmp_path: Path) -> None:
+    env: dict[str, Any] = {**os.environ, "FHIRCARE_WORKERS": "2", "FHIRCARE_SERVER": "granian"}
+    out = subprocess.run(
+        [sys.executable, "-m", "fhircare", "serve", "--data", str(tmp_path / "d")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "FHIRCARE_WORKERS=2 needs FHIRCARE_SERVER=uvicorn" in out.stderr

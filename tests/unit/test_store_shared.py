@@ -1,0 +1,136 @@
+"""The embedded store shared by several processes (`serve --workers N`): two stores opened
+`shared` on one folder (as two workers do) see each other's commits, SearchParameters and
+compactions, and a reopen loses nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhircare.fhir.errors import BadRequest
+from fhircare.store.base import WriteOp
+from fhircare.store.embedded import EmbeddedStore
+from fhircare.store.journal import GroupLock
+
+EYE = {
+    "resourceType": "SearchParameter",
+    "id": "eye",
+    "url": "http://example.org/SearchParameter/eye",
+    "name": "eye",
+    "status": "active",
+    "code": "eye-colour",
+    "base": ["Patient"],
+    "type": "token",
+    "expression": "Patient.extension('http://example.org/eye').value",
+}
+
+
+def _patient(pid: str, family: str, eye: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"resourceType": "Patient", "id": pid, "name": [{"family": family}]}
+    if eye:
+        body["extension"] = [{"url": "http://example.org/eye", "valueCode": eye}]
+    return body
+
+
+def _put(store: EmbeddedStore, resource: dict[str, Any]) -> None:
+    rtype, rid = resource["resourceType"], resource["id"]
+    store.commit([WriteOp("update", rtype, id=rid, resource=resource)])
+
+
+def _ids(store: EmbeddedStore, params: list[tuple[str, str]]) -> list[str]:
+    return sorted(r["id"] for r in store.search("Patient", params))
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Any:
+    a = EmbeddedStore(tmp_path / "data", fsync=False, shared=True)
+    b = EmbeddedStore(tmp_path / "data", fsync=False, shared=True)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_each_reads_and_searches_what_the_other_wrote(pair: Any, tmp_path: Path) -> None:
+    a, b = pair
+    _put(a, _patient("p1", "Ames"))
+    assert b.read("Patient", "p1")["name"][0]["family"] == "Ames"
+    assert _ids(b, [("family", "Ames")]) == ["p1"]
+    _put(b, _patient("p1", "Baker"))  # an update on top of the other's version
+    _put(b, _patient("p2", "Baker"))
+    assert a.read("Patient", "p1")["meta"]["versionId"] == "2"
+    assert _ids(a, [("family", "Baker")]) == ["p1", "p2"]
+    assert _ids(a, [("family", "Ames")]) == []  # the index followed the update
+    assert a.last_seq == b.last_seq == 3
+    a.close()
+    b.close()
+    reopened = EmbeddedStore(tmp_path / "data", fsync=False)
+    assert _ids(reopened, [("family", "Baker")]) == ["p1", "p2"]
+    reopened.close()
+
+
+def test_a_search_parameter_written_by_one_is_honoured_by_the_other(pair: Any) -> None:
+    a, b = pair
+    _put(a, _patient("eve", "Eve", eye="blue"))
+    with pytest.raises(BadRequest):
+        b.search("Patient", [("eye-colour", "blue")])
+    _put(a, EYE)
+    assert _ids(b, [("eye-colour", "blue")]) == ["eve"]
+    _put(b, _patient("ann", "Ann", eye="blue"))
+    assert _ids(a, [("eye-colour", "blue")]) == ["ann", "eve"]
+
+
+def test_a_compaction_by_one_is_followed_by_the_other(pair: Any, tmp_path: Path) -> None:
+    a, b = pair
+    _put(a, _patient("p1", "Before"))  # b has not read it yet when a compacts
+    a.compact()
+    assert (tmp_path / "data" / "journal.log").stat().st_size == 0
+    _put(a, _patient("p2", "After"))
+    assert _ids(b, [("family", "Before")]) == ["p1"]
+    assert _ids(b, [("family", "After")]) == ["p2"]
+    _put(b, _patient("p3", "After"))  # b appends to the new journal
+    b.compact()
+    _put(b, _patient("p4", "After"))
+    assert _ids(a, [("family", "After")]) == ["p2", "p3", "p4"]
+    a.close()
+    b.close()
+    reopened = EmbeddedStore(tmp_path / "data", fsync=False)
+    assert _ids(reopened, [("family", "After")]) == ["p2", "p3", "p4"]
+    assert reopened.read("Patient", "p1")["name"][0]["family"] == "Before"
+    reopened.close()
+
+
+def test_conditional_writes_lock_the_whole_group(pair: Any) -> None:
+    a, b = pair
+    assert isinstance(a.conditional, GroupLock)
+    with a.conditional, a.conditional:  # reentrant within a thread
+        pass
+    with b.conditional:
+        pass
+
+
+def test_one_that_missed_two_compactions_reloads_the_snapshot(pair: Any) -> None:
+    a, b = pair
+    _put(a, _patient("p1", "First"))
+    a.compact()
+    _put(a, _patient("p2", "Middle"))  # only in the journal between the two compactions
+    _put(a, EYE)
+    a.compact()
+    _put(a, _patient("p3", "Last", eye="green"))
+    assert _ids(b, [("family", "Middle")]) == ["p2"]
+    assert _ids(b, [("family", "First")]) == ["p1"]
+    assert _ids(b, [("eye-colour", "green")]) == ["p3"]  # the reloaded SearchParameter
+    _put(b, _patient("p4", "Middle"))
+    assert _ids(a, [("family", "Middle")]) == ["p2", "p4"]
+
+
+def test_versions_keep_one_order_of_last_updated_across_the_group(pair: Any) -> None:
+    from datetime import timedelta
+
+    a, b = pair
+    a._last_instant += timedelta(days=2)  # a's clock ahead (its instants never go back)
+    _put(a, _patient("p1", "Ahead"))
+    _put(b, _patient("p1", "Behind"))
+    first, second = (b.vread("Patient", "p1", v)["meta"]["lastUpdated"] for v in ("1", "2"))
+    assert second > first
