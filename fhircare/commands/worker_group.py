@@ -7,16 +7,20 @@ opens the store shared (`EmbeddedStore(shared=True)`: the journal is the truth t
 follow) and runs the app on the inherited socket. Worker 0 is the leader: only it runs the
 background loops and the MLLP listener. SIGTERM or SIGINT to the parent stops every worker
 and exits 0; a worker that dies on its own stops the group (exit 1): a supervisor restarts
-it whole, and no loop, lock or store is left half-owned.
+it whole, and no loop, lock or store is left half-owned. A parent killed outright (SIGKILL)
+takes its workers with it on Linux (the kernel's parent-death signal): none goes on serving,
+or holding the folder, without it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import wait
 from types import FrameType
@@ -38,7 +42,9 @@ def run_group(settings: Settings, bind: Callable[[], socket.socket], main: Worke
     workers: list[Any] = []
     for index in range(settings.workers):
         worker_settings = settings.model_copy(update={"worker_index": index})
-        process = ctx.Process(target=_worker, args=(main, worker_settings, sock), daemon=False)
+        process = ctx.Process(
+            target=_worker, args=(main, worker_settings, sock, os.getpid()), daemon=False
+        )
         process.start()
         workers.append(process)
     stopping = False
@@ -74,6 +80,21 @@ def run_group(settings: Settings, bind: Callable[[], socket.socket], main: Worke
     return code
 
 
-def _worker(main: WorkerMain, settings: Settings, sock: socket.socket) -> None:
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """(Linux) have the kernel send this worker SIGTERM when its parent dies, however it
+    dies; exit at once if it already has."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker(main: WorkerMain, settings: Settings, sock: socket.socket, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+    _exit_with_parent(parent)
     main(settings, sock)

@@ -3,11 +3,13 @@ write read back through either worker, nothing lost to a SIGKILL of the whole gr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,9 +68,10 @@ class Group:
 def started(tmp_path: Path) -> Iterator[list[Group]]:
     groups: list[Group] = []
     yield groups
-    for group in groups:
-        if group.proc.poll() is None:
-            group.kill_group()
+    for group in groups:  # the whole session, workers outliving their parent included
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group.proc.pid, signal.SIGKILL)
+        group.proc.wait(30)
 
 
 def _create(base: str, family: str) -> tuple[str, str]:
@@ -159,6 +162,52 @@ def test_a_sigkill_of_the_group_loses_no_acknowledged_write(
     started.append(again)
     for pid in acknowledged:
         assert httpx.get(f"{again.base}/Patient/{pid}").status_code == 200
+
+
+def test_workers_stop_when_the_parent_is_killed_alone(tmp_path: Path, started: list[Group]) -> None:
+    """SIGKILL of the parent only: its workers stop (no orphan serving or holding the
+    folder), and a new server opens the folder with every acknowledged write."""
+    group = Group(tmp_path / "data")
+    started.append(group)
+    acknowledged = dict(_create(group.base, "Orphan") for _ in range(10))
+    workers = _children(group.proc.pid)
+    assert len(workers) == 2
+    os.kill(group.proc.pid, signal.SIGKILL)
+    group.proc.wait(30)
+    for pid in workers:
+        _wait_gone(pid)
+    again = Group(group.data)
+    started.append(again)
+    for pid in acknowledged:
+        assert httpx.get(f"{again.base}/Patient/{pid}").status_code == 200
+
+
+def _children(parent: int) -> list[int]:
+    """The pids of `parent`'s child processes (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(pid: int, timeout: float = 30) -> None:
+    """Wait until process `pid` has exited (a zombie counts as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"worker {pid} still runs {timeout} s after its parent was killed")
 
 
 def test_the_leader_alone_listens_for_mllp(tmp_path: Path, started: list[Group]) -> None:
