@@ -25,8 +25,11 @@ Shared (`shared=True`, the workers of `fhircare serve --workers N`): the journal
 truth every worker follows. A writer takes the journal's cross-process write lock, applies
 what the other workers appended since (indexes and SearchParameters included), and keeps
 the lock until its process's written commits are durable and applied (group commit stays
-within a process). A read first catches up, under the lock shared, when the journal's
-size or inode changed (one stat): a client reads its writes through any worker.
+within a process). After each fsync the writer publishes the journal's durable offset
+(`journal.Durable`, a mapped file): a read first catches up, without any lock, to that
+offset when it moved (a memory read, no syscall), so it never waits for another worker's
+fsync, and a client reads its writes through any worker (a write is published before it is
+acknowledged). Only after a compaction does it catch up under the write lock shared.
 Conditional writes take a lock over the whole group (`conditional`).
 
 Commits are applied to the tables' documents directly, by the same code that replays the
@@ -285,21 +288,30 @@ class EmbeddedStore:
         return self._registry
 
     def _follow(self) -> None:
-        """(Shared) catch up with what the other workers wrote, when the journal changed: under
-        the write lock shared, so that what is read is durable."""
+        """(Shared) catch up with what the other workers made durable, when the offset they
+        publish moved: without a lock, up to that offset (never waiting for another worker's
+        fsync); after a compaction, under the write lock shared."""
         # Not inside the read lock (a search's engine reads `registry` there, having caught
         # up on the way in): a writer of this process applies under it, holding the write lock.
         if (
-            self._shared
-            and self._xfd is None
-            and not self._lock._is_owned()  # type: ignore[attr-defined]  # Condition uses it
-            and self._journal.grown()
+            not self._shared
+            or self._xfd is not None
+            or self._lock._is_owned()  # type: ignore[attr-defined]  # Condition uses it
+            or not self._journal.behind()
         ):
-            fd = self._journal.write_lock(False)
-            try:
-                self._catch_up()
-            finally:
-                self._journal.unlock(fd)
+            return
+        with self._follow_lock:
+            if self._xfd is not None:  # a writer of this process catches up under it
+                return
+            records = self._journal.follow_durable(self._packed_history)
+            if records is not None:
+                self._apply_followed(records)
+                return
+        fd = self._journal.write_lock(False)
+        try:
+            self._catch_up()
+        finally:
+            self._journal.unlock(fd)
 
     def _catch_up(self) -> None:
         """(Shared, write lock held, nothing of this process pending) apply the records the
@@ -310,25 +322,29 @@ class EmbeddedStore:
                 with self._lock, _collector_paused():
                     self._install(*self._journal.reload(self._packed_history))
                 return
-            if not records:
-                return
-            with self._lock:
-                for record in records:
-                    tables = record["tables"]
-                    keys: dict[tuple[str, str], tuple[Keys | None, Keys | None]] = {}
-                    for name, docs in tables.items():
-                        if name.endswith(HISTORY) or name == META:
-                            continue
-                        for rid, cur in docs.items():
-                            new = None
-                            if name not in DEFERRED_INDEX and not cur["deleted"]:
-                                version = tables[name + HISTORY][f"{rid}/{cur['vid']}"]
-                                new = self._index.keys(name, self._resource(name, version))
-                            keys[(name, rid)] = (None, new)
-                    number = self._applied_number
-                    self._apply([_Written(number, record["seq"], record, keys)])
-                    self._written_seq = max(self._written_seq, record["seq"])
-                self._follow_instants(records)
+            self._apply_followed(records)
+
+    def _apply_followed(self, records: list[Record]) -> None:
+        """(Follow lock held) apply the other workers' records, in order."""
+        if not records:
+            return
+        with self._lock:
+            for record in records:
+                tables = record["tables"]
+                keys: dict[tuple[str, str], tuple[Keys | None, Keys | None]] = {}
+                for name, docs in tables.items():
+                    if name.endswith(HISTORY) or name == META:
+                        continue
+                    for rid, cur in docs.items():
+                        new = None
+                        if name not in DEFERRED_INDEX and not cur["deleted"]:
+                            version = tables[name + HISTORY][f"{rid}/{cur['vid']}"]
+                            new = self._index.keys(name, self._resource(name, version))
+                        keys[(name, rid)] = (None, new)
+                number = self._applied_number
+                self._apply([_Written(number, record["seq"], record, keys)])
+                self._written_seq = max(self._written_seq, record["seq"])
+            self._follow_instants(records)
 
     def _follow_instants(self, records: list[Record]) -> None:
         """Keep `_now` ahead of the lastUpdated the other workers wrote (one order of

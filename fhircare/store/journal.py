@@ -24,6 +24,12 @@
   worker still holding the old one reads it to its end (the snapshot holds exactly that),
   then moves on to the new file (a new inode); `GENERATION` counts the compactions, and a
   worker that missed more than one reloads the snapshot.
+* Shared, durable offset (`DURABLE`, a small file every worker maps): after each fdatasync
+  the writer publishes the journal's generation and the offset up to which it is durable
+  (a sequence counter around the two values, so a reader never takes a torn pair). A
+  worker that only reads catches up without any lock, reading whole records up to that
+  offset of the journal it holds; only a generation it does not hold (a compaction) sends
+  it to the locked path above.
 * A journal record orjson wrote carries a mark (`MARK`) and is read back with orjson,
   exactly and several times faster; any other (an integer beyond 64 bits, a record written
   before the mark) with the standard library.
@@ -34,7 +40,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import mmap
 import os
+import struct
 import threading
 import zlib
 from collections.abc import Iterator
@@ -54,6 +62,42 @@ Record = dict[str, Any]
 # Shared: how many times the journal was compacted (a worker that finds it grown by more
 # than one since it last followed reloads the snapshot).
 GENERATION = "GENERATION"
+
+
+# Shared: the durable offset the writer publishes (see `Durable`).
+DURABLE = "DURABLE"
+_DURABLE = struct.Struct("<QQQ")  # sequence (odd while being written), generation, offset
+
+
+class Durable:
+    """(Shared) the journal's generation and durable offset, in a file every worker maps:
+    written by the holder of the exclusive write lock, read by anyone without a lock."""
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < _DURABLE.size:
+                os.ftruncate(fd, _DURABLE.size)
+            self._map = mmap.mmap(fd, _DURABLE.size)
+        finally:
+            os.close(fd)
+
+    def publish(self, generation: int, offset: int) -> None:
+        """(Exclusive write lock held) the journal of `generation` is durable to `offset`."""
+        seq = _DURABLE.unpack_from(self._map)[0]
+        struct.pack_into("<Q", self._map, 0, seq | 1)
+        struct.pack_into("<QQ", self._map, 8, generation, offset)
+        struct.pack_into("<Q", self._map, 0, (seq | 1) + 1)
+
+    def read(self) -> tuple[int, int]:
+        """The generation and durable offset last published (a consistent pair)."""
+        while True:
+            seq, generation, offset = _DURABLE.unpack_from(self._map)
+            if not seq & 1 and _DURABLE.unpack_from(self._map)[0] == seq:
+                return generation, offset
+
+    def close(self) -> None:
+        self._map.close()
 
 
 class CorruptJournal(Exception):
@@ -185,6 +229,7 @@ class Journal:
         self._write_lock_path = folder / "WRITE"
         self._rfd: int | None = None  # shared: reads what the other workers append
         self.generation = 0  # shared: the journal's compactions, as this worker follows it
+        self.durable: Durable | None = Durable(folder / DURABLE) if shared else None
         self.snapshot_path = folder / "snapshot.json"
         self.journal_path = folder / "journal.log"
         self._fd: int | None = None
@@ -234,6 +279,8 @@ class Journal:
         if self.shared:
             self._rfd = os.open(self.journal_path, os.O_RDONLY)
             self.generation = self._read_generation()
+            assert self.durable is not None
+            self.durable.publish(self.generation, good_end)  # loaded under the write lock
         return tables, last_seq
 
     def reload(self, packed: frozenset[str] = frozenset()) -> tuple[Tables, int]:
@@ -267,14 +314,39 @@ class Journal:
     def unlock(fd: int) -> None:
         os.close(fd)  # closing the file description releases its flock
 
-    def grown(self) -> bool:
-        """(Shared) whether another worker appended or compacted since this one caught up:
-        one stat of the journal's path (its size and inode)."""
-        try:
-            st = os.stat(self.journal_path)
-            return st.st_size != self.journal_bytes or st.st_ino != os.fstat(self._rfd).st_ino
-        except (OSError, TypeError):  # mid-switch to a new journal: catch up to be sure
-            return True
+    def behind(self) -> bool:
+        """(Shared) whether the published durable offset or generation moved past this
+        worker's (no syscall: a read of the mapped `DURABLE`)."""
+        assert self.durable is not None
+        generation, offset = self.durable.read()
+        return generation != self.generation or offset > self.journal_bytes
+
+    def follow_durable(self, packed: frozenset[str] = frozenset()) -> list[Record] | None:
+        """(Shared, no lock; nothing of this process written but not durable) the records
+        the others made durable since this worker's offset, read from the journal it holds;
+        None when the journal was compacted since (the caller takes the locked `follow`)."""
+        assert self.durable is not None and self._rfd is not None
+        generation, end = self.durable.read()
+        if generation != self.generation:
+            return None
+        if end <= self.journal_bytes:
+            return []
+        data = os.pread(self._rfd, end - self.journal_bytes, self.journal_bytes)
+        records = self._records(data, packed)
+        self.journal_bytes += len(data)
+        return records
+
+    def _records(self, data: bytes, packed: frozenset[str]) -> list[Record]:
+        """Whole records (the bytes end at a record's end), the packed tables packed."""
+        records: list[Record] = []
+        for line in data.splitlines(keepends=True):
+            record = _decode(line)
+            if record is None:  # a writer holds the lock until its record is whole
+                raise CorruptJournal(f"{self.journal_path}: a damaged record")
+            for name in packed & record["tables"].keys():
+                _pack(record["tables"][name])
+            records.append(record)
+        return records
 
     def follow(self, packed: frozenset[str] = frozenset()) -> list[Record] | None:
         """(Shared, write lock held) the records the other workers appended since this one
@@ -287,13 +359,7 @@ class Journal:
             end = os.fstat(self._rfd).st_size
             if end > self.journal_bytes:
                 data = os.pread(self._rfd, end - self.journal_bytes, self.journal_bytes)
-                for line in data.splitlines(keepends=True):
-                    record = _decode(line)
-                    if record is None:  # a writer holds the lock until its record is whole
-                        raise CorruptJournal(f"{self.journal_path}: a damaged record")
-                    for name in packed & record["tables"].keys():
-                        _pack(record["tables"][name])
-                    records.append(record)
+                records.extend(self._records(data, packed))
                 self.journal_bytes = end
             st = os.stat(self.journal_path)
             if st.st_ino == os.fstat(self._rfd).st_ino:
@@ -340,8 +406,11 @@ class Journal:
     def sync(self) -> None:
         """Make every record written so far durable (fdatasync; a no-op without fsync)."""
         assert self._fd is not None, "journal not loaded"
+        end = self.journal_bytes  # what was written before the fdatasync
         if self.fsync:
             os.fdatasync(self._fd)
+        if self.durable is not None:
+            self.durable.publish(self.generation, end)
 
     def write_snapshot(self, tables: Tables) -> None:
         """Replace the snapshot atomically, then empty the journal."""
@@ -367,6 +436,8 @@ class Journal:
             counter.write_text(str(self.generation))
             os.replace(counter, self.folder / GENERATION)
             _fsync_dir(self.folder)
+            assert self.durable is not None
+            self.durable.publish(self.generation, 0)
             os.close(self._fd)
             assert self._rfd is not None
             os.close(self._rfd)
@@ -385,6 +456,9 @@ class Journal:
         if self._rfd is not None:
             os.close(self._rfd)
             self._rfd = None
+        if self.durable is not None:
+            self.durable.close()
+            self.durable = None
         if self._lock_file is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)

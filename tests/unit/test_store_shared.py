@@ -134,3 +134,22 @@ def test_versions_keep_one_order_of_last_updated_across_the_group(pair: Any) -> 
     _put(b, _patient("p1", "Behind"))
     first, second = (b.vread("Patient", "p1", v)["meta"]["lastUpdated"] for v in ("1", "2"))
     assert second > first
+
+
+def test_a_read_catches_up_without_the_write_lock_and_only_to_the_durable_offset(
+    pair: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = pair
+    _put(a, _patient("p1", "Ames"))
+    assert b.read("Patient", "p1")["name"][0]["family"] == "Ames"  # b is caught up
+    _put(a, _patient("p2", "Baker"))
+    # a record written but not yet made durable (no sync: nothing published) stays unseen
+    a._journal.write({"seq": 99, "tables": {"_meta": {"x": {"id": "x", "value": {"v": 1}}}}})
+
+    def refused(exclusive: bool) -> int:
+        raise AssertionError(f"a read took the write lock (exclusive={exclusive})")
+
+    monkeypatch.setattr(b._journal, "write_lock", refused)
+    assert b.read("Patient", "p2")["name"][0]["family"] == "Baker"
+    assert b._journal.journal_bytes < a._journal.journal_bytes
+    assert b._mem.get("_meta", {}).get("x") is None
