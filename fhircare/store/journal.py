@@ -67,6 +67,8 @@ GENERATION = "GENERATION"
 # Shared: the durable offset the writer publishes (see `Durable`).
 DURABLE = "DURABLE"
 _DURABLE = struct.Struct("<QQQ")  # sequence (odd while being written), generation, offset
+_READ_ATTEMPTS = 1000  # a publish is three small writes: a reader that sees it odd this long
+# is looking at a writer that died between them
 
 
 class Durable:
@@ -89,12 +91,15 @@ class Durable:
         struct.pack_into("<QQ", self._map, 8, generation, offset)
         struct.pack_into("<Q", self._map, 0, (seq | 1) + 1)
 
-    def read(self) -> tuple[int, int]:
-        """The generation and durable offset last published (a consistent pair)."""
-        while True:
+    def read(self) -> tuple[int, int] | None:
+        """The generation and durable offset last published (a consistent pair); None when
+        none could be read (a writer killed mid-publish leaves the sequence odd until the
+        next publish: the caller then takes the locked path instead of spinning)."""
+        for _ in range(_READ_ATTEMPTS):
             seq, generation, offset = _DURABLE.unpack_from(self._map)
             if not seq & 1 and _DURABLE.unpack_from(self._map)[0] == seq:
                 return generation, offset
+        return None
 
     def close(self) -> None:
         self._map.close()
@@ -318,17 +323,22 @@ class Journal:
         """(Shared) whether the published durable offset or generation moved past this
         worker's (no syscall: a read of the mapped `DURABLE`)."""
         assert self.durable is not None
-        generation, offset = self.durable.read()
+        published = self.durable.read()
+        if published is None:
+            return True
+        generation, offset = published
         return generation != self.generation or offset > self.journal_bytes
 
     def follow_durable(self, packed: frozenset[str] = frozenset()) -> list[Record] | None:
         """(Shared, no lock; nothing of this process written but not durable) the records
         the others made durable since this worker's offset, read from the journal it holds;
-        None when the journal was compacted since (the caller takes the locked `follow`)."""
+        None when the journal was compacted since, or no offset could be read (the caller
+        takes the locked `follow`)."""
         assert self.durable is not None and self._rfd is not None
-        generation, end = self.durable.read()
-        if generation != self.generation:
+        published = self.durable.read()
+        if published is None or published[0] != self.generation:
             return None
+        end = published[1]
         if end <= self.journal_bytes:
             return []
         data = os.pread(self._rfd, end - self.journal_bytes, self.journal_bytes)
