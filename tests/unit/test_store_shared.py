@@ -19,6 +19,7 @@ EYE = {
     "id": "eye",
     "url": "http://example.org/SearchParameter/eye",
     "name": "eye",
+    "description": "Eye colour",
     "status": "active",
     "code": "eye-colour",
     "base": ["Patient"],
