@@ -201,7 +201,7 @@ class ExportJobs:
         unknown, deleted or cancelled one; a running one whose runner has gone: failed)."""
         with self._lock:
             job = self._jobs.get(job_id)
-        if job is None or job.cancel.is_set():
+        if job is None or self._cancelled(job):
             job = self._read(job_id)
         if job is None:
             raise NotFound(f"No export job {job_id[:40]!r} (finished and deleted, or unknown)")
@@ -280,7 +280,7 @@ class ExportJobs:
             shutil.rmtree(job.directory, ignore_errors=True)
             return
         except Exception as exc:  # reported through the status URL as the IG's error answer
-            if job.cancel.is_set():  # its directory went with the DELETE
+            if self._cancelled(job):  # its directory went (or goes) with the DELETE
                 shutil.rmtree(job.directory, ignore_errors=True)
                 return
             log.warning("export %s failed (%s)", job.id, type(exc).__name__)
@@ -293,7 +293,7 @@ class ExportJobs:
             job.state, job.finished_at = "failed", time.time()
             self._save(job)
             return
-        if job.cancel.is_set():
+        if self._cancelled(job):
             shutil.rmtree(job.directory, ignore_errors=True)
             return
         job.outputs, job.errors = result.outputs, result.errors
@@ -325,12 +325,16 @@ class ExportJobs:
             with self._lock:
                 jobs = list(self._jobs.values())
             for job in jobs:
-                if (job.directory / CANCELLED).exists():  # DELETE in another process
-                    with self._lock:
-                        self._jobs.pop(job.id, None)
-                    job.cancel.set()
-                elif job.state == "running":
+                if not self._cancelled(job) and job.state == "running":
                     self._save(job)
+
+    @staticmethod
+    def _cancelled(job: ExportJob) -> bool:
+        """Whether the job is cancelled: by a DELETE here, or in another process (its
+        marker), which then stops it as if here."""
+        if not job.cancel.is_set() and (job.directory / CANCELLED).exists():
+            job.cancel.set()
+        return job.cancel.is_set()
 
     # ---- the state files ----------------------------------------------------------------
 
@@ -388,9 +392,6 @@ class ExportJobs:
             return False
         if job.host != self._host or job.pid is None:
             return True  # another machine's process: the heartbeat alone tells
-        if job.pid == os.getpid():
-            with self._lock:
-                return job.id in self._jobs
         try:
             os.kill(job.pid, 0)
         except ProcessLookupError:
