@@ -1,6 +1,8 @@
 """FHIR Bulk Data Access (IG v2) at the edge: the `$export` kick-offs (system, Patient,
 Group/{id}), registered as operations so the CapabilityStatement lists them, and the
 status (`GET`/`DELETE /fhir/bulk/{job}`) and file (`GET /fhir/bulk/{job}/{file}`) URLs.
+Under `fhircare serve --workers N` the job runs in the worker that got the kick-off and any
+worker answers its status, files and DELETE (the job's state is a file: `bulk_jobs`).
 
 Under `FHIRCARE_AUTH=smart` every step needs a backend-services token with system-level
 read and search scopes (`Access.bulk_types`); a job is polled and downloaded only by the
@@ -22,7 +24,7 @@ from fhircare.api.access import Access, get_access
 from fhircare.api.http import ERROR_RESPONSES, FhirJSONResponse
 from fhircare.api.operations import OpCall, Operation, OperationRegistry
 from fhircare.api.workers import run_blocking
-from fhircare.fhir.errors import BadRequest, FhirError, Forbidden, outcome
+from fhircare.fhir.errors import BadRequest, Forbidden, outcome
 from fhircare.population.bulk_jobs import Busy, ExportJob, ExportJobs, JobObserver
 from fhircare.population.bulk_request import Level, parse_request, prefer_tokens
 from fhircare.security.compartment import PATIENT_COMPARTMENT
@@ -93,12 +95,6 @@ class ExportAudit:
 
 def kick_off(call: OpCall) -> Response:
     """$export: start an asynchronous export; 202 with the status URL in Content-Location."""
-    if call.state.settings.workers > 1:  # a job's status lives in the worker that runs it
-        raise FhirError(
-            "$export needs one worker process (fhircare serve --workers 1)",
-            code="not-supported",
-            status=501,
-        )
     prefer = prefer_tokens(call.headers.get("prefer"))
     if "respond-async" not in prefer:
         raise BadRequest(

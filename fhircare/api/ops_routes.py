@@ -5,6 +5,9 @@
 Prometheus scrape them without credentials, and they carry no patient data (counts, route
 templates, status and ACK codes). `/sync/status` names conflicting resources, so under
 SMART it needs a user/ or system/ scope.
+
+Under `fhircare serve --workers N` any worker answers `/metrics` with every worker's figures
+merged (`fhircare.observability.metrics`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from fhircare.api.access import Access, get_access
-from fhircare.fhir.errors import FhirError
 from fhircare.observability import metrics
 
 router = APIRouter(tags=["Operations"])
@@ -79,12 +81,6 @@ async def _hapi_check(base: str) -> str:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics_endpoint(request: Request) -> Response:
     container = request.app.state.container
-    if container.settings.workers > 1:  # each worker counts only what it answered
-        raise FhirError(
-            "/metrics needs one worker process (fhircare serve --workers 1)",
-            code="not-supported",
-            status=501,
-        )
     if _syncs(container.settings):
         await asyncio.to_thread(_sync_gauges, container.store)
     body, content_type = metrics.render()

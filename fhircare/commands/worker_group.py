@@ -10,6 +10,11 @@ and exits 0; a worker that dies on its own stops the group (exit 1): a superviso
 it whole, and no loop, lock or store is left half-owned. A parent killed outright (SIGKILL)
 takes its workers with it on Linux (the kernel's parent-death signal): none goes on serving,
 or holding the folder, without it.
+
+`/metrics` merges every worker's figures: the parent makes a fresh folder for
+prometheus-client's multiprocess mode in the data folder at each start
+(`metrics_folder`), each worker writes its values there (`metrics.use_multiprocess`), and
+the parent marks a worker that exited as dead there (its live-only gauges drop out).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import Callable
 from multiprocessing.connection import wait
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -33,17 +40,34 @@ log = logging.getLogger("fhircare")
 # Builds and runs one worker's app on the socket (fhircare.cli passes its uvicorn runner).
 WorkerMain = Callable[[Settings, socket.socket], None]
 
+METRICS_FOLDER = "metrics-workers"  # in the data folder: the workers' Prometheus values
+
+
+def metrics_folder(settings: Settings) -> Path:
+    """The group's folder for prometheus-client's multiprocess files, emptied: what a
+    previous group left there (counts of processes gone) must not be counted again. The
+    folder's lock, which the caller holds, keeps any other group out of it."""
+    folder = settings.data / METRICS_FOLDER
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
 
 def run_group(settings: Settings, bind: Callable[[], socket.socket], main: WorkerMain) -> int:
     """Run `settings.workers` workers until a signal or a worker's death; the exit code.
     The caller holds the folder's lock (`journal.lock_folder`), which the workers inherit."""
+    from prometheus_client.multiprocess import mark_process_dead
+
+    metrics_dir = metrics_folder(settings)
     sock = bind()
     ctx = multiprocessing.get_context("fork")  # the socket and the folder lock are inherited
     workers: list[Any] = []
     for index in range(settings.workers):
         worker_settings = settings.model_copy(update={"worker_index": index})
         process = ctx.Process(
-            target=_worker, args=(main, worker_settings, sock, os.getpid()), daemon=False
+            target=_worker,
+            args=(main, worker_settings, sock, os.getpid(), metrics_dir),
+            daemon=False,
         )
         process.start()
         workers.append(process)
@@ -64,6 +88,7 @@ def run_group(settings: Settings, bind: Callable[[], socket.socket], main: Worke
             wait([p.sentinel for p in alive])
             for process in [p for p in alive if p.exitcode is not None]:
                 alive.remove(process)
+                mark_process_dead(process.pid, str(metrics_dir))
                 if not stopping:
                     log.error(
                         "worker %d (pid %d) exited with %s: stopping the other workers",
@@ -94,7 +119,12 @@ def _exit_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _worker(main: WorkerMain, settings: Settings, sock: socket.socket, parent: int) -> None:
+def _worker(
+    main: WorkerMain, settings: Settings, sock: socket.socket, parent: int, metrics_dir: Path
+) -> None:
+    from fhircare.observability import metrics
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
     _exit_with_parent(parent)
+    metrics.use_multiprocess(metrics_dir)
     main(settings, sock)

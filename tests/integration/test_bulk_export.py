@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from fastapi.testclient import TestClient
 from fhircare.api.app import create_app
 from fhircare.bootstrap import build_container
 from fhircare.config import Settings
+from fhircare.population.bulk_jobs import MANIFEST, RUNNER_GONE
 from fhircare.store.embedded import EmbeddedStore
 from tests.helpers.panel import example_resources, group, panel_resources, transaction
 
@@ -327,3 +331,24 @@ def test_finished_jobs_survive_a_restart(tmp_path: Path) -> None:
         assert download(c, after.json())["Patient"]
         assert c.get(f"/fhir/bulk/{'0' * 32}").status_code == 404
     assert not leftover.exists()
+
+
+def test_a_job_whose_runner_has_gone_answers_the_error_response(bulk: TestClient) -> None:
+    """A job another worker ran, left `running` by a worker that died: failed, not 202 for
+    ever."""
+    url = kick_off(bulk, "/fhir/$export", {"_type": "Patient"})
+    assert finish(bulk, url).status_code == 200
+    root = bulk.app.state.settings.data / "bulk"  # type: ignore[attr-defined]
+    record = json.loads((root / url.rsplit("/", 1)[-1] / MANIFEST).read_text())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid: a process that has gone
+    record |= {"state": "running", "pid": child.pid, "heartbeat": time.time(), "outputs": []}
+    orphan = root / ("2" * 32)
+    orphan.mkdir()
+    (orphan / MANIFEST).write_text(json.dumps(record))
+    r = bulk.get(f"/fhir/bulk/{orphan.name}")
+    assert r.status_code == 500
+    assert r.json()["resourceType"] == "OperationOutcome"
+    assert r.json()["issue"][0]["diagnostics"] == RUNNER_GONE
+    assert bulk.delete(f"/fhir/bulk/{orphan.name}").status_code == 202
+    assert not orphan.exists()

@@ -1,9 +1,11 @@
 """`fhircare serve --workers 2` as real processes on loopback: one socket, one store, every
-write read back through either worker, nothing lost to a SIGKILL of the whole group."""
+write read back through either worker, nothing lost to a SIGKILL of the whole group;
+`/metrics` and Bulk `$export` answered alike by either worker."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -231,3 +233,100 @@ def test_what_several_workers_cannot_share_is_refused(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "FHIRCARE_WORKERS=2 needs FHIRCARE_SERVER=uvicorn" in out.stderr
+
+
+def _counted(text: str, route: str, method: str = "GET", status: str = "200") -> float:
+    """The value of fhircare_http_requests_total for one route in an exposition text (0 if
+    absent)."""
+    wanted = f'fhircare_http_requests_total{{method="{method}",route="{route}",status="{status}"}}'
+    found = [line for line in text.splitlines() if line.startswith(wanted + " ")]
+    assert len(found) <= 1, found  # merged: one series, no per-worker copies
+    return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+
+def test_metrics_count_what_every_worker_answered(tmp_path: Path, started: list[Group]) -> None:
+    group = Group(tmp_path / "data")
+    started.append(group)
+    pid, _ = _create(group.base, "Counted")
+    answered: dict[str, int] = {}
+    for n in range(ATTEMPTS):  # reads on fresh connections until both workers took some
+        r = httpx.get(f"{group.base}/Patient/{pid}")
+        assert r.status_code == 200
+        answered[r.headers[WORKER]] = answered.get(r.headers[WORKER], 0) + 1
+        if n >= 10 and set(answered) == {"0", "1"}:
+            break
+    assert set(answered) == {"0", "1"}
+    reads = sum(answered.values())
+    scraped = set()
+    for _ in range(ATTEMPTS):  # every worker's scrape tells all the reads, once each
+        r = httpx.get(f"http://127.0.0.1:{group.port}/metrics")
+        assert r.status_code == 200, r.text
+        assert _counted(r.text, "/fhir/{resource_type}/{resource_id}") == reads
+        assert _counted(r.text, "/fhir/{resource_type}", "POST", "201") == 1
+        assert "fhircare_http_request_duration_seconds_count" in r.text
+        scraped.add(r.headers[WORKER])
+        if scraped == {"0", "1"}:
+            break
+    assert scraped == {"0", "1"}
+    assert group.stop() == 0
+    # a restart starts the group's counts afresh: what the last group counted is not added
+    again = Group(group.data)
+    started.append(again)
+    r = httpx.get(f"http://127.0.0.1:{again.port}/metrics")
+    assert _counted(r.text, "/fhir/{resource_type}/{resource_id}") == 0
+
+
+ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
+
+
+def _kick_off(group: Group) -> tuple[str, str]:
+    """A `Patient` $export; its status URL and the worker that took the kick-off."""
+    r = httpx.get(f"{group.base}/$export", params={"_type": "Patient"}, headers=ASYNC)
+    assert r.status_code == 202, r.text
+    return r.headers["content-location"], r.headers[WORKER]
+
+
+def test_an_export_is_answered_by_every_worker(tmp_path: Path, started: list[Group]) -> None:
+    """Kicked off at one worker, its status, manifest, files and DELETE answered at the
+    other: the job's state is in the data folder, not in the worker running it."""
+    group = Group(tmp_path / "data", {"FHIRCARE_BULK_MAX_JOBS": "16"})
+    started.append(group)
+    ids = {_create(group.base, "Exported")[0] for _ in range(5)}
+    url, runner = _kick_off(group)
+    manifests: dict[str, Any] = {}
+    for _ in range(ATTEMPTS):  # polled until each worker has answered with the manifest
+        r = httpx.get(url)
+        assert r.status_code in (200, 202), r.text
+        if r.status_code == 200:
+            manifests[r.headers[WORKER]] = r.json()
+        if set(manifests) == {"0", "1"}:
+            break
+    assert set(manifests) == {"0", "1"}
+    assert manifests["0"] == manifests["1"]
+    [output] = manifests["0"]["output"]
+    assert output["type"] == "Patient" and output["count"] == len(ids)
+    served: dict[str, set[str]] = {}
+    for _ in range(ATTEMPTS):  # each worker serves the file the runner wrote
+        r = httpx.get(output["url"])
+        assert r.status_code == 200, r.text
+        served[r.headers[WORKER]] = {json.loads(line)["id"] for line in r.text.splitlines()}
+        if set(served) == {"0", "1"}:
+            break
+    assert served == {"0": ids, "1": ids}
+
+    # DELETE at the worker that did not run the job; then no worker knows it
+    for _ in range(ATTEMPTS):
+        url, runner = _kick_off(group)
+        r = httpx.delete(url)
+        assert r.status_code == 202, r.text
+        if r.headers[WORKER] != runner:
+            break
+    assert r.headers[WORKER] != runner
+    gone = set()
+    for _ in range(ATTEMPTS):
+        r = httpx.get(url)
+        assert r.status_code == 404, r.text
+        gone.add(r.headers[WORKER])
+        if gone == {"0", "1"}:
+            break
+    assert gone == {"0", "1"}
