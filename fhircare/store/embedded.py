@@ -425,11 +425,13 @@ class EmbeddedStore:
         current = self._mem.get(resource_type, {})
         return sorted(ids, key=lambda i: current[i]["seq"])
 
-    def candidates(self, resource_type: str, crit: Criterion) -> set[str] | None:
-        return self._index.candidates(resource_type, crit)
+    def candidates(
+        self, resource_type: str, crit: Criterion, within: set[str] | None = None
+    ) -> set[str] | None:
+        return self._index.candidates(resource_type, crit, within)
 
-    def referrers(self, resource_type: str, key: str) -> set[str]:
-        return self._index.referrers(resource_type, key)
+    def referrers(self, resource_type: str, key: str, within: set[str] | None = None) -> set[str]:
+        return self._index.referrers(resource_type, key, within)
 
     def iter_resources(self, resource_type: str) -> Iterator[dict[str, Any]]:
         self._follow()

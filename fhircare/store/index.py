@@ -219,10 +219,15 @@ class SearchIndex:
 
     # ---- lookups --------------------------------------------------------------------------
 
-    def referrers(self, resource_type: str, key: str) -> set[str]:
+    def referrers(self, resource_type: str, key: str, within: set[str] | None = None) -> set[str]:
+        """Ids of the type's live resources referencing `key`; with `within`, only those of
+        them in it (costs the smaller of the two sets, not the holders')."""
         if resource_type in self._pending:
             self._catch_up(resource_type)
-        return set(self.refs.get(resource_type, {}).get(key, ()))
+        holders = self.refs.get(resource_type, {}).get(key, ())
+        if within is not None:
+            return within & holders if isinstance(holders, set) else set()
+        return set(holders)
 
     def referrer_types(
         self, key: str, skip: frozenset[str] = frozenset()
@@ -237,8 +242,13 @@ class SearchIndex:
             if holders:
                 yield rtype, holders
 
-    def candidates(self, resource_type: str, crit: Criterion) -> set[str] | None:
-        """A superset of the ids matching a term criterion, or None when not indexed."""
+    def candidates(
+        self, resource_type: str, crit: Criterion, within: set[str] | None = None
+    ) -> set[str] | None:
+        """A superset of the ids matching a term criterion, or None when not indexed. With
+        `within` (the ids the other criteria left), only those of them: each key's holders
+        are intersected with it, so a common code costs the size of `within`, not the number
+        of resources holding the code."""
         param = crit.param
         if param.type not in TERM_TYPES or param.code not in self._planned(resource_type)[2]:
             return None
@@ -265,7 +275,9 @@ class SearchIndex:
             return None
         out: set[str] = set()
         for key in keys:
-            out |= terms.get(key, set())
+            holders = terms.get(key)
+            if holders:
+                out |= holders if within is None else within & holders
         return out
 
 

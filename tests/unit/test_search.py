@@ -449,3 +449,84 @@ def test_deferred_audit_index_follows_every_change(tmp_path: Path) -> None:
     assert found([("subtype", "vread")]) == ["a2"]
     assert store.referenced_by("Patient", "d") == ["AuditEvent/a2"]
     store.close()
+
+
+def _panel(tmp_path: Path) -> tuple[EmbeddedStore, dict[str, tuple[str, set[str]]]]:
+    """Twelve patients, each with Conditions of codes shared across the panel."""
+    s = EmbeddedStore(tmp_path / "panel", fsync=False)
+    icd = "http://hl7.org/fhir/sid/icd-10-cm"
+    codes = ["E11.9", "I10", "J44.9", "N18.3", "Z59.0"]
+    conditions: dict[str, tuple[str, set[str]]] = {}
+    ops = []
+    for p in range(12):
+        ops.append(WriteOp("update", "Patient", id=f"p{p}", resource={"resourceType": "Patient"}))
+        for c in range(p % 4 + 1):
+            held = {codes[(p + c) % 5], codes[(p * c + 1) % 5]}
+            cid = f"c{p}-{c}"
+            conditions[cid] = (f"p{p}", held)
+            body = {
+                "resourceType": "Condition",
+                "subject": {"reference": f"Patient/p{p}"},
+                "code": {"coding": [{"system": icd, "code": k} for k in sorted(held)]},
+            }
+            ops.append(WriteOp("update", "Condition", id=cid, resource=body))
+    s.commit(ops)
+    return s, conditions
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [("patient", "Patient/p5"), ("code", "http://hl7.org/fhir/sid/icd-10-cm|I10,J44.9")],
+        [("code", "I10,Z59.0"), ("subject", "Patient/p3")],
+        [("patient", "p7"), ("code", "E11.9"), ("_id", "c7-0,c7-3,c1-0")],
+        [("patient", "Patient/p2,Patient/p9"), ("code", "N18.3")],
+        [("code", "http://hl7.org/fhir/sid/icd-10-cm|Z59.0")],
+        [("patient", "Patient/p4"), ("code", "no-such-code")],
+    ],
+)
+def test_combined_lookups_find_what_a_scan_finds(
+    tmp_path: Path, params: list[tuple[str, str]]
+) -> None:
+    """A reference and a token criterion together (one patient's Conditions with one of a
+    list of codes, as `/care/eligibility` searches) find exactly what checking every
+    Condition against both finds."""
+    s, conditions = _panel(tmp_path)
+    by = dict(params)
+    patients = {
+        v.removeprefix("Patient/") for v in by.get("patient", by.get("subject", "")).split(",")
+    }
+    wanted = {v.rsplit("|", 1)[-1] for v in by["code"].split(",")}
+    only = set(by["_id"].split(",")) if "_id" in by else None
+    expected = sorted(
+        cid
+        for cid, (pid, held) in conditions.items()
+        if (pid in patients or patients == {""}) and held & wanted and (only is None or cid in only)
+    )
+    assert ids(s, "Condition", params) == expected
+    s.close()
+
+
+def test_a_later_lookup_is_confined_to_what_the_first_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code criterion after the patient criterion gives only that patient's
+    Conditions: the index intersects each code's holders with them rather than collecting
+    every Condition of the panel holding the code (the cost grew with the panel)."""
+    s, conditions = _panel(tmp_path)
+    given: list[set[str]] = []
+    original = s._index.candidates
+
+    def spy(*args: Any) -> set[str] | None:
+        found = original(*args)
+        given.append(set(found or ()))
+        return found
+
+    monkeypatch.setattr(s._index, "candidates", spy)
+    mine = {cid for cid, (pid, _) in conditions.items() if pid == "p6"}
+    found = ids(s, "Condition", [("patient", "Patient/p6"), ("code", "I10,J44.9,E11.9")])
+    assert found and set(found) <= mine
+    assert given and all(g <= mine for g in given)
+    everyone = {cid for cid, (_, held) in conditions.items() if held & {"I10", "J44.9", "E11.9"}}
+    assert everyone - mine  # the code alone is held by other patients' Conditions too
+    s.close()

@@ -42,11 +42,15 @@ class SearchSource(Protocol):
     def order(self, resource_type: str, ids: Collection[str]) -> list[str]:
         """The ids in the store's natural order (oldest write first)."""
 
-    def candidates(self, resource_type: str, crit: Criterion) -> set[str] | None:
-        """Ids that may match the criterion (a superset), or None when no index helps."""
+    def candidates(
+        self, resource_type: str, crit: Criterion, within: set[str] | None = None
+    ) -> set[str] | None:
+        """Ids that may match the criterion (a superset), or None when no index helps; with
+        `within`, only those in it."""
 
-    def referrers(self, resource_type: str, key: str) -> set[str]:
-        """Ids of live resources of the type holding a reference to `key` ('Type/id')."""
+    def referrers(self, resource_type: str, key: str, within: set[str] | None = None) -> set[str]:
+        """Ids of live resources of the type holding a reference to `key` ('Type/id'); with
+        `within`, only those in it."""
 
 
 def execute(source: SearchSource, query: Query, *, base_url: str | None = None) -> list[Resource]:
@@ -66,10 +70,13 @@ def matching_ids(
     resolved = [_resolve(source, resource_type, c, base_url) for c in criteria]
     pool: set[str] | None = None
     for crit in sorted(resolved, key=_selectivity):
-        found = _candidates(source, resource_type, crit, base_url)
+        # each lookup after the first is confined to what the earlier ones left, so that it
+        # costs the size of the pool, not the number of resources holding a common value
+        # (one patient's Conditions narrowed by a chronic code: not every chronic Condition)
+        found = _candidates(source, resource_type, crit, base_url, pool)
         if found is None:
             continue
-        pool = found if pool is None else pool & found
+        pool = found
         if not pool:
             return []
     ids: Collection[str] = source.live_ids(resource_type) if pool is None else pool
@@ -91,14 +98,19 @@ def _selectivity(crit: Resolved) -> int:
 
 
 def _candidates(
-    source: SearchSource, resource_type: str, crit: Resolved, base_url: str | None
+    source: SearchSource,
+    resource_type: str,
+    crit: Resolved,
+    base_url: str | None,
+    within: set[str] | None = None,
 ) -> set[str] | None:
+    """Ids that may match `crit` (a superset), and only those in `within` when given."""
     if isinstance(crit, IdIn):
-        return set(crit.ids)
+        return set(crit.ids) if within is None else within.intersection(crit.ids)
     if isinstance(crit, RefIn):
         out: set[str] = set()
         for key in crit.keys:
-            out |= source.referrers(resource_type, key)
+            out |= source.referrers(resource_type, key, within)
         return out
     if crit.chain is not None:
         return None
@@ -106,11 +118,12 @@ def _candidates(
         out = set()
         for value in crit.values:
             for key in reference_keys(crit.param, crit.modifier, value, base_url):
-                out |= source.referrers(resource_type, key)
+                out |= source.referrers(resource_type, key, within)
         return out
     if crit.param.code == "_id" and crit.modifier is None:
-        return {v for v in crit.values if source.body(resource_type, v) is not None}
-    return source.candidates(resource_type, crit)
+        values = crit.values if within is None else [v for v in crit.values if v in within]
+        return {v for v in values if source.body(resource_type, v) is not None}
+    return source.candidates(resource_type, crit, within)
 
 
 def _resolve(
