@@ -37,8 +37,8 @@
   each after a 0x1f byte (`RAW_SEPARATOR`; JSON holds no raw control character), which
   lists where they go (`RAW`) and holds null in their place: a worker catching up, or a
   replay, takes them as the bytes the writer packed instead of decoding and packing them
-  again (decoding and packing: 7% of two workers' CPU at 32 clients). A record without packed bodies
-  is plain JSON as before; an older version reads a record with them as damaged.
+  again (7% of two workers' CPU at 32 clients). A record without packed bodies is plain
+  JSON as before; an older version reads a record with them as damaged.
 """
 
 from __future__ import annotations
