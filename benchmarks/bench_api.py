@@ -6,6 +6,7 @@ HAPI/fhircare ratio of each (above 1: fhircare is faster).
     python benchmarks/bench_api.py                       # starts both servers on free ports
     python benchmarks/bench_api.py --hapi URL --fhircare URL [--rounds 4 --scale 1]
     python benchmarks/bench_api.py --clients 32,64,128 [--duration 30 --rounds 2]
+    python benchmarks/bench_api.py --clients 32 --fhircare-workers 1,2   # both against one HAPI
 
 With `--clients N` (one or several counts) it runs instead N concurrent clients for
 `--duration` seconds on each server, 30% creates / 40% reads / 30% name searches
