@@ -6,6 +6,7 @@ HAPI/fhircare ratio of each (above 1: fhircare is faster).
     python benchmarks/bench_api.py                       # starts both servers on free ports
     python benchmarks/bench_api.py --hapi URL --fhircare URL [--rounds 4 --scale 1]
     python benchmarks/bench_api.py --clients 32,64,128 [--duration 30 --rounds 2]
+    python benchmarks/bench_api.py --clients 32 --fhircare-workers 1,2   # both against one HAPI
 
 With `--clients N` (one or several counts) it runs instead N concurrent clients for
 `--duration` seconds on each server, 30% creates / 40% reads / 30% name searches
@@ -474,7 +475,7 @@ def report_mixed(
     for who, fc in figures.items():
         if hapi is None or who == "hapi":
             continue
-        tag = "" if who == "fhircare" else f"_{who}"  # fhircare on its other servers
+        tag = "" if who == "fhircare" else f"_{who}"  # other servers, other worker counts
         print(f"{name}_ratio{tag}_rps={fc['rps'] / hapi['rps']:.2f}")
         print(f"{name}_ratio{tag}_p99={hapi['p99'] / fc['p99']:.2f}")
         print(f"{name}_ratio{tag}_p50={hapi['p50'] / fc['p50']:.2f}")
@@ -494,9 +495,9 @@ def main() -> None:
     ap.add_argument("--no-hapi", action="store_true", help="fhircare only (no ratios)")
     ap.add_argument(
         "--fhircare-workers",
-        type=int,
-        default=1,
-        help="worker processes of the fhircare started (`serve --workers`, one store)",
+        default="1",
+        help="worker processes of the fhircare started (`serve --workers`, one store), e.g. "
+        "2, or 1,2: one fhircare each, against the same HAPI (named fhircare_w1, fhircare_w2)",
     )
     ap.add_argument(
         "--rounds", type=int, help="turns each target takes per phase (4; 2 with --clients)"
@@ -529,14 +530,18 @@ def main() -> None:
         else:
             folder = tempfile.TemporaryDirectory(prefix="bench-api-")
             started.append(folder.cleanup)
+            counts = [int(w) for w in args.fhircare_workers.split(",")]
             for i, server in enumerate(args.servers.split(",")):
-                name = "fhircare" if i == 0 else f"fhircare_{server}"
-                data = Path(folder.name) / f"data-{i}"
-                bases[name], proc = start_fhircare(data, server, args.fhircare_workers)
-                pids[name] = proc.pid  # its CPU counts the worker processes (descendants)
-                started.append(lambda proc=proc: (proc.terminate(), proc.wait(30)))
-                print(f"{name}_server={server}")
-                print(f"{name}_workers={args.fhircare_workers}")
+                for workers in counts:
+                    name = "fhircare" if i == 0 else f"fhircare_{server}"
+                    if len(counts) > 1:
+                        name += f"_w{workers}"
+                    data = Path(folder.name) / f"data-{i}-{workers}"
+                    bases[name], proc = start_fhircare(data, server, workers)
+                    pids[name] = proc.pid  # its CPU counts the worker processes (descendants)
+                    started.append(lambda proc=proc: (proc.terminate(), proc.wait(30)))
+                    print(f"{name}_server={server}")
+                    print(f"{name}_workers={workers}")
         hapi_base = args.hapi
         if not hapi_base and not args.no_hapi:
             hapi_base, port = start_hapi()

@@ -46,7 +46,8 @@ Packed types (`PACKED`: AuditEvent, about two per request in `serve`) keep each 
 resource as one bytes object of compact JSON (`jsonio.pack`) instead of nested dicts, and
 decode it on every read: a tenth of the memory, and nothing for Python's cyclic collector
 to walk (see `benchmarks/bench_audit_memory.py`). The journal and the snapshot write those
-bytes as they are (`jsonio.dumps`); what is loaded from them is packed as it is read. A
+bytes as they are (the journal after each record's JSON, so that a worker following it, or a
+replay, keeps them as bytes; the snapshot inside its JSON, packed again as it is read). A
 packed type's bodies are always fresh objects, so its reads copy nothing more.
 """
 

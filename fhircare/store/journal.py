@@ -33,6 +33,12 @@
 * A journal record orjson wrote carries a mark (`MARK`) and is read back with orjson,
   exactly and several times faster; any other (an integer beyond 64 bits, a record written
   before the mark) with the standard library.
+* Packed bodies (a packed type's resources, held as JSON bytes) follow the record's JSON,
+  each after a 0x1f byte (`RAW_SEPARATOR`; JSON holds no raw control character), which
+  lists where they go (`RAW`) and holds null in their place: a worker catching up, or a
+  replay, takes them as the bytes the writer packed instead of decoding and packing them
+  again (7% of two workers' CPU at 32 clients). A record without packed bodies is plain
+  JSON as before; an older version reads a record with them as damaged.
 """
 
 from __future__ import annotations
@@ -141,6 +147,18 @@ def _pack(table: dict[str, Any]) -> None:
             doc["resource"] = jsonio.pack(doc["resource"]) or doc["resource"]
 
 
+def _settle_bodies(record: Record, packed: frozenset[str]) -> None:
+    """A record as read: the resources of `packed` tables packed; a packed body in any other
+    table (written by a store that packed that type) decoded."""
+    for name, table in record["tables"].items():
+        if name in packed:
+            _pack(table)
+            continue
+        for doc in table.values():
+            if doc is not None and isinstance(doc.get("resource"), bytes):
+                doc["resource"] = jsonio.unpack(doc["resource"])
+
+
 def _snapshot_lines(tables: Tables) -> Iterator[bytes]:
     """The snapshot's JSON, one document per line (the layout `_read_snapshot` reads)."""
     yield b"{"
@@ -192,8 +210,35 @@ def _read_whole(data: bytes, packed: frozenset[str]) -> Tables:
     return tables
 
 
+# Packed bodies (a version's resource held as JSON bytes) follow a record's JSON, each after
+# this byte, instead of inside it: a reader takes them as the bytes they are, never decoding
+# and packing them again. The JSON lists where they go (`RAW`: [table, doc id] in order) and
+# holds null in their place. JSON written by orjson never holds a raw control character.
+RAW_SEPARATOR = b"\x1f"
+RAW = "raw"
+
+
 def _encode(record: Record) -> bytes:
-    body = jsonio.dumps_orjson({**record, MARK: True}) or jsonio.dumps(record)
+    raw: list[bytes] = []
+    places: list[list[str]] = []
+    tables: dict[str, Any] = {}
+    for name, docs in record["tables"].items():
+        out = docs
+        for doc_id, doc in docs.items():
+            if doc is not None and isinstance(doc.get("resource"), bytes):
+                if out is docs:
+                    out = dict(docs)
+                out[doc_id] = {**doc, "resource": None}
+                raw.append(doc["resource"])
+                places.append([name, doc_id])
+        tables[name] = out
+    body = None
+    if raw:
+        skeleton = jsonio.dumps_orjson({**record, "tables": tables, RAW: places, MARK: True})
+        if skeleton is not None:
+            body = RAW_SEPARATOR.join([skeleton, *raw])
+    if body is None:
+        body = jsonio.dumps_orjson({**record, MARK: True}) or jsonio.dumps(record)
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
@@ -204,8 +249,18 @@ def _decode(line: bytes) -> Record | None:
     try:
         if int(line[:8], 16) != zlib.crc32(body):
             return None
-        return _loads_record(body)  # type: ignore[no-any-return]
-    except ValueError:
+        if RAW_SEPARATOR not in body:
+            return _loads_record(body)  # type: ignore[no-any-return]
+        skeleton, *raw = body.split(RAW_SEPARATOR)
+        record: Record = _loads_record(skeleton)
+        places = record.pop(RAW)
+        if len(places) != len(raw):
+            return None
+        tables = record["tables"]
+        for (name, doc_id), data in zip(places, raw, strict=True):
+            tables[name][doc_id]["resource"] = data
+        return record
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -264,8 +319,7 @@ class Journal:
                         f"{self.journal_path}: record {i + 1} of {len(lines)} is damaged"
                     )
                 good_end += len(line)
-                for name in packed & record["tables"].keys():
-                    _pack(record["tables"][name])
+                _settle_bodies(record, packed)
                 # Every record is replayed, in order: the journal holds only what came after
                 # the snapshot before this one, so a record the snapshot already holds (a
                 # crash between the snapshot and emptying the journal) ends in the same
@@ -353,8 +407,7 @@ class Journal:
             record = _decode(line)
             if record is None:  # a writer holds the lock until its record is whole
                 raise CorruptJournal(f"{self.journal_path}: a damaged record")
-            for name in packed & record["tables"].keys():
-                _pack(record["tables"][name])
+            _settle_bodies(record, packed)
             records.append(record)
         return records
 

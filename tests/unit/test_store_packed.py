@@ -1,7 +1,8 @@
 """AuditEvents held packed (JSON bytes) in the embedded store: every way of getting them back
 (read, vread, search, history, the change log, a restart that replays the journal, one that
 loads the snapshot) gives the events as written, fresh each time; the journal and the
-snapshot hold them as plain JSON objects."""
+snapshot hold them as plain JSON (the journal after each record's own JSON, read back as the
+bytes they are)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from fhircare.security.context import AuthContext
 from fhircare.security.scopes import ScopeSet
 from fhircare.store.base import WriteOp, new_id
 from fhircare.store.embedded import EmbeddedStore
+from fhircare.store.journal import RAW, RAW_SEPARATOR
 
 CTX = AuthContext(
     subject="u1", client_id="app", scopes=ScopeSet.parse("user/*.rs"), fhir_user="Practitioner/1"
@@ -104,8 +106,12 @@ def test_restart_replaying_the_journal(tmp_path: Path) -> None:
     written = _write(store, _events(10))
     written |= _write(store, _events(5))
     line = (folder / "journal.log").read_bytes().splitlines()[0]
-    record = json.loads(line[9:])  # the journal holds the events as JSON objects
-    assert all(isinstance(d["resource"], dict) for d in record["tables"][HISTORY].values())
+    # the journal holds each event as its JSON after the record's own, in the order listed
+    skeleton, *bodies = line[9:].split(RAW_SEPARATOR)
+    record = json.loads(skeleton)
+    assert all(d["resource"] is None for d in record["tables"][HISTORY].values())
+    assert [name for name, _ in record[RAW]] == [HISTORY] * 10
+    assert [json.loads(b) for b in bodies] == [written[key.split("/")[0]] for _, key in record[RAW]]
     store._journal.close()  # a crash: no compaction, the journal is replayed at open
     assert not (folder / "snapshot.json").exists()
     reopened = EmbeddedStore(folder, fsync=False)
@@ -206,3 +212,16 @@ def test_new_ids_are_valid_fhir_ids_and_uuids() -> None:
         r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
     )
     assert all(fhir_id.match(i) and fhir_uuid.match(f"urn:uuid:{i}") for i in ids)
+
+
+def test_a_store_that_does_not_pack_the_type_replays_its_packed_events(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    store = EmbeddedStore(folder, fsync=False)
+    written = _write(store, _events(4))
+    store._journal.close()  # a crash: the journal is replayed at open
+    unpacked = EmbeddedStore(folder, fsync=False, packed=())
+    try:
+        assert all(isinstance(d["resource"], dict) for d in unpacked._mem[HISTORY].values())
+        _all_ways(unpacked, written)
+    finally:
+        unpacked.close()

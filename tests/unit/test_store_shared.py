@@ -175,3 +175,31 @@ def test_a_publish_cut_short_sends_readers_to_the_locked_path(pair: Any, tmp_pat
     _put(a, _patient("p3", "After"))  # the next publish makes the sequence even again
     assert b._journal.durable.read() is not None
     assert b.read("Patient", "p3")["name"][0]["family"] == "After"
+
+
+def test_events_one_wrote_are_held_by_the_other_as_the_same_bytes(pair: Any) -> None:
+    a, b = pair
+    now = "2026-12-04T12:00:00Z"
+    events = [
+        {"resourceType": "AuditEvent", "recorded": now, "outcome": "0",
+         "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+         "agent": [{"requestor": True, "who": {"display": f"Zoë {i}"}}],
+         "source": {"observer": {"display": "fhircare"}},
+         "entity": [{"what": {"reference": f"Patient/p{i % 2}"}}]}
+        for i in range(6)
+    ]  # fmt: skip
+    results = a.commit([WriteOp("create", "AuditEvent", resource=e) for e in events])
+    written = {r.id: r.resource for r in results}
+    assert {r["id"]: r for r in b.search("AuditEvent", [])} == written  # b caught up
+    mine = a._mem["AuditEvent._history"]
+    theirs = b._mem["AuditEvent._history"]
+    assert set(theirs) == set(mine)
+    for key, doc in mine.items():
+        assert isinstance(theirs[key]["resource"], bytes)
+        assert theirs[key]["resource"] == doc["resource"]  # the writer's packed bytes
+    for rid, event in written.items():
+        assert b.read("AuditEvent", rid) == event
+    found = b.search("AuditEvent", [("patient", "Patient/p1")])
+    assert sorted(r["id"] for r in found) == sorted(
+        rid for rid, e in written.items() if e["entity"][0]["what"]["reference"] == "Patient/p1"
+    )
