@@ -113,6 +113,7 @@ def kick_off(call: OpCall) -> Response:
         request_url=call.url,
         lenient="handling=lenient" in prefer,
         group_id=call.id,
+        bases=(call.state.base_url,),
     )
     allowed = call.access.bulk_types()
     if allowed is not None:

@@ -83,6 +83,8 @@ async def metrics_endpoint(request: Request) -> Response:
     container = request.app.state.container
     if _syncs(container.settings):
         await asyncio.to_thread(_sync_gauges, container.store)
+    else:  # nothing to push: 0, also with several workers (where a gauge never set is absent)
+        metrics.sync_idle()
     body, content_type = metrics.render()
     return Response(body, media_type=content_type)
 

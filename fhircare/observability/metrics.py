@@ -119,6 +119,14 @@ def _defined() -> list[Counter | Gauge | Histogram]:
     ]
 
 
+def sync_idle() -> None:
+    """The sync gauges when there is no sync (no HAPI server): nothing waits. Set at each
+    scrape, so that with several workers too the scrape has their samples (prometheus-
+    client's multiprocess mode leaves out a "livemostrecent" gauge no worker has set)."""
+    for gauge in (SYNC_OUTBOX, SYNC_HELD, SYNC_LAG):
+        gauge.set(0.0)
+
+
 def use_multiprocess(directory: Path) -> None:
     """In one worker of a group, before its app is built: write the metrics' values into
     `directory` (shared by the group's workers) from now on, and render every worker's.

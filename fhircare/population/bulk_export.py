@@ -3,7 +3,9 @@
 System level: every live resource of the requested types (default: every type the store
 holds). Patient level: the resources in any patient's compartment (the R4 Patient
 CompartmentDefinition, through `fhircare.security.compartment`). Group level: those in
-the compartments of the Group's active Patient members. `_since` keeps the resources whose
+the compartments of the Group's active Patient members. `patient` (Patient and Group
+level) keeps the compartments of the patients it names (at Group level, of those of them
+that are members). `_since` keeps the resources whose
 `meta.lastUpdated` is at or after it. The export notes the patients whose data (by the
 same compartment rules) its files hold, for the audit trail.
 
@@ -164,6 +166,9 @@ def write_export(
     members = None
     if request.level == "group" and request.group_id is not None:
         members = group_members(store, request.group_id, bases=bases)
+    if request.patients is not None:  # `patient`: only these (a Group's: those of its members)
+        given = set(request.patients)
+        members = given if members is None else members & given
     types = export_types(store, request)
     outputs: list[OutputFile] = []
     failures: list[Resource] = []

@@ -409,6 +409,7 @@ class ExportJobs:
                 **req,
                 "types": tuple(req["types"]) if req["types"] else None,
                 "ignored": tuple(req["ignored"]),
+                "patients": tuple(req["patients"]) if req.get("patients") is not None else None,
                 "since": datetime.fromisoformat(since) if since else None,
             }
         )

@@ -1,8 +1,9 @@
 """A Bulk Data `$export` kick-off request (FHIR Bulk Data Access IG v2), validated.
 
 Parameters are read from the query string and from a POSTed Parameters resource alike.
-Anything the server does not implement (`_typeFilter`, `_elements`, `patient`,
-`includeAssociatedData`, ...) is refused with a 400 unless the request says
+`patient` (Patient and Group level: references to the patients whose compartments the
+export holds) narrows the export. Anything the server does not implement (`_typeFilter`,
+`_elements`, `includeAssociatedData`, ...) is refused with a 400 unless the request says
 `Prefer: handling=lenient`, in which case it is ignored (and named in the manifest's
 `extension`), as the IG asks.
 """
@@ -17,13 +18,13 @@ from typing import Any, Literal
 
 from fhircare.fhir import registry
 from fhircare.fhir.errors import BadRequest
-from fhircare.security.compartment import PATIENT_COMPARTMENT
+from fhircare.security.compartment import PATIENT_COMPARTMENT, patient_id_of
 
 Level = Literal["system", "patient", "group"]
 
 NDJSON = "application/fhir+ndjson"
 OUTPUT_FORMATS = frozenset({NDJSON, "application/ndjson", "ndjson"})
-SUPPORTED = ("_outputFormat", "_type", "_since")
+SUPPORTED = ("_outputFormat", "_type", "_since", "patient")
 IGNORED = ("_format", "_pretty")  # response negotiation, handled before routing
 
 # http://hl7.org/fhir/datatypes.html#instant
@@ -44,6 +45,7 @@ class ExportRequest:
     since: datetime | None = None
     output_format: str = NDJSON
     ignored: tuple[str, ...] = field(default=())
+    patients: tuple[str, ...] | None = None  # ids given by `patient` (Patient/Group level)
 
 
 def parse_instant(text: str) -> datetime:
@@ -71,12 +73,15 @@ def parse_request(
     request_url: str,
     lenient: bool,
     group_id: str | None = None,
+    bases: Iterable[str] = (),
 ) -> ExportRequest:
-    """Validate the kick-off parameters (name, value pairs from query and body)."""
+    """Validate the kick-off parameters (name, value pairs from query and body); `bases`
+    are this server's base URLs (an absolute `patient` reference must be to one)."""
     formats: list[str] = []
     type_values: list[str] = []
     since: datetime | None = None
     unsupported: list[str] = []
+    patient_values: list[Any] = []
     for name, value in values:
         if name == "_outputFormat":
             formats.append(str(value))
@@ -84,13 +89,21 @@ def parse_request(
             type_values.append(str(value))
         elif name == "_since":
             since = parse_instant(str(value))
+        elif name == "patient" and level != "system":
+            patient_values.append(value)
         elif name not in IGNORED:
             unsupported.append(name)
     if unsupported and not lenient:
+        if "patient" in unsupported:
+            raise BadRequest(
+                "patient applies to a Patient or Group $export, not to a system-level one "
+                "(send Prefer: handling=lenient to have it ignored)",
+                code="not-supported",
+            )
         raise BadRequest(
             f"$export does not support {', '.join(sorted(set(unsupported)))} (it takes "
-            "_outputFormat, _type and _since; send Prefer: handling=lenient to have "
-            "unsupported parameters ignored)",
+            "_outputFormat, _type, _since and, at Patient and Group level, patient; send "
+            "Prefer: handling=lenient to have unsupported parameters ignored)",
             code="not-supported",
         )
     output_format = NDJSON
@@ -112,7 +125,30 @@ def parse_request(
         since=since,
         output_format=output_format,
         ignored=tuple(sorted(set(unsupported))),
+        patients=_patients(patient_values, bases) if patient_values else None,
     )
+
+
+def _patients(values: list[Any], bases: Iterable[str]) -> tuple[str, ...]:
+    """The patient ids of `patient` values: Reference objects (a POSTed Parameters'
+    valueReference) or reference strings (comma-separated in a query string)."""
+    refs: list[str] = []
+    for value in values:
+        if isinstance(value, dict):
+            refs.append(str(value.get("reference") or ""))
+        else:
+            refs += [r.strip() for r in str(value).split(",")]
+    ids: list[str] = []
+    for ref in refs:
+        pid = patient_id_of(ref, bases)
+        if pid is None:
+            raise BadRequest(
+                f"patient takes references to this server's Patients (Patient/123), "
+                f"not {ref[:80]!r}",
+                code="value",
+            )
+        ids.append(pid)
+    return tuple(dict.fromkeys(ids))
 
 
 def _types(level: Level, values: list[str], lenient: bool) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from fhircare.api.app import create_app
 from fhircare.bootstrap import build_container
 from fhircare.config import Settings
-from fhircare.population.bulk_jobs import MANIFEST, RUNNER_GONE
+from fhircare.population.bulk_jobs import MANIFEST, RUNNER_GONE, ExportJobs
 from fhircare.store.embedded import EmbeddedStore
 from tests.helpers.panel import example_resources, group, panel_resources, transaction
 
@@ -209,6 +209,67 @@ def test_post_kick_off_with_parameters(bulk: TestClient) -> None:
     assert r.status_code == 202, r.text
     got = download(bulk, finish(bulk, r.headers["content-location"]).json())
     assert {t: len(v) for t, v in got.items()} == {"Encounter": 2}
+
+
+def test_patient_parameter_narrows_patient_and_group_exports(bulk: TestClient) -> None:
+    # as the SMART bulk-data-client sends it: POST, valueReference, with handling=lenient
+    # (which it sends by default): the export holds the named patients' data only
+    lenient = {**ASYNC, "Prefer": "respond-async, handling=lenient"}
+    body = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "_type", "valueString": "Patient,Condition"},
+            {"name": "patient", "valueReference": {"reference": "Patient/pp2"}},
+            {"name": "patient", "valueReference": {"reference": f"{BASE}/Patient/pp3"}},
+        ],
+    }
+    r = bulk.post("/fhir/Patient/$export", json=body, headers=lenient)
+    assert r.status_code == 202, r.text
+    manifest = finish(bulk, r.headers["content-location"]).json()
+    assert "extension" not in manifest  # nothing ignored
+    job_dir = bulk.app.state.exports.root / r.headers["content-location"].rsplit("/", 1)[-1]  # type: ignore[attr-defined]
+    saved = ExportJobs._parse(job_dir, json.loads((job_dir / MANIFEST).read_text()))
+    assert saved.request.patients == ("pp2", "pp3")  # what another worker reads
+    got = download(bulk, manifest)
+    assert {t: sorted(x["id"] for x in v) for t, v in got.items()} == {
+        "Patient": ["pp2", "pp3"],
+        "Condition": ["pp2-c", "pp3-c"],
+    }
+    # at Group level: the named patients that are members (g1 holds pp0 and pp1)
+    body["parameter"][1:] = [{"name": "patient", "valueReference": {"reference": "Patient/pp1"}}]
+    body["parameter"].append({"name": "patient", "valueReference": {"reference": "Patient/pp2"}})
+    r = bulk.post("/fhir/Group/g1/$export", json=body, headers=ASYNC)
+    assert r.status_code == 202, r.text
+    got = download(bulk, finish(bulk, r.headers["content-location"]).json())
+    assert {t: sorted(x["id"] for x in v) for t, v in got.items()} == {
+        "Patient": ["pp1"],
+        "Condition": ["pp1-c"],
+    }
+    # a query string takes comma-separated references
+    url = kick_off(
+        bulk, "/fhir/Patient/$export", {"_type": "Patient", "patient": "Patient/pp0,Patient/pp4"}
+    )
+    got = download(bulk, finish(bulk, url).json())
+    assert sorted(x["id"] for x in got["Patient"]) == ["pp0", "pp4"]
+    # refused: not a reference to one of this server's Patients; at system level
+    for ref in ("Practitioner/dr1", "https://elsewhere.example/fhir/Patient/pp0", ""):
+        bad = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "patient", "valueReference": {"reference": ref}}],
+        }
+        r = bulk.post("/fhir/Patient/$export", json=bad, headers=ASYNC)
+        assert r.status_code == 400 and "patient" in r.json()["issue"][0]["diagnostics"], ref
+    r = bulk.get("/fhir/$export", params={"patient": "Patient/pp0"}, headers=ASYNC)
+    assert r.status_code == 400 and "system-level" in r.json()["issue"][0]["diagnostics"]
+    url = kick_off(
+        bulk,
+        "/fhir/$export",
+        {"patient": "Patient/pp0", "_type": "Patient"},
+        Prefer="respond-async, handling=lenient",
+    )
+    manifest = finish(bulk, url).json()
+    assert manifest["extension"] == {"ignoredParameters": ["patient"]}
+    assert len(download(bulk, manifest)["Patient"]) == len(held(bulk, "Patient"))
 
 
 def test_capability_statement_declares_the_export_operations(bulk: TestClient) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port, wait_http
 
@@ -264,6 +265,14 @@ def test_metrics_count_what_every_worker_answered(tmp_path: Path, started: list[
         assert _counted(r.text, "/fhir/{resource_type}/{resource_id}") == reads
         assert _counted(r.text, "/fhir/{resource_type}", "POST", "201") == 1
         assert "fhircare_http_request_duration_seconds_count" in r.text
+        families = {f.name: f for f in text_string_to_metric_families(r.text)}
+        for name in (
+            "fhircare_sync_outbox_depth",
+            "fhircare_sync_held",
+            "fhircare_sync_lag_seconds",
+        ):
+            # a sample, as one process has (not HELP and TYPE alone), and only one
+            assert [s.value for s in families[name].samples] == [0.0], name
         scraped.add(r.headers[WORKER])
         if scraped == {"0", "1"}:
             break
