@@ -17,6 +17,15 @@ LOCAL_SETTINGS = {
 }
 
 
+# Settings of every session (a setting of the Spark settings wins). Case mappings through
+# the JVM, not ICU: the first upper() over a string column (the chronic-condition codes)
+# otherwise loads ICU's case tables, about a second per JVM; the codes are ASCII, where
+# both give the same.
+SESSION_SETTINGS = {
+    "spark.sql.icu.caseMappings.enabled": "false",
+}
+
+
 # The driver JVM's class-data archive (AppCDS): the first run records the classes Spark
 # loads into a file in the user's cache folder, later runs map them instead of loading and
 # verifying some 20,000 classes again (about half the JVM start and first-query time).
@@ -136,7 +145,12 @@ def spark_session(
     elif not conf.contains("spark.master"):
         builder = builder.master("local[*]")
     builder = builder.config("spark.sql.session.timeZone", "UTC")
-    for key, value in (("spark.ui.enabled", "false"), ("spark.ui.showConsoleProgress", "false")):
+    defaults = {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        **SESSION_SETTINGS,
+    }
+    for key, value in defaults.items():
         if not conf.contains(key):
             builder = builder.config(key, value)
     local = (master or conf.get("spark.master", "local[*]")).startswith("local")

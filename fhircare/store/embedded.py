@@ -434,6 +434,12 @@ class EmbeddedStore:
     def referrers(self, resource_type: str, key: str, within: set[str] | None = None) -> set[str]:
         return self._index.referrers(resource_type, key, within)
 
+    def candidate_count(self, resource_type: str, crit: Criterion) -> int | None:
+        return self._index.candidate_count(resource_type, crit)
+
+    def referrer_count(self, resource_type: str, key: str) -> int:
+        return self._index.referrer_count(resource_type, key)
+
     def iter_resources(self, resource_type: str) -> Iterator[dict[str, Any]]:
         self._follow()
         with self._lock:

@@ -242,20 +242,18 @@ class SearchIndex:
             if holders:
                 yield rtype, holders
 
-    def candidates(
-        self, resource_type: str, crit: Criterion, within: set[str] | None = None
-    ) -> set[str] | None:
-        """A superset of the ids matching a term criterion, or None when not indexed. With
-        `within` (the ids the other criteria left), only those of them: each key's holders
-        are intersected with it, so a common code costs the size of `within`, not the number
-        of resources holding the code."""
+    def referrer_count(self, resource_type: str, key: str) -> int:
+        """How many of the type's live resources reference `key` (nothing materialised)."""
+        if resource_type in self._pending:
+            self._catch_up(resource_type)
+        return len(self.refs.get(resource_type, {}).get(key, ()))
+
+    def _term_keys(self, resource_type: str, crit: Criterion) -> list[str] | None:
+        """The index keys a term criterion looks up, or None when not indexed."""
         param = crit.param
         if param.type not in TERM_TYPES or param.code not in self._planned(resource_type)[2]:
             return None
-        if resource_type in self._pending:
-            self._catch_up(resource_type)
         code = param.code + SEP
-        terms = self.terms.get(resource_type, {})
         keys: list[str] = []
         if param.type == "token" and crit.modifier is None:
             for value in crit.values:
@@ -273,6 +271,32 @@ class SearchIndex:
                 keys.append(code + n[:STRING_PREFIX])
         else:
             return None
+        return keys
+
+    def candidate_count(self, resource_type: str, crit: Criterion) -> int | None:
+        """An upper bound of how many ids `candidates` gives for a term criterion (the sizes
+        of its keys' posting sets, nothing materialised), or None when not indexed."""
+        keys = self._term_keys(resource_type, crit)
+        if keys is None:
+            return None
+        if resource_type in self._pending:
+            self._catch_up(resource_type)
+        terms = self.terms.get(resource_type, {})
+        return sum(len(terms.get(key, ())) for key in keys)
+
+    def candidates(
+        self, resource_type: str, crit: Criterion, within: set[str] | None = None
+    ) -> set[str] | None:
+        """A superset of the ids matching a term criterion, or None when not indexed. With
+        `within` (the ids the other criteria left), only those of them: each key's holders
+        are intersected with it, so a common code costs the size of `within`, not the number
+        of resources holding the code."""
+        keys = self._term_keys(resource_type, crit)
+        if keys is None:
+            return None
+        if resource_type in self._pending:
+            self._catch_up(resource_type)
+        terms = self.terms.get(resource_type, {})
         out: set[str] = set()
         for key in keys:
             holders = terms.get(key)

@@ -530,3 +530,46 @@ def test_a_later_lookup_is_confined_to_what_the_first_left(
     everyone = {cid for cid, (_, held) in conditions.items() if held & {"I10", "J44.9", "E11.9"}}
     assert everyone - mine  # the code alone is held by other patients' Conditions too
     s.close()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        [("code", "I10,J44.9,E11.9"), ("patient", "Patient/p6")],
+        [("patient", "Patient/p6"), ("code", "I10,J44.9,E11.9")],
+        [("code", "http://hl7.org/fhir/sid/icd-10-cm|I10,E11.9"), ("subject", "Patient/p6")],
+    ],
+)
+def test_the_smallest_posting_set_is_looked_up_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, params: list[tuple[str, str]]
+) -> None:
+    """Whatever the query's order, the patient criterion (a few Conditions) runs before the
+    code list (held across the panel): the codes' lookup is confined to the patient's
+    Conditions and never materialises every holder of the codes. Same results as a scan."""
+    s, conditions = _panel(tmp_path)
+    calls: list[tuple[str, set[str] | None]] = []
+    lookup_codes, lookup_refs = s._index.candidates, s._index.referrers
+
+    def codes(resource_type: str, crit: Any, within: set[str] | None = None) -> set[str] | None:
+        calls.append(("code", None if within is None else set(within)))
+        return lookup_codes(resource_type, crit, within)
+
+    def refs(resource_type: str, key: str, within: set[str] | None = None) -> set[str]:
+        calls.append(("patient", None if within is None else set(within)))
+        return lookup_refs(resource_type, key, within)
+
+    monkeypatch.setattr(s._index, "candidates", codes)
+    monkeypatch.setattr(s._index, "referrers", refs)
+    wanted = {"I10", "J44.9", "E11.9"}
+    mine = {cid for cid, (pid, _) in conditions.items() if pid == "p6"}
+    found = ids(s, "Condition", params)
+    held = set(params[0][1].replace("http://hl7.org/fhir/sid/icd-10-cm|", "").split(","))
+    held = held if params[0][0] == "code" else wanted
+    expected = {cid for cid, (pid, codes_) in conditions.items() if pid == "p6" and codes_ & held}
+    assert set(found) == expected and expected
+    assert [name for name, _ in calls] == ["patient", "code"]
+    assert calls[0][1] is None  # the patient's Conditions come first, from the whole panel
+    assert calls[1][1] is not None and calls[1][1] <= mine  # the codes: only among them
+    everyone = {cid for cid, (_, h) in conditions.items() if h & held}
+    assert everyone - mine  # the codes alone are held by other patients' Conditions too
+    s.close()

@@ -52,6 +52,11 @@ class SearchSource(Protocol):
         """Ids of live resources of the type holding a reference to `key` ('Type/id'); with
         `within`, only those in it."""
 
+    # Optional (a source without them is ordered by the kind of criterion alone):
+    #   candidate_count(resource_type, crit) -> int | None: an upper bound of how many ids
+    #     `candidates` gives (the sizes of the index's posting sets, nothing materialised);
+    #   referrer_count(resource_type, key) -> int: how many resources reference `key`.
+
 
 def execute(source: SearchSource, query: Query, *, base_url: str | None = None) -> list[Resource]:
     """The matching resources (not copied), sorted."""
@@ -69,7 +74,7 @@ def matching_ids(
 ) -> list[str]:
     resolved = [_resolve(source, resource_type, c, base_url) for c in criteria]
     pool: set[str] | None = None
-    for crit in sorted(resolved, key=_selectivity):
+    for crit in _cheapest_first(source, resource_type, resolved, base_url):
         # each lookup after the first is confined to what the earlier ones left, so that it
         # costs the size of the pool, not the number of resources holding a common value
         # (one patient's Conditions narrowed by a chronic code: not every chronic Condition)
@@ -87,6 +92,47 @@ def matching_ids(
         if body is not None and all(matches(body, c, reg=reg, base_url=base_url) for c in resolved):
             out.append(rid)
     return source.order(resource_type, out) if pool is not None else out
+
+
+def _cheapest_first(
+    source: SearchSource, resource_type: str, resolved: list[Resolved], base_url: str | None
+) -> list[Resolved]:
+    """The criteria in the order their lookups run: the one whose index posting sets are
+    smallest first (counted, not materialised), so `code=<many>&patient=X` starts from the
+    patient's few resources whatever the query's order; a criterion without a count keeps
+    its place by kind (ids, references, tokens, the rest), after every counted one."""
+    if len(resolved) < 2:
+        return resolved
+    ranked = []
+    for n, crit in enumerate(resolved):
+        size = _size(source, resource_type, crit, base_url)
+        ranked.append((size is None, size or 0, _selectivity(crit), n, crit))
+    return [r[-1] for r in sorted(ranked, key=lambda r: r[:4])]
+
+
+def _size(
+    source: SearchSource, resource_type: str, crit: Resolved, base_url: str | None
+) -> int | None:
+    """An upper bound of how many ids the criterion's lookup gives, or None when unknown."""
+    if isinstance(crit, IdIn):
+        return len(crit.ids)
+    ref_count = getattr(source, "referrer_count", None)
+    if isinstance(crit, RefIn):
+        return None if ref_count is None else sum(ref_count(resource_type, k) for k in crit.keys)
+    if crit.chain is not None:
+        return None
+    if crit.param.type == "reference" and (crit.modifier is None or crit.modifier[0].isupper()):
+        if ref_count is None:
+            return None
+        return sum(
+            ref_count(resource_type, key)
+            for value in crit.values
+            for key in reference_keys(crit.param, crit.modifier, value, base_url)
+        )
+    if crit.param.code == "_id" and crit.modifier is None:
+        return len(crit.values)
+    term_count = getattr(source, "candidate_count", None)
+    return None if term_count is None else term_count(resource_type, crit)
 
 
 def _selectivity(crit: Resolved) -> int:
