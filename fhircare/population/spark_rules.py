@@ -49,22 +49,37 @@ def _sql_text(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _chronic_keys(cf: CaseFinding) -> Column:
-    """The chronic-condition keys of the row's (system, code), as an array.
+def _sql_map(entries: dict[str, list[str]]) -> str:
+    """A literal Spark SQL map of string -> array of strings."""
+    items = ", ".join(
+        f"{_sql_text(k)}, array({', '.join(_sql_text(v) for v in values)})"
+        for k, values in sorted(entries.items())
+    )
+    return f"map({items})"
 
-    Built as one SQL expression (one JVM call instead of hundreds of py4j round trips)."""
+
+def _chronic_keys(cf: CaseFinding) -> Column:
+    """The chronic-condition keys of the row's (system, code), as an array (a key may appear
+    twice when two of its prefixes match; the facts keep each key once).
+
+    One SQL expression (one JVM call instead of hundreds of py4j round trips), looked up in
+    literal maps: an ICD-10-CM code's prefix of each length the lists use, a SNOMED code as
+    it is. A chain of startswith tests generated a method too large for the JIT."""
     plain = "upper(translate(code, '.', ''))"
-    prefixes, _ = cf.chronic_codes()
-    hits = []
-    for key, spec in cf.conditions.items():
-        icd = " OR ".join(f"startswith({plain}, {_sql_text(p)})" for p in prefixes[key])
-        match = f"(system = {_sql_text(ICD10)} AND ({icd or 'false'}))"
-        sct = [str(c) for c in spec.get("snomed") or []]
-        if sct:
-            codes = ", ".join(_sql_text(c) for c in sct)
-            match += f" OR (system = {_sql_text(SNOMED)} AND code IN ({codes}))"
-        hits.append(f"CASE WHEN coalesce({match}, false) THEN {_sql_text(key)} END")
-    return F.expr(f"array_compact(array({', '.join(hits)}))")
+    prefixes, snomed = cf.chronic_codes()
+    by_length: dict[int, dict[str, list[str]]] = {}
+    for key, codes in prefixes.items():
+        for prefix in codes:
+            by_length.setdefault(len(prefix), {}).setdefault(prefix, []).append(key)
+    icd = ", ".join(
+        f"coalesce(try_element_at({_sql_map(entries)}, substring({plain}, 1, {n})), array())"
+        for n, entries in sorted(by_length.items())
+    )
+    sct = f"coalesce(try_element_at({_sql_map(snomed)}, code), array())" if snomed else "array()"
+    return F.expr(
+        f"CASE WHEN system = {_sql_text(ICD10)} THEN flatten(array({icd or 'array()'}))"
+        f" WHEN system = {_sql_text(SNOMED)} THEN {sct} END"
+    )
 
 
 def _first(columns: tuple[str, ...]) -> Column:
