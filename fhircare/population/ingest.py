@@ -19,6 +19,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
+from fhircare.population.spark_rules import sql_text
+
 MALFORMED = "_malformed"
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 # the first resourceType member of a line: the top-level one in any export seen so far
@@ -50,45 +52,49 @@ def parse_export(spark: Any, folder: Path, schemas: dict[str, StructType]) -> Da
     Each line is parsed once: a text match finds its candidate type, the line is parsed with
     that type's schema, and the parsed resourceType confirms the candidate. Only a line it
     does not confirm (malformed, a type no view reads, a contained resource's type matched
-    first) is parsed again, for its resourceType alone."""
+    first) is parsed again, for its resourceType alone. The query is written as SQL text (a
+    few JVM calls, where building it from column functions took hundreds of py4j calls)."""
     if not input_files(folder):  # an empty export: nothing to read
         return None
     lines = (
         spark.read.option("recursiveFileLookup", "true")
         .option("pathGlobFilter", "*.{ndjson,ndjson.gz}")
         .text(str(folder))
-        .filter(F.trim(F.col("value")) != "")
     )
     names = sorted(schemas)
-    typed = {name: _with_type(schemas[name]) for name in names}
-    guess = F.regexp_extract(F.col("value"), _CANDIDATE, 1)
-    first = lines.select("value", guess.alias("_guess")).select(
-        "value",
-        "_guess",
-        *[
-            F.when(F.col("_guess") == F.lit(name), F.from_json(F.col("value"), typed[name])).alias(
-                name
-            )
-            for name in names
-        ],
+    typed = {name: sql_text(_with_type(schemas[name]).json()) for name in names}
+    guess = f"regexp_extract(value, {sql_text(_CANDIDATE)}, 1)"
+    parsed_type = "coalesce(" + ", ".join(f"`{name}`.resourceType" for name in names) + ", NULL)"
+    confirmed = f"coalesce({parsed_type} = _guess, false)"
+    rt = (
+        f"(CASE WHEN {confirmed} THEN _guess"
+        " ELSE from_json(value, 'resourceType STRING').resourceType END)"
     )
-    parsed_type = F.coalesce(*[F.col(f"`{name}`.resourceType") for name in names], F.lit(None))
-    confirmed = F.coalesce(parsed_type == F.col("_guess"), F.lit(False))
-    rt = F.when(confirmed, F.col("_guess")).otherwise(
-        F.from_json(F.col("value"), "resourceType STRING").getField("resourceType")
-    )
-    ok = rt.isNotNull() & rt.rlike(_TYPE.pattern)
+    ok = f"({rt} IS NOT NULL AND {rt} RLIKE {sql_text(_TYPE.pattern)})"
     columns = [
-        F.when(ok, rt).otherwise(F.lit(MALFORMED)).alias("rtype"),
-        F.when(~ok, F.input_file_name()).alias("file"),
+        f"CASE WHEN {ok} THEN {rt} ELSE {sql_text(MALFORMED)} END AS rtype",
+        f"CASE WHEN NOT {ok} THEN input_file_name() END AS file",
         *[
-            F.when(confirmed, F.col(f"`{name}`"))
-            .when(rt == F.lit(name), F.from_json(F.col("value"), typed[name]))
-            .alias(name)
+            f"CASE WHEN {confirmed} THEN `{name}` WHEN {rt} = {sql_text(name)}"
+            f" THEN from_json(value, {typed[name]}) END AS `{name}`"
             for name in names
         ],
     ]
-    return first.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
+    return (
+        lines.where("trim(value) != ''")
+        .selectExpr("value", f"{guess} AS _guess")
+        .selectExpr(
+            "value",
+            "_guess",
+            *[
+                f"CASE WHEN _guess = {sql_text(name)} THEN from_json(value, {typed[name]})"
+                f" END AS `{name}`"
+                for name in names
+            ],
+        )
+        .selectExpr(*columns)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
 
 
 def _with_type(schema: StructType) -> StructType:

@@ -44,7 +44,7 @@ def _test(test: Test, at: datetime) -> Column:
     return F.coalesce((ts >= F.lit(since)) & (ts <= F.lit(at)), F.lit(False))
 
 
-def _sql_text(value: str) -> str:
+def sql_text(value: str) -> str:
     """A Spark SQL string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -52,7 +52,7 @@ def _sql_text(value: str) -> str:
 def _sql_map(entries: dict[str, list[str]]) -> str:
     """A literal Spark SQL map of string -> array of strings."""
     items = ", ".join(
-        f"{_sql_text(k)}, array({', '.join(_sql_text(v) for v in values)})"
+        f"{sql_text(k)}, array({', '.join(sql_text(v) for v in values)})"
         for k, values in sorted(entries.items())
     )
     return f"map({items})"
@@ -77,8 +77,8 @@ def _chronic_keys(cf: CaseFinding) -> Column:
     )
     sct = f"coalesce(try_element_at({_sql_map(snomed)}, code), array())" if snomed else "array()"
     return F.expr(
-        f"CASE WHEN system = {_sql_text(ICD10)} THEN flatten(array({icd or 'array()'}))"
-        f" WHEN system = {_sql_text(SNOMED)} THEN {sct} END"
+        f"CASE WHEN system = {sql_text(ICD10)} THEN flatten(array({icd or 'array()'}))"
+        f" WHEN system = {sql_text(SNOMED)} THEN {sct} END"
     )
 
 
