@@ -104,6 +104,20 @@ class _Written:
     keys: dict[tuple[str, str], tuple[Keys | None, Keys | None]]
 
 
+class _Pending:
+    """A commit handed to the thread that prepares and writes the queued ones."""
+
+    __slots__ = ("ops", "meta", "results", "wait_for", "error", "done")
+
+    def __init__(self, ops: list[WriteOp], meta: dict[str, Any] | None) -> None:
+        self.ops = ops
+        self.meta = meta
+        self.results: list[WriteResult] = []
+        self.wait_for = 0
+        self.error: BaseException | None = None
+        self.done = False
+
+
 class KeyedTable(Table):
     """A TinyDB table whose document ids are strings chosen by us."""
 
@@ -161,6 +175,10 @@ class EmbeddedStore:
         self._flush = threading.Condition(threading.Lock())
         self._flushing = False
         self._queue: list[_Written] = []
+        # commits waiting for the thread that prepares and writes them (`commit`)
+        self._combine = threading.Condition(threading.Lock())
+        self._combining = False
+        self._pending: list[_Pending] = []
         self._overlay: dict[str, dict[str, Any]] = {}  # written, not yet applied
         self._written_number = 0
         self._applied_number = 0
@@ -579,17 +597,62 @@ class EmbeddedStore:
         A delete with `cascade` also deletes, in the same commit, every live resource that
         references the deleted one (recursively). With referential integrity on, a commit
         that would leave a live resource referencing a deleted one raises Conflict (409)."""
+        if self._commit_lock._is_owned():  # type: ignore[attr-defined]  # inside a commit
+            batch = [_Pending(ops, meta)]
+            self._commit_batch(batch)
+            mine = batch[0]
+        else:
+            mine = _Pending(ops, meta)
+            batch = None
+            # Combining: the commits that queue while one thread prepares and appends are
+            # then prepared and appended by one thread, one after another (each its own
+            # record, in arrival order), instead of handing the commit lock and with it the
+            # GIL from thread to thread, a wait each while the event loop holds it.
+            with self._combine:
+                self._pending.append(mine)
+                while not mine.done and self._combining:
+                    self._combine.wait()
+                if not mine.done:
+                    self._combining = True
+                    batch, self._pending = self._pending, []
+            if batch is not None:
+                try:
+                    self._commit_batch(batch)
+                finally:
+                    with self._combine:
+                        for pending in batch:
+                            pending.done = True
+                        self._combining = False
+                        self._combine.notify_all()
+        if mine.error is not None:
+            raise mine.error
+        self._wait_durable(mine.wait_for)
+        return mine.results
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        """Prepare and write each commit of `batch`, in order, under the commit lock: its
+        results or its error on each."""
         with self._commit_lock:
-            if self._closed:
-                raise RuntimeError("store is closed")
-            self._check_usable()
-            self._share_begin()
             try:
-                results, wait_for = self._commit_locked(ops, meta)
+                if self._closed:
+                    raise RuntimeError("store is closed")
+                self._check_usable()
+                self._share_begin()
+            except BaseException as exc:
+                for pending in batch:
+                    pending.error = exc
+                return
+            try:
+                for pending in batch:
+                    try:
+                        self._check_usable()
+                        pending.results, pending.wait_for = self._commit_locked(
+                            pending.ops, pending.meta
+                        )
+                    except BaseException as exc:  # that commit's own error, for its caller
+                        pending.error = exc
             finally:
                 self._share_end()
-        self._wait_durable(wait_for)
-        return results
 
     def _commit_locked(
         self, ops: list[WriteOp], meta: dict[str, Any] | None

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fhircare.fhir import jsonio
+from fhircare.fhir.errors import Conflict
 from fhircare.store import journal as journal_module
 from fhircare.store.base import WriteOp
 from fhircare.store.embedded import EmbeddedStore, StoreFailed
@@ -237,3 +238,52 @@ def test_jsonio_dumps_writes_what_the_standard_library_writes() -> None:
         if "e" not in doc and "big" not in doc:  # orjson writes 1e-07 as 1.5e-7: same value
             assert ours == json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         assert json.loads(jsonio.dumps_pretty(doc)) == doc
+
+
+def test_commits_queued_behind_a_writer_are_written_by_it_each_with_its_own_outcome(
+    tmp_path: Path,
+) -> None:
+    """Commits that queue while one thread writes are then written by one thread, in the
+    order they came, each with its own result or error (a conflict fails only its caller)."""
+    store = EmbeddedStore(tmp_path)
+    put(store, "taken")
+    outcomes: dict[str, Any] = {}
+
+    def create(pid: str) -> None:
+        op = WriteOp("create", "Patient", id=pid, resource=patient(pid, pid), keep_id=True)
+        try:
+            (result,) = store.commit([op])
+            outcomes[pid] = result.version_id
+        except Conflict as exc:
+            outcomes[pid] = exc
+
+    names = ["p1", "taken", "p2", "p3"]
+    store._commit_lock.acquire()  # the first writer waits here with the others queued behind
+    threads = [threading.Thread(target=create, args=(n,)) for n in names]
+    try:
+        threads[0].start()
+        with store._combine:
+            while not store._combining:
+                store._combine.wait(0.01)
+        for t in threads[1:]:
+            t.start()
+        with store._combine:
+            while len(store._pending) < 3:
+                store._combine.wait(0.01)
+    finally:
+        store._commit_lock.release()
+    for t in threads:
+        t.join()
+    assert outcomes["p1"] == outcomes["p2"] == outcomes["p3"] == "1"
+    assert isinstance(outcomes["taken"], Conflict)
+    families = [store.read("Patient", n)["name"][0]["family"] for n in names]
+    assert families == ["p1", "Chalmers", "p2", "p3"]
+    store.close()
+    reopened = EmbeddedStore(tmp_path)
+    assert {p: reopened.read("Patient", p)["meta"]["versionId"] for p in names} == {
+        "p1": "1",
+        "taken": "1",
+        "p2": "1",
+        "p3": "1",
+    }
+    reopened.close()
