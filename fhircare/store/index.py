@@ -276,13 +276,10 @@ class SearchIndex:
     def candidate_count(self, resource_type: str, crit: Criterion) -> int | None:
         """An upper bound of how many ids `candidates` gives for a term criterion (the sizes
         of its keys' posting sets, nothing materialised), or None when not indexed."""
-        keys = self._term_keys(resource_type, crit)
-        if keys is None:
+        postings = self._postings(resource_type, crit)
+        if postings is None:
             return None
-        if resource_type in self._pending:
-            self._catch_up(resource_type)
-        terms = self.terms.get(resource_type, {})
-        return sum(len(terms.get(key, ())) for key in keys)
+        return sum(len(holders) for holders in postings)
 
     def candidates(
         self, resource_type: str, crit: Criterion, within: set[str] | None = None
@@ -291,18 +288,24 @@ class SearchIndex:
         `within` (the ids the other criteria left), only those of them: each key's holders
         are intersected with it, so a common code costs the size of `within`, not the number
         of resources holding the code."""
+        postings = self._postings(resource_type, crit)
+        if postings is None:
+            return None
+        out: set[str] = set()
+        for holders in postings:
+            out |= holders if within is None else within & holders
+        return out
+
+    def _postings(self, resource_type: str, crit: Criterion) -> list[set[str]] | None:
+        """The non-empty posting sets of a term criterion's keys (the index caught up), or
+        None when it is not indexed."""
         keys = self._term_keys(resource_type, crit)
         if keys is None:
             return None
         if resource_type in self._pending:
             self._catch_up(resource_type)
         terms = self.terms.get(resource_type, {})
-        out: set[str] = set()
-        for key in keys:
-            holders = terms.get(key)
-            if holders:
-                out |= holders if within is None else within & holders
-        return out
+        return [holders for key in keys if (holders := terms.get(key))]
 
 
 __all__ = ["Keys", "SearchIndex", "split_values"]
