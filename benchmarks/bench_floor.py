@@ -1,21 +1,23 @@
 """How far above the floor of its own stack a fhircare read is, and whether a goal stated as a
 ratio to HAPI is below that floor.
 
-One client (httpx, as in `bench_api.py`) reads Patients from the servers, taking turns
-round by round after a warm-up: `fhircare serve` (embedded store) on each HTTP server of
-`--servers` (uvicorn by default; none with `--no-fhircare`), a bare ASGI app (`asgi_floor.py`:
-no routing, store, audit or logging) on each HTTP server asked for with `--floor` (uvicorn
-with uvloop and httptools, as `fhircare serve` runs, by default; granian, a Rust HTTP
-server, with options of its own after the name) and, unless `--no-hapi`, the project's HAPI
-FHIR server. Prints `name=value` lines: the median and p99 of each, what fhircare adds over
-the first floor, and the read median that 2x HAPI would need next to the floor's.
+One client (`--client`: httpx, as in `bench_api.py`, or lean, `lean_http.SyncClient`: one
+kept-alive connection, httptools parsing, a fraction of httpx's own cost) reads Patients from
+the servers, taking turns round by round after a warm-up: `fhircare serve` (embedded store)
+on each HTTP server of `--servers` (uvicorn by default; none with `--no-fhircare`), a bare
+ASGI app (`asgi_floor.py`: no routing, store, audit or logging) on each HTTP server asked
+for with `--floor` (uvicorn with uvloop and httptools, as `fhircare serve` runs, by default;
+granian, a Rust HTTP server, with options of its own after the name) and, unless
+`--no-hapi`, the project's HAPI FHIR server. Prints `name=value` lines: the median and p99
+of each, what fhircare adds over the first floor, and the read median that 2x HAPI would
+need next to the floor's.
 
 With `--clients N` it then runs N concurrent clients reading only (`mixed_load.READS`, in
 generator processes of their own) for `--duration` seconds on each server but HAPI, taking
 turns for `--load-rounds` rounds, and prints requests/s, p50, p99 and the CPU each server
 (with its worker processes) spent per request.
 
-    python benchmarks/bench_floor.py [--rounds 6 --per-round 300 --no-hapi]
+    python benchmarks/bench_floor.py [--rounds 6 --per-round 300 --no-hapi --client lean]
     python benchmarks/bench_floor.py --no-fhircare --no-hapi --floor uvicorn \\
         --floor "granian --runtime-threads 2" --clients 32
 """
@@ -33,7 +35,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import bench_api as api
-import httpx
 from mixed_load import READS, Tally, run_load
 
 HERE = Path(__file__).resolve().parent
@@ -142,6 +143,12 @@ def main() -> None:
     ap.add_argument("--load-rounds", type=int, default=2, help="load runs per server")
     ap.add_argument("--processes", type=int, default=2, help="load generator processes")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--client",
+        choices=api.CLIENTS,
+        default="httpx",
+        help="the one-client rounds' HTTP client: httpx (default) or lean (lean_http)",
+    )
     args = ap.parse_args()
     specs = args.floor or ["uvicorn"]
     names = floor_names(specs)
@@ -168,9 +175,8 @@ def main() -> None:
             script = str(api.ROOT / "scripts" / "hapi")
             stops.append(lambda: subprocess.run([script, "stop", str(port)], check=False))
             bases["hapi"] = hapi_base
-        targets = [
-            api.Target(n, b, httpx.Client(timeout=httpx.Timeout(60.0))) for n, b in bases.items()
-        ]
+        targets = [api.Target(n, b, api.make_client(args.client, 60.0)) for n, b in bases.items()]
+        print(f"client={args.client}")
         rng = random.Random(args.seed)
         for t in targets:
             if t.name.startswith("floor"):
