@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as _json
+import select
 import socket
 import urllib.parse
 from dataclasses import dataclass
@@ -175,6 +176,9 @@ class SyncClient:
 
     def _exchange(self, address: tuple[str, int], data: bytes) -> tuple[int, bytes]:
         sock = self._sockets.get(address)
+        if sock is not None and _readable(sock):  # closed by the server while idle (as httpx
+            self._drop(address)  # checks before reusing a connection): open a new one
+            sock = None
         if sock is None:
             sock = socket.create_connection(address, timeout=self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -199,3 +203,9 @@ class SyncClient:
     def close(self) -> None:
         for address in list(self._sockets):
             self._drop(address)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive socket has something to read: the server's close (EOF) or
+    bytes no request asked for; either way it is not fit for the next request."""
+    return bool(select.select([sock], [], [], 0)[0])
