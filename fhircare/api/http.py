@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import urllib.parse
 from contextvars import ContextVar
-from datetime import UTC
 from email.utils import format_datetime
 from typing import Any
 
@@ -266,23 +265,6 @@ def prefer_return(request: Request) -> str:
     return "representation"
 
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def http_date(instant: str) -> str:
-    """An instant as an HTTP date (Last-Modified): what `email.utils.format_datetime(...,
-    usegmt=True)` writes, without its time tuple and zone formatting (every read and write
-    answers one). Not UTC: `format_datetime`'s own answer (a ValueError)."""
-    dt = parse_datetime(instant)
-    if dt.tzinfo != UTC:
-        return format_datetime(dt, usegmt=True)
-    return (
-        f"{_DAYS[dt.weekday()]}, {dt.day:02d} {_MONTHS[dt.month - 1]} {dt.year:04d} "
-        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d} GMT"
-    )
-
-
 def resource_response(
     resource: dict[str, Any] | None,
     status: int,
@@ -299,7 +281,9 @@ def resource_response(
             headers["ETag"] = f'W/"{vid}"'
         lu = resource["meta"].get("lastUpdated")
         if lu:
-            headers["Last-Modified"] = http_date(lu)
+            headers["Last-Modified"] = format_datetime(
+                parse_datetime(lu), usegmt=True
+            )
         versioned = f"{base_url}/{resource['resourceType']}/{resource['id']}/_history/{vid}"
         if location and vid:
             headers["Location"] = versioned

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,7 +27,6 @@ from fhircare.api.http import FhirJSONResponse
 from fhircare.fhir.errors import outcome
 from fhircare.observability import metrics
 from fhircare.observability.logs import request_id
-from fhircare.store.base import uuid4_hex
 
 access_log = logging.getLogger("fhircare.access")
 error_log = logging.getLogger("fhircare.api")
@@ -43,7 +43,7 @@ def _incoming_id(scope: Scope) -> str:
             text = value.decode("latin-1")
             if _SAFE_ID.match(text):
                 return text
-    return uuid4_hex()
+    return uuid.uuid4().hex
 
 
 def route_template(scope: Scope) -> str:

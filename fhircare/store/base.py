@@ -7,7 +7,7 @@ durable before `commit` returns.
 
 from __future__ import annotations
 
-import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -22,18 +22,7 @@ def new_id() -> str:
     ([A-Za-z0-9-.]{1,64}) that always has dashes, as HAPI wants of the ids a client chooses
     (`fhircare.remote.ids`), and usable as is in a `urn:uuid:` fullUrl (the FHIR uuid type
     wants the canonical 8-4-4-4-12 form; care modules write such fullUrls)."""
-    h = uuid4_hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def uuid4_hex() -> str:
-    """`uuid.uuid4().hex` (16 random bytes, the version 4 and RFC 4122 variant bits set)
-    without building a UUID object, which costs more than the random bytes: every read
-    makes two of these (its request id and its AuditEvent's id)."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40  # version 4
-    b[8] = (b[8] & 0x3F) | 0x80  # variant RFC 4122
-    return b.hex()
+    return str(uuid.uuid4())
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from fhircare.fhir import jsonio
 from fhircare.security.audit import audit_event
 from fhircare.security.context import AuthContext
 from fhircare.security.scopes import ScopeSet
-from fhircare.store.base import WriteOp, new_id, uuid4_hex
+from fhircare.store.base import WriteOp, new_id
 from fhircare.store.embedded import EmbeddedStore
 from fhircare.store.journal import RAW, RAW_SEPARATOR
 
@@ -226,14 +225,3 @@ def test_a_store_that_does_not_pack_the_type_replays_its_packed_events(tmp_path:
         _all_ways(unpacked, written)
     finally:
         unpacked.close()
-
-
-def test_new_ids_and_request_ids_are_version_4_uuids() -> None:
-    for _ in range(2000):
-        made = new_id()
-        parsed = uuid.UUID(made)
-        assert str(parsed) == made and parsed.version == 4
-        assert parsed.variant == uuid.RFC_4122
-        h = uuid4_hex()
-        assert uuid.UUID(hex=h).hex == h and uuid.UUID(hex=h).version == 4
-        assert uuid.UUID(hex=h).variant == uuid.RFC_4122
