@@ -7,10 +7,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -23,9 +22,9 @@ from fhircare.commands import (
 )
 from fhircare.commands import sync as sync_commands
 from fhircare.commands.population import population_app
-from fhircare.config import Settings, config_errors
-from fhircare.fhir import jsonio
-from fhircare.fhir.errors import BadRequest
+
+if TYPE_CHECKING:  # imported where used: a command starts without what it does not need
+    from fhircare.config import Settings
 
 app = typer.Typer(
     help="fhircare: care management on FHIR R4 (care plans, goals, tasks, transitions of care).",
@@ -76,6 +75,10 @@ def _root(
 def _settings(**overrides: Any) -> Settings:
     """Settings from the environment and the command's options; each problem is one line
     on stderr and exit code 2."""
+    from pydantic import ValidationError
+
+    from fhircare.config import Settings, config_errors
+
     values = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**values)
@@ -360,6 +363,9 @@ def load_json_file(path: Path) -> Any:
         _fail(f"{path}: is a directory, not a JSON file")
     except OSError as exc:
         _fail(f"{path}: cannot be read ({exc.strerror or exc})")
+    from fhircare.fhir import jsonio
+    from fhircare.fhir.errors import BadRequest
+
     try:
         return jsonio.parse_json(raw)
     except BadRequest as exc:

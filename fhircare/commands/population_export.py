@@ -16,8 +16,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fhircare.fhir import registry
-
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -82,6 +80,8 @@ def register(app: typer.Typer) -> None:
         from fhircare.population.bulk_request import parse_instant
 
         names = [t.strip() for v in types or [] for t in v.split(",") if t.strip()]
+        from fhircare.fhir import registry
+
         unknown = [t for t in names if not registry.is_resource_type(t)]
         if unknown:
             _fail(f"--type: unknown resource type {unknown[0]!r}", 2)

@@ -68,14 +68,14 @@ def _source_folder(source: str, base: str | None, out: Path, settings: Any) -> P
     """The folder of ndjson stratify reads: DIR itself, or an export made into out/export
     (pulled with `$export` from --base / FHIRCARE_HAPI_URL / the running fhircare, or
     read straight from the embedded store when no server holds it)."""
-    from fhircare.population.sources import SourceProblem, dump_store
-    from fhircare.population.stratify import Checkpoints
-
     if source not in ("fhircare", "hapi"):
         folder = Path(source)
         if not folder.is_dir():
             _fail(f"--source {source}: not a folder of .ndjson files (nor fhircare, hapi)")
         return folder
+    from fhircare.population.sources import SourceProblem, dump_store
+    from fhircare.population.stratify import Checkpoints
+
     export = out / "export"
     marks = Checkpoints(out)
     if marks.get("export") is not None:

@@ -19,10 +19,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from fhircare.config import Settings
-
 if TYPE_CHECKING:
     from fhircare.bootstrap import Container
+    from fhircare.config import Settings
     from fhircare.remote.client import FhirClient
 
 app = typer.Typer(help="Two-way sync with a HAPI FHIR server.", no_args_is_help=True)
@@ -47,7 +46,7 @@ def _settings(**overrides: Any) -> Settings:
     """Settings from the environment and the options; each problem one line, exit 2."""
     from pydantic import ValidationError
 
-    from fhircare.config import config_errors
+    from fhircare.config import Settings, config_errors
 
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -10,8 +10,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from fhircare.config import Settings
-
 app = typer.Typer(
     help="Drug terminology: a local RxNorm index reconciliation reads first.",
     no_args_is_help=True,
@@ -31,6 +29,8 @@ def _fail(message: str) -> None:
 
 def _data_dir(data: Path | None) -> Path:
     from pydantic import ValidationError
+
+    from fhircare.config import Settings
 
     try:
         return Settings(**({"data": data} if data is not None else {})).data
