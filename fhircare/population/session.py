@@ -44,9 +44,9 @@ def java_problem() -> str | None:
     if home:
         if os.path.exists(os.path.join(home, "bin", "java")):
             return None
-        return f"JAVA_HOME={home} has no bin/java; Spark needs Java 17 or 21"
+        return f"JAVA_HOME={home} has no bin/java; Spark needs Java 17, 21 or 25"
     if shutil.which("java") is None:
-        return "Java not found (no `java` on PATH, JAVA_HOME unset); Spark needs Java 17 or 21"
+        return "Java not found (no `java` on PATH, JAVA_HOME unset); Spark needs Java 17, 21 or 25"
     return None
 
 
