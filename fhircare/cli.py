@@ -190,6 +190,9 @@ def _serve_workers(settings: Settings) -> None:
         )
 
     def worker(worker_settings: Settings, sock: Any) -> None:
+        from fhircare.api.workers import GROUP_WORKERS, use_threads
+
+        use_threads(GROUP_WORKERS)
         application = create_app(worker_settings)
         tune_collector()
         log.info("fhircare worker %d ready (pid %d)", worker_settings.worker_index, os.getpid())
