@@ -57,6 +57,20 @@ class _Parsed:
         self.done = True
 
 
+def _header_lines(headers: dict[str, str]) -> bytes:
+    """Header lines of a request head, each ending in CRLF."""
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+
+
+def _message(method: str, target: str, header_lines: bytes, body: bytes) -> bytes:
+    """A whole HTTP/1.1 request: its line, the headers, Content-Length where a body is or a
+    POST/PUT has none, the blank line and the body."""
+    head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + header_lines
+    if body or method in ("POST", "PUT"):
+        head += f"Content-Length: {len(body)}\r\n".encode("latin-1")
+    return head + b"\r\n" + body
+
+
 class Connection:
     """One kept-alive connection to `base` (http://host:port/path), reopened after an error."""
 
@@ -68,8 +82,7 @@ class Connection:
         self.port = url.port or 80
         self.prefix = url.path
         self.timeout = timeout
-        fixed = {"Host": f"{self.host}:{self.port}", **headers}
-        self._head = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
+        self._head = _header_lines({"Host": f"{self.host}:{self.port}", **headers})
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -79,12 +92,10 @@ class Connection:
         target = f"{self.prefix}/{path}"
         if query:
             target += "?" + urllib.parse.urlencode(query)
-        head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self._head
-        if body or method in ("POST", "PUT"):
-            head += f"Content-Length: {len(body)}\r\n".encode("latin-1")
+        data = _message(method, target, self._head, body)
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._exchange(head + b"\r\n" + body)
+                return await self._exchange(data)
         except (OSError, TimeoutError, httptools.HttpParserError, HttpError) as exc:
             await self.close()
             raise HttpError(f"{type(exc).__name__}: {exc}") from exc
@@ -162,11 +173,8 @@ class SyncClient:
         if query:
             target += "?" + query
         body = b"" if json is None else _json.dumps(json).encode("utf-8")
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        if body or method in ("POST", "PUT"):
-            lines.append(f"Content-Length: {len(body)}")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+        fixed = {"Host": f"{host}:{port}", **(headers or {})}
+        data = _message(method, target, _header_lines(fixed), body)
         try:
             status, content = self._exchange((host, port), data)
         except (OSError, httptools.HttpParserError, HttpError) as exc:
