@@ -175,7 +175,7 @@ def _serve_workers(settings: Settings) -> None:
     from fhircare.api.app import create_app
     from fhircare.commands.running import announce
     from fhircare.commands.serving import server_options, tune_collector
-    from fhircare.commands.worker_group import run_group
+    from fhircare.commands.worker_group import listening_sockets, run_group
     from fhircare.fhir.errors import StoreLocked
     from fhircare.store.journal import lock_folder
 
@@ -210,8 +210,15 @@ def _serve_workers(settings: Settings) -> None:
         folder_lock = lock_folder(settings.data)  # the workers inherit it
     except StoreLocked as exc:
         _fail(str(exc))
+    def bind(count: int) -> list[Any]:
+        try:
+            return listening_sockets(settings.host, settings.port, count)
+        except OSError as exc:
+            _fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+            raise
+
     with folder_lock, announce(settings):
-        code = run_group(settings, lambda: config(None).bind_socket(), worker)
+        code = run_group(settings, bind, worker)
     if code:
         raise typer.Exit(code)
 

@@ -1,8 +1,9 @@
-"""`fhircare serve --workers N`: N uvicorn worker processes on one listening socket and one
-embedded store.
+"""`fhircare serve --workers N`: N uvicorn worker processes on one address and one embedded
+store.
 
 The parent takes the data folder's lock (so a second server on the folder is refused, and
-the workers it forks inherit the lock), binds the socket once and forks the workers; each
+the workers it forks inherit the lock), binds the address (`listening_sockets`: on Linux a
+socket per worker, which the kernel balances connections over) and forks the workers; each
 opens the store shared (`EmbeddedStore(shared=True)`: the journal is the truth they all
 follow) and runs the app on the inherited socket. Worker 0 is the leader: only it runs the
 background loops and the MLLP listener. SIGTERM or SIGINT to the parent stops every worker
@@ -37,8 +38,10 @@ from fhircare.config import Settings
 
 log = logging.getLogger("fhircare")
 
-# Builds and runs one worker's app on the socket (fhircare.cli passes its uvicorn runner).
+# Builds and runs one worker's app on its socket (fhircare.cli passes its uvicorn runner).
 WorkerMain = Callable[[Settings, socket.socket], None]
+# Binds the group's sockets for so many workers (`listening_sockets`).
+Bind = Callable[[int], list[socket.socket]]
 
 METRICS_FOLDER = "metrics-workers"  # in the data folder: the workers' Prometheus values
 
@@ -53,20 +56,63 @@ def metrics_folder(settings: Settings) -> Path:
     return folder
 
 
-def run_group(settings: Settings, bind: Callable[[], socket.socket], main: WorkerMain) -> int:
+def listening_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """The group's sockets, bound, not yet listening (each worker's server listens on its).
+
+    On Linux, one per worker, all bound to the address with SO_REUSEPORT: the kernel then
+    spreads new connections evenly over the workers. With one socket shared, whichever
+    worker wakes first takes each connection, and kept-alive connections stay where they
+    landed: 32 clients' connections split 28/4 and 3/29 between two workers, leaving one
+    worker (one core, the GIL) with most of the load. Elsewhere (SO_REUSEPORT does not
+    balance there) one socket, shared. A plain bind comes first, so an address in use,
+    another group of ours included, is refused as with one process (OSError); port 0
+    takes the port that bind chose.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    def bound(at: int, reuse_port: bool) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, at))
+        except OSError:
+            sock.close()
+            raise
+        sock.set_inheritable(True)
+        return sock
+
+    probe = bound(port, False)
+    if count < 2 or not sys.platform.startswith("linux"):
+        return [probe]
+    chosen = probe.getsockname()[1]
+    probe.close()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(bound(chosen, True))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def run_group(settings: Settings, bind: Bind, main: WorkerMain) -> int:
     """Run `settings.workers` workers until a signal or a worker's death; the exit code.
     The caller holds the folder's lock (`journal.lock_folder`), which the workers inherit."""
     from prometheus_client.multiprocess import mark_process_dead
 
     metrics_dir = metrics_folder(settings)
-    sock = bind()
+    sockets = bind(settings.workers)
     ctx = multiprocessing.get_context("fork")  # the socket and the folder lock are inherited
     workers: list[Any] = []
     for index in range(settings.workers):
         worker_settings = settings.model_copy(update={"worker_index": index})
         process = ctx.Process(
             target=_worker,
-            args=(main, worker_settings, sock, os.getpid(), metrics_dir),
+            args=(main, worker_settings, sockets, os.getpid(), metrics_dir),
             daemon=False,
         )
         process.start()
@@ -101,7 +147,8 @@ def run_group(settings: Settings, bind: Callable[[], socket.socket], main: Worke
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        sock.close()
+        for sock in sockets:
+            sock.close()
     return code
 
 
@@ -120,9 +167,19 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker(
-    main: WorkerMain, settings: Settings, sock: socket.socket, parent: int, metrics_dir: Path
+    main: WorkerMain,
+    settings: Settings,
+    sockets: list[socket.socket],
+    parent: int,
+    metrics_dir: Path,
 ) -> None:
+    """One worker: its own socket (or the one shared), the others' closed in this process."""
     from fhircare.observability import metrics
+
+    sock = sockets[settings.worker_index % len(sockets)]
+    for other in sockets:
+        if other is not sock:
+            other.close()
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
     _exit_with_parent(parent)
