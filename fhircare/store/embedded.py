@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ DEFERRED_INDEX = frozenset({"AuditEvent"})
 PACKED = frozenset({"AuditEvent"})
 HISTORY = "._history"
 DEFAULT_COMPACT_BYTES = 64 * 1024 * 1024
+
+log = logging.getLogger("fhircare")
 
 
 class StoreFailed(OSError):
@@ -187,6 +190,7 @@ class EmbeddedStore:
         self._registry = SearchRegistry(registry.R4)
         self._install(tables, self._seq)
         self._compact_bytes = compact_bytes
+        self._snapshotting: threading.Thread | None = None  # writing a snapshot (compaction)
         self._last_instant = datetime.now(UTC) - timedelta(days=1)
         self._closed = False
 
@@ -660,8 +664,8 @@ class EmbeddedStore:
         """(Commit lock held) prepare and write a commit: its results and the number of the
         written commit to wait for."""
         if self._journal.journal_bytes > self._compaction_due_at():
-            self._compact_locked()
-        elif any(op.method == "delete" or op.resource_type == "SearchParameter" for op in ops):
+            self._compact_in_background()
+        if any(op.method == "delete" or op.resource_type == "SearchParameter" for op in ops):
             self._settle()  # integrity checks and reindexing read the applied state
         ops = self._with_cascades(ops)
         now = _instant(self._now())
@@ -975,20 +979,81 @@ class EmbeddedStore:
                 self._share_end()
 
     def _compact_locked(self) -> None:
-        """(Commit lock held) settle what is written, then snapshot: nothing is pending, so
-        the journal holds nothing the snapshot lacks, and readers need not wait."""
+        """(Commit lock held) settle what is written, then snapshot, once no snapshot is
+        being written (here or by another worker): nothing is pending, so the journal holds
+        nothing the snapshot lacks, and readers need not wait."""
         self._settle()
-        self._journal.write_snapshot(self._mem)
+        token = self._journal.snapshot_lock(wait=True)
+        assert token is not None
+        try:
+            self._journal.write_snapshot(self._mem)
+        except OSError as exc:
+            if self._journal.damaged:
+                self._failed = exc
+            raise
+        finally:
+            self._journal.unlock(token)
+
+    def _compact_in_background(self) -> None:
+        """(Commit lock held, from a commit) compact without holding writers up for the
+        snapshot: settle, set the journal aside (new commits go on into a fresh one) and
+        write the snapshot of the store as it stands, in a thread. Nothing when a snapshot
+        is being written (here or by another worker); a journal a failed or interrupted
+        snapshot left aside is kept, and the snapshot written now covers it.
+
+        The thread reads shallow copies of the tables, taken here: a stored document is
+        never changed in place (a commit puts new ones in), so they hold this moment's
+        state while commits go on."""
+        if self._snapshotting is not None and self._snapshotting.is_alive():
+            return
+        token = self._journal.snapshot_lock(wait=False)
+        if token is None:
+            return
+        try:
+            self._settle()
+            if not self._journal.previous_path.exists():
+                self._journal.rotate()
+            view = {name: dict(docs) for name, docs in self._mem.items()}
+        except BaseException as exc:
+            self._journal.unlock(token)
+            if self._journal.damaged:
+                self._failed = exc
+                raise
+            if not isinstance(exc, OSError):
+                raise
+            log.warning("compaction did not start (%s); the journal keeps every commit", exc)
+            return
+        thread = threading.Thread(
+            target=self._snapshot_then_unlock, args=(view, token), name="fhircare-snapshot"
+        )
+        self._snapshotting = thread
+        thread.start()
+
+    def wait_for_snapshot(self) -> None:
+        """Return once no snapshot this store started is being written."""
+        thread = self._snapshotting
+        if thread is not None:
+            thread.join()
+
+    def _snapshot_then_unlock(self, view: dict[str, dict[str, Any]], token: int) -> None:
+        """(The snapshot thread) write the snapshot of `view`, then let the next one go."""
+        try:
+            self._journal.finish_snapshot(view)
+        except Exception as exc:  # noqa: BLE001 - the journal still holds every commit
+            log.warning("the snapshot was not written (%s); the next compaction tries again", exc)
+        finally:
+            self._journal.unlock(token)
 
     def close(self) -> None:
         with self._commit_lock:
             if self._closed:
                 return
+            self.wait_for_snapshot()  # a snapshot being written finishes first
             if self._failed is None:
                 self._share_begin()
                 try:
                     self._settle()
-                    if self._journal.journal_bytes:
+                    if self._journal.journal_bytes or self._journal.previous_path.exists():
                         self._compact_locked()
                 finally:
                     self._share_end()

@@ -12,18 +12,23 @@
   written one after another share one fsync, each acknowledged only once it is durable).
   A commit costs the size of its own changes, not the size of the database. A failed
   append is cut off again, so a later record never follows a partial one.
-* On open the snapshot is loaded and the journal replayed; a torn last line (a crash in
-  the middle of an append, never acknowledged) is cut off. A bad line followed by good
-  ones is corruption and refuses to open.
+* Compaction sets the journal aside (`journal.prev`, a second name for it) and goes on in
+  a fresh, empty one at once (`rotate`); the snapshot of the store as it stood then is
+  written afterwards, by a thread of the store, while new commits go on into the fresh
+  journal (`finish_snapshot`), and the set-aside journal is removed once the new snapshot
+  is in place. One writer of snapshots at a time (`SNAPSHOT`, a lock file).
+* On open the set-aside journal (when there is one), the snapshot and the journal are read
+  in that order and replayed (a record the snapshot already holds changes nothing); a torn
+  last line (a crash in the middle of an append, never acknowledged) is cut off. A bad line
+  followed by good ones is corruption and refuses to open.
 * A `LOCK` file held with `flock` makes one process the owner of the folder.
 * Shared (`shared=True`: the worker processes of `fhircare serve --workers N`, whose parent
   holds `LOCK` for the group): a second lock file, `WRITE`, held exclusively by the worker
   that catches up, appends and syncs, and shared by one that only catches up (`follow`
-  reads the records the others appended since its offset). Compaction writes the snapshot
-  and then renames a fresh, empty journal over the old one instead of truncating it: a
-  worker still holding the old one reads it to its end (the snapshot holds exactly that),
+  reads the records the others appended since its offset). Compaction renames the fresh,
+  empty journal over the old one: a worker still holding the old one reads it to its end,
   then moves on to the new file (a new inode); `GENERATION` counts the compactions, and a
-  worker that missed more than one reloads the snapshot.
+  worker that missed more than one loads again (set-aside journal, snapshot, journal).
 * Shared, durable offset (`DURABLE`, a small file every worker maps): after each fdatasync
   the writer publishes the journal's generation and the offset up to which it is durable
   (a sequence counter around the two values, so a reader never takes a torn pair). A
@@ -68,6 +73,12 @@ Record = dict[str, Any]
 # Shared: how many times the journal was compacted (a worker that finds it grown by more
 # than one since it last followed reloads the snapshot).
 GENERATION = "GENERATION"
+
+
+# The journal set aside while its snapshot is written (`Journal.rotate`), and the lock of
+# the one writer of snapshots (across the workers of a shared folder too).
+PREVIOUS = "journal.prev"
+SNAPSHOT_LOCK = "SNAPSHOT"
 
 
 # Shared: the durable offset the writer publishes (see `Durable`).
@@ -292,6 +303,8 @@ class Journal:
         self.durable: Durable | None = Durable(folder / DURABLE) if shared else None
         self.snapshot_path = folder / "snapshot.json"
         self.journal_path = folder / "journal.log"
+        self.previous_path = folder / PREVIOUS
+        self._snapshot_lock_path = folder / SNAPSHOT_LOCK
         self._fd: int | None = None
         self.journal_bytes = 0
         self.snapshot_bytes = 0  # size of the last snapshot written or loaded
@@ -301,11 +314,28 @@ class Journal:
         """Snapshot plus replayed journal, and the last committed seq; the resources in the
         `packed` tables are packed as they are read."""
         tables: Tables = {}
+        # The journal set aside for a snapshot being written (or that a crash interrupted) is
+        # opened before the snapshot is: a snapshot finished meanwhile (renamed in, then the
+        # set-aside journal removed) is then read with it, never without it.
+        previous = self._read_previous()
         if self.snapshot_path.exists():
             tables = _read_snapshot(self.snapshot_path, packed)
             self.snapshot_bytes = self.snapshot_path.stat().st_size
         meta = tables.get("_meta", {}).get("_store", {})
         last_seq = int(meta.get("value", {}).get("seq", 0)) if meta else 0
+        if previous:  # the records the snapshot may lack, replayed first (replaying one the
+            lines = previous.splitlines(keepends=True)  # snapshot holds changes nothing)
+            for i, line in enumerate(lines):
+                record = _decode(line)
+                if record is None:
+                    if i == len(lines) - 1:
+                        break  # torn tail: never acknowledged
+                    raise CorruptJournal(
+                        f"{self.previous_path}: record {i + 1} of {len(lines)} is damaged"
+                    )
+                _settle_bodies(record, packed)
+                apply_record(tables, record)
+                last_seq = max(last_seq, record["seq"])
         good_end = 0
         if self.journal_path.exists():
             with open(self.journal_path, "rb") as fh:
@@ -475,42 +505,102 @@ class Journal:
         if self.durable is not None:
             self.durable.publish(self.generation, end)
 
-    def write_snapshot(self, tables: Tables) -> None:
-        """Replace the snapshot atomically, then empty the journal."""
+    def _read_previous(self) -> bytes | None:
+        """The set-aside journal's bytes (`rotate`), or None when there is none."""
+        try:
+            with open(self.previous_path, "rb") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    def snapshot_lock(self, wait: bool) -> int | None:
+        """Take the lock of the one writer of snapshots (`SNAPSHOT`: across the workers of
+        a shared folder too): its file descriptor for `unlock`, or None when another holds
+        it and `wait` is false. Its holder alone sets the journal aside, writes the
+        snapshot and removes the set-aside journal."""
+        fd = os.open(self._snapshot_lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def rotate(self) -> None:
+        """(Snapshot lock held, no journal set aside; everything written durable and
+        applied; shared: write lock held) set the journal aside as `journal.prev`, for the
+        snapshot about to be written (`finish_snapshot`), and go on in a fresh, empty one.
+
+        The fresh journal is renamed over the old one (a worker still reading the old one
+        reads it to its end, then moves on: `follow`), so the old records are never
+        without a name: a crash at any point leaves the set-aside journal, the journal, or
+        both naming them, and `load` replays both. Past the rename the journal must not be
+        written any more when a step fails (`damaged`)."""
+        assert self._fd is not None, "journal not loaded"
+        fresh = self.folder / "journal.log.tmp"
+        fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if self.fsync:
+                os.fsync(fd)
+            os.link(self.journal_path, self.previous_path)
+            os.replace(fresh, self.journal_path)
+        except BaseException:
+            os.close(fd)
+            raise
+        old, self._fd, self.journal_bytes = self._fd, fd, 0
+        os.close(old)
+        try:
+            if self.shared:
+                self.generation += 1
+                counter = self.folder / (GENERATION + ".tmp")
+                counter.write_text(str(self.generation))
+                os.replace(counter, self.folder / GENERATION)
+            _fsync_dir(self.folder)
+            if self.shared:
+                assert self.durable is not None and self._rfd is not None
+                self.durable.publish(self.generation, 0)
+                os.close(self._rfd)
+                self._rfd = os.open(self.journal_path, os.O_RDONLY)
+        except BaseException:
+            self.damaged = True
+            raise
+
+    def finish_snapshot(self, tables: Tables) -> None:
+        """(Snapshot lock held) replace the snapshot atomically with `tables` (a state at
+        least as recent as the set-aside journal's end, and no more recent than what the
+        journal holds), then remove the set-aside journal. Needs no other lock: nothing
+        else of the journal or the store is touched."""
         tmp = self.folder / "snapshot.json.tmp"
         size = 0
-        with open(tmp, "wb") as fh:
-            for line in _snapshot_lines(tables):
-                fh.write(line)
-                size += len(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.snapshot_path)
+        try:
+            with open(tmp, "wb") as fh:
+                for line in _snapshot_lines(tables):
+                    fh.write(line)
+                    size += len(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.snapshot_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.folder)
-        # Every journal record is now in the snapshot (their seq <= the snapshot's seq).
-        assert self._fd is not None
-        if self.shared:  # a fresh journal renamed over the old one, which others may read
-            fresh = self.folder / "journal.log.tmp"
-            fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.fsync(fd)
-            os.replace(fresh, self.journal_path)
-            self.generation += 1
-            counter = self.folder / (GENERATION + ".tmp")
-            counter.write_text(str(self.generation))
-            os.replace(counter, self.folder / GENERATION)
-            _fsync_dir(self.folder)
-            assert self.durable is not None
-            self.durable.publish(self.generation, 0)
-            os.close(self._fd)
-            assert self._rfd is not None
-            os.close(self._rfd)
-            self._fd = fd
-            self._rfd = os.open(self.journal_path, os.O_RDONLY)
-        else:
-            os.ftruncate(self._fd, 0)
-            os.fsync(self._fd)
-        self.journal_bytes = 0
+        self.previous_path.unlink(missing_ok=True)
+        _fsync_dir(self.folder)
         self.snapshot_bytes = size
+
+    def write_snapshot(self, tables: Tables) -> None:
+        """(Snapshot lock held; everything written durable and applied; shared: write lock
+        held) snapshot `tables`, the whole store, and go on in an empty journal."""
+        if not self.previous_path.exists():
+            self.rotate()
+        self.finish_snapshot(tables)
+        if self.journal_bytes:  # a journal set aside before, and records after it
+            self.rotate()
+            self.previous_path.unlink()
+            _fsync_dir(self.folder)
 
     def close(self) -> None:
         if self._fd is not None:
