@@ -969,12 +969,16 @@ class EmbeddedStore:
         as the store grows; a restart replays at most that much journal."""
         return max(self._compact_bytes, self._journal.snapshot_bytes)
 
-    def compact(self) -> None:
-        """Write a snapshot of every table and empty the journal."""
+    def compact(self, *, background: bool = False) -> None:
+        """Write a snapshot of every table and empty the journal; with `background`, as a
+        due commit does (the snapshot written in a thread: `wait_for_snapshot`)."""
         with self._commit_lock:
             self._share_begin()
             try:
-                self._compact_locked()
+                if background:
+                    self._compact_in_background()
+                else:
+                    self._compact_locked()
             finally:
                 self._share_end()
 
