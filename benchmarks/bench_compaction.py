@@ -18,18 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_store import patient
+
 from fhircare.store.base import WriteOp
 from fhircare.store.embedded import EmbeddedStore
-
-
-def patient(i: int) -> dict[str, Any]:
-    return {
-        "resourceType": "Patient",
-        "identifier": [{"system": "urn:bench", "value": str(i)}],
-        "name": [{"family": f"Family{i}", "given": ["Pat"]}],
-        "gender": "female",
-        "birthDate": "1950-01-01",
-    }
 
 
 def fill(store: EmbeddedStore, count: int, batch: int = 2_000) -> None:

@@ -286,6 +286,30 @@ def apply_record(tables: Tables, record: Record) -> None:
                 table[doc_id] = doc
 
 
+def _replay(data: bytes, path: Path, tables: Tables, packed: frozenset[str]) -> tuple[int, int]:
+    """Apply a journal's records to `tables`, in order: the length of its whole records and
+    the last seq among them. A torn last line (a crash in the middle of an append, never
+    acknowledged) ends it; a damaged line before others is corruption.
+
+    Every record is replayed: a journal holds only what came after the snapshot before this
+    one, so a record the snapshot already holds (a crash between the snapshot and removing
+    the journal) ends in the same state. A record that only sets meta values shares the seq
+    of the last change before it, so the seq cannot tell which records are new."""
+    lines = data.splitlines(keepends=True)
+    good_end = last_seq = 0
+    for i, line in enumerate(lines):
+        record = _decode(line)
+        if record is None:
+            if i == len(lines) - 1:
+                break
+            raise CorruptJournal(f"{path}: record {i + 1} of {len(lines)} is damaged")
+        good_end += len(line)
+        _settle_bodies(record, packed)
+        apply_record(tables, record)
+        last_seq = max(last_seq, record["seq"])
+    return good_end, last_seq
+
+
 class Journal:
     """Owns a data folder: lock, snapshot and journal."""
 
@@ -323,41 +347,14 @@ class Journal:
             self.snapshot_bytes = self.snapshot_path.stat().st_size
         meta = tables.get("_meta", {}).get("_store", {})
         last_seq = int(meta.get("value", {}).get("seq", 0)) if meta else 0
-        if previous:  # the records the snapshot may lack, replayed first (replaying one the
-            lines = previous.splitlines(keepends=True)  # snapshot holds changes nothing)
-            for i, line in enumerate(lines):
-                record = _decode(line)
-                if record is None:
-                    if i == len(lines) - 1:
-                        break  # torn tail: never acknowledged
-                    raise CorruptJournal(
-                        f"{self.previous_path}: record {i + 1} of {len(lines)} is damaged"
-                    )
-                _settle_bodies(record, packed)
-                apply_record(tables, record)
-                last_seq = max(last_seq, record["seq"])
+        if previous:  # the records the snapshot may lack, first
+            last_seq = max(last_seq, _replay(previous, self.previous_path, tables, packed)[1])
         good_end = 0
         if self.journal_path.exists():
-            with open(self.journal_path, "rb") as fh:
-                lines = fh.readlines()
-            for i, line in enumerate(lines):
-                record = _decode(line)
-                if record is None:
-                    if i == len(lines) - 1:
-                        break  # torn tail: never acknowledged
-                    raise CorruptJournal(
-                        f"{self.journal_path}: record {i + 1} of {len(lines)} is damaged"
-                    )
-                good_end += len(line)
-                _settle_bodies(record, packed)
-                # Every record is replayed, in order: the journal holds only what came after
-                # the snapshot before this one, so a record the snapshot already holds (a
-                # crash between the snapshot and emptying the journal) ends in the same
-                # state. A record that only sets meta values shares the seq of the last
-                # change before it, so the seq cannot tell which records are new.
-                apply_record(tables, record)
-                last_seq = max(last_seq, record["seq"])
-            if good_end != self.journal_path.stat().st_size:
+            data = self.journal_path.read_bytes()
+            good_end, seq = _replay(data, self.journal_path, tables, packed)
+            last_seq = max(last_seq, seq)
+            if good_end != len(data):
                 with open(self.journal_path, "r+b") as fh:
                     fh.truncate(good_end)
                     os.fsync(fh.fileno())
