@@ -286,16 +286,17 @@ def apply_record(tables: Tables, record: Record) -> None:
                 table[doc_id] = doc
 
 
-def _replay(data: bytes, path: Path, tables: Tables, packed: frozenset[str]) -> tuple[int, int]:
-    """Apply a journal's records to `tables`, in order: the length of its whole records and
-    the last seq among them. A torn last line (a crash in the middle of an append, never
+def _replay(
+    lines: list[bytes], path: Path, tables: Tables, packed: frozenset[str]
+) -> tuple[int, int]:
+    """Apply a journal's records (its lines) to `tables`, in order: the length of its whole
+    records and the last seq among them. A torn last line (a crash in the middle of an append, never
     acknowledged) ends it; a damaged line before others is corruption.
 
     Every record is replayed: a journal holds only what came after the snapshot before this
     one, so a record the snapshot already holds (a crash between the snapshot and removing
     the journal) ends in the same state. A record that only sets meta values shares the seq
     of the last change before it, so the seq cannot tell which records are new."""
-    lines = data.splitlines(keepends=True)
     good_end = last_seq = 0
     for i, line in enumerate(lines):
         record = _decode(line)
@@ -351,10 +352,11 @@ class Journal:
             last_seq = max(last_seq, _replay(previous, self.previous_path, tables, packed)[1])
         good_end = 0
         if self.journal_path.exists():
-            data = self.journal_path.read_bytes()
-            good_end, seq = _replay(data, self.journal_path, tables, packed)
+            with open(self.journal_path, "rb") as fh:
+                lines = fh.readlines()
+            good_end, seq = _replay(lines, self.journal_path, tables, packed)
             last_seq = max(last_seq, seq)
-            if good_end != len(data):
+            if good_end != self.journal_path.stat().st_size:
                 with open(self.journal_path, "r+b") as fh:
                     fh.truncate(good_end)
                     os.fsync(fh.fileno())
@@ -502,11 +504,11 @@ class Journal:
         if self.durable is not None:
             self.durable.publish(self.generation, end)
 
-    def _read_previous(self) -> bytes | None:
-        """The set-aside journal's bytes (`rotate`), or None when there is none."""
+    def _read_previous(self) -> list[bytes] | None:
+        """The set-aside journal's lines (`rotate`), or None when there is none."""
         try:
             with open(self.previous_path, "rb") as fh:
-                return fh.read()
+                return fh.readlines()
         except FileNotFoundError:
             return None
 
